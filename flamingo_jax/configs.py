@@ -1,0 +1,86 @@
+"""Config helpers shared by experiments/*.py: the paper's model presets and `get_config(arg)` parsing.
+
+An experiment file exposes `get_config(arg=None)`; sweepable knobs come from the arg string
+(`--config experiments/flamingo_3b.py:xattn_every=4,scan_layers=false`) and any field from the command line
+(`--config.model.lm.num_layers=2`). Configs are locked: an unknown key is an error, never a silent no-op.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from flamingo_jax.models import lm_config, model_config, resampler_config, vision_config, xattn_config
+
+# Paper Tables 4-5: frozen LM shapes and the cross-attention interval (every n-th block from the first).
+PAPER_SIZES = {
+    "3b": dict(num_layers=24, d_model=2048, num_heads=16, xattn_every=1),
+    "9b": dict(num_layers=40, d_model=4096, num_heads=32, xattn_every=4),
+    "80b": dict(num_layers=80, d_model=8192, num_heads=64, xattn_every=7),
+}
+
+
+def _parse_value(text: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"expected a boolean, got {text!r}")
+        return text.lower() in ("true", "1")
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        return float(text)
+    return text
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """'a=1,b=x' -> ConfigDict over `defaults`, values typed like the defaults. Unknown keys raise."""
+    out = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ValueError(f"config arg {item!r} is not key=value")
+        if key not in defaults:
+            raise ValueError(f"unknown config arg {key!r}; known: {sorted(defaults)}")
+        out[key] = _parse_value(value.strip(), defaults[key])
+    return out
+
+
+def paper_model_config(size: str, *, xattn_every: int | None = None, scan_layers: bool = True,
+                       vocab_size: int = 32000, vision: str = "nfnet:F6", image_size: int = 320,
+                       dtype: str = "bfloat16") -> ml_collections.ConfigDict:
+    """config.model for Flamingo-3B/9B/80B (paper Tables 4-5).
+
+    The LM is Chinchilla-like: pre-norm RMSNorm, GELU FFW of width 4D with two matrices, rotary positions
+    (the stand-in for relative positions), untied 32k embeddings. Cross-attention keys/values project from
+    the resampler width (1536, the NFNet's last stage) rather than from the LM width: the visual tokens are
+    1536-wide and projecting from them is the smaller choice (spec section 1). Precision as in the paper:
+    bf16 activations and frozen params, fp32 trainable params.
+    """
+    if size not in PAPER_SIZES:
+        raise ValueError(f"unknown Flamingo size {size!r}: choose one of {sorted(PAPER_SIZES)}")
+    s = PAPER_SIZES[size]
+    lm = lm_config("chinchilla", vocab_size=vocab_size, d_model=s["d_model"], num_layers=s["num_layers"],
+                   num_heads=s["num_heads"], max_len=2048, scan_layers=scan_layers)
+    kind, _, vsize = vision.partition(":")
+    vis = vision_config(kind, vsize, image_size=image_size if kind == "nfnet" else 224)
+    resampler = resampler_config("perceiver", depth=6, num_heads=16, num_latents=64, max_frames=8)
+    xattn = xattn_config("gated", every=xattn_every or s["xattn_every"])
+    return model_config(vis, lm, resampler, xattn, dtype=dtype, frozen_param_dtype="bfloat16",
+                        trainable_param_dtype="float32")
+
+
+def tiny_model_config(vocab_size: int = 512) -> ml_collections.ConfigDict:
+    """A CPU-sized Flamingo used by tests and the embedded default (fp32 everywhere)."""
+    lm = lm_config("chinchilla", vocab_size=vocab_size, d_model=64, num_layers=2, num_heads=4, max_len=512)
+    vis = vision_config("vit", "tiny", image_size=32)
+    resampler = resampler_config("perceiver", depth=2, num_heads=2, num_latents=8, max_frames=8)
+    xattn = xattn_config("gated", every=1, num_heads=4)
+    return model_config(vis, lm, resampler, xattn)
+
+
+def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Locks a config so that setting an unknown field raises."""
+    config.lock()
+    return config

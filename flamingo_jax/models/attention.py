@@ -1,0 +1,125 @@
+"""Multi-head attention used by the LM, the resamplers and the cross-attention layers.
+
+Masking follows deepmind-research's perceiver `attend()`: masked scores get a large finite negative value
+(never -inf, so no NaNs appear in gradients), and rows with no visible key are set to zero after the
+softmax. That second rule is what makes "a token before the first image gets no cross-attention output"
+exact rather than approximate.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flamingo_jax.models.layers import Dense, Dtype
+
+LARGE_NEGATIVE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
+                          bias: jax.Array | None = None, scale: float | None = None) -> jax.Array:
+    """Softmax attention with grouped key/value heads.
+
+    q: [B, Lq, H, Dh]; k, v: [B, Lk, G, Dh] with H a multiple of G (G = H is plain MHA);
+    mask: bool, broadcastable to [B, H, Lq, Lk], True = may attend; bias: float, broadcastable likewise.
+    Returns [B, Lq, H, Dh]. Scores and softmax in float32; rows without any visible key output zeros.
+    """
+    b, lq, h, dh = q.shape
+    g = k.shape[2]
+    if h % g:
+        raise ValueError(f"{h} query heads are not a multiple of {g} key/value heads")
+    scale = dh**-0.5 if scale is None else scale
+    qg = q.reshape(b, lq, g, h // g, dh)
+    scores = jnp.einsum("bqgrd,bkgd->bgrqk", qg, k, preferred_element_type=jnp.float32) * scale
+    scores = scores.reshape(b, h, lq, k.shape[1])
+    if bias is not None:
+        scores = scores + bias.astype(jnp.float32)
+    if mask is not None:
+        scores = jnp.where(mask, scores, LARGE_NEGATIVE)
+    weights = jax.nn.softmax(scores, axis=-1)
+    if mask is not None:
+        weights = jnp.where(jnp.any(mask, axis=-1, keepdims=True), weights, 0.0)
+    weights = weights.astype(v.dtype).reshape(b, g, h // g, lq, k.shape[1])
+    out = jnp.einsum("bgrqk,bkgd->bqgrd", weights, v)
+    return out.reshape(b, lq, h, dh)
+
+
+def rotary_embedding(x: jax.Array, positions: jax.Array, *, theta: float = 10000.0,
+                     rotary_dim: int | None = None) -> jax.Array:
+    """Rotary positions, rotate-half convention (LLaMA, GPT-NeoX), on the first `rotary_dim` features.
+
+    x: [B, L, H, Dh]; positions: int32[B, L]. Returns x with its first rotary_dim channels rotated.
+    """
+    dh = x.shape[-1]
+    rd = dh if rotary_dim is None else rotary_dim
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, rd, 2, dtype=jnp.float32) / rd))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, L, rd/2]
+    cos = jnp.cos(jnp.concatenate([angles, angles], -1))[:, :, None, :]
+    sin = jnp.sin(jnp.concatenate([angles, angles], -1))[:, :, None, :]
+    rot, rest = x[..., :rd].astype(jnp.float32), x[..., rd:]
+    half1, half2 = rot[..., : rd // 2], rot[..., rd // 2 :]
+    rotated = rot * cos + jnp.concatenate([-half2, half1], -1) * sin
+    return jnp.concatenate([rotated.astype(x.dtype), rest], -1)
+
+
+def alibi_slopes(num_heads: int, max_bias: float = 8.0) -> jax.Array:
+    """ALiBi head slopes (MPT's formula, which pads to the next power of two). Returns float32[H]."""
+    n = 1 << (num_heads - 1).bit_length()
+    slopes = 1.0 / (2.0 ** (jnp.arange(1, n + 1, dtype=jnp.float32) * (max_bias / n)))
+    if n != num_heads:
+        slopes = jnp.concatenate([slopes[1::2], slopes[::2]])[:num_heads]
+    return slopes
+
+
+def alibi_bias(num_heads: int, key_positions: jax.Array, max_bias: float = 8.0) -> jax.Array:
+    """Per-head linear bias on key positions: slope_h * k (softmax-equivalent to -slope_h * (q - k) under
+    a causal mask). key_positions: int32[B, Lk]. Returns float32[B, H, 1, Lk]."""
+    slopes = alibi_slopes(num_heads, max_bias)
+    return slopes[None, :, None, None] * key_positions.astype(jnp.float32)[:, None, None, :]
+
+
+class MultiHeadAttention(nn.Module):
+    """Attention with separate q/k/v/out projections, optional rotary positions and a KV cache.
+
+    x: [B, Lq, Din]; context: [B, Lk, Dctx] (self-attention when None). With `cache` (self-attention
+    only) the new keys/values are written at `cache_index` and attention runs over the whole cache:
+    cache = {'k': [B, S, G, Dh], 'v': [B, S, G, Dh]}. Returns (y [B, Lq, Dout], new_cache or None).
+    """
+
+    num_heads: int
+    head_dim: int
+    num_kv_heads: int | None = None
+    out_features: int | None = None
+    use_bias: bool = False
+    rope_theta: float | None = None
+    rotary_dim: int | None = None
+    scale: float | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array | None = None, *, mask: jax.Array | None = None,
+                 bias: jax.Array | None = None, positions: jax.Array | None = None,
+                 cache: dict | None = None, cache_index: jax.Array | None = None):
+        g = self.num_kv_heads or self.num_heads
+        kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        kv_in = x if context is None else context
+        q = Dense((self.num_heads, self.head_dim), ("embed", "heads", "head_dim"), name="query", **kw)(x)
+        k = Dense((g, self.head_dim), ("embed", "kv_heads", "head_dim"), name="key", **kw)(kv_in)
+        v = Dense((g, self.head_dim), ("embed", "kv_heads", "head_dim"), name="value", **kw)(kv_in)
+        if self.rope_theta is not None:
+            if positions is None:
+                raise ValueError("rotary attention needs positions")
+            q = rotary_embedding(q, positions, theta=self.rope_theta, rotary_dim=self.rotary_dim)
+            k = rotary_embedding(k, positions, theta=self.rope_theta, rotary_dim=self.rotary_dim)
+        new_cache = None
+        if cache is not None:
+            idx = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), idx)
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), idx)
+            new_cache = {"k": k, "v": v}
+        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, bias, self.scale)
+        y = Dense(self.out_features or x.shape[-1], ("heads", "head_dim", "embed"), in_dims=2,
+                  name="out", **kw)(out)
+        return y, new_cache

@@ -1,0 +1,269 @@
+"""The Flamingo composite: frozen vision encoder -> resampler -> frozen LM interleaved with cross-attention.
+
+Top-level param subtrees, so "trainable" is a choice of subtrees:
+  vision      the vision encoder (frozen by default)
+  resampler   the Perceiver (or MLP / Transformer) resampler (trainable)
+  lm          the decoder LM (frozen by default)
+  xattn       the cross-attention layers (trainable)
+  new_tokens  learnt embedding (and, for untied heads, unembedding) rows of added tokens such as
+              `<image>` and `<EOC>`, whose ids are lm.vocab_size ... lm.vocab_size + num_new_tokens - 1
+
+Inputs: images float32[B, T_img, F, H, W, C] in [0, 1] (an image is a 1-frame video), image_mask
+bool[B, T_img], tokens int32[B, L], optional media_index int32[B, L] (see xattn.py) and token_mask
+bool[B, L] (False on left padding). Output: logits float32[B, L, vocab_size + num_new_tokens].
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from flamingo_jax.models.layers import Dtype, dtype_of, logical
+from flamingo_jax.models.lm import DecoderLM
+from flamingo_jax.models.resampler import build_resampler, resampler_width
+from flamingo_jax.models.vision import build_vision, vision_output_dim
+from flamingo_jax.models.xattn import CrossAttentionStack, default_media_index, media_mask, placement
+
+
+class NewTokens(nn.Module):
+    """Learnt rows for added tokens: embedding [n, D]; unembedding [D, n] when the LM head is untied."""
+
+    num_tokens: int
+    d_model: int
+    untied: bool
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        init = logical(nn.initializers.normal(0.02), ("vocab", "embed"))
+        self.embedding = self.param("embedding", init, (self.num_tokens, self.d_model), self.param_dtype)
+        if self.untied:
+            out_init = logical(nn.initializers.normal(0.02), ("embed", "vocab"))
+            self.unembedding = self.param("unembedding", out_init, (self.d_model, self.num_tokens),
+                                          self.param_dtype)
+
+    def output_rows(self) -> jax.Array:
+        """[D, n] for the logits of the added tokens."""
+        return self.unembedding if self.untied else self.embedding.T
+
+
+def _uniform_groups(positions: tuple[int, ...], num_layers: int) -> int | None:
+    """The common distance between cross-attention layers if they are evenly spaced, else None."""
+    if len(positions) < 2:
+        return None
+    gaps = {b - a for a, b in zip(positions, positions[1:])}
+    return gaps.pop() if len(gaps) == 1 else None
+
+
+def _dynamic_rows(tree, start, size: int):
+    return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, size, axis=0), tree)
+
+
+def _set_rows(tree, part, start):
+    return jax.tree.map(lambda x, p: jax.lax.dynamic_update_slice_in_dim(x, p, start, axis=0), tree, part)
+
+
+class Flamingo(nn.Module):
+    """See the module docstring. `config` is config.model (see flamingo_jax.models.model_config)."""
+
+    config: ml_collections.ConfigDict
+
+    def setup(self):
+        c = self.config
+        dtype = dtype_of(c.dtype)
+        pd = {k: dtype_of(v) for k, v in c.param_dtype.items()}
+        visual_dim = resampler_width(c.resampler, vision_output_dim(c.vision))
+        self.vision = build_vision(c.vision, dtype, pd["vision"])
+        self.resampler = build_resampler(c.resampler, dtype, pd["resampler"])
+        self.lm = DecoderLM(c.lm, dtype=dtype, param_dtype=pd["lm"])
+        self.xattn = CrossAttentionStack(
+            c.xattn, d_model=c.lm.d_model, visual_dim=visual_dim, num_lm_layers=c.lm.num_layers,
+            lm_heads=c.lm.num_heads, scan_layers=c.lm.scan_layers, dtype=dtype, param_dtype=pd["xattn"])
+        self.new_tokens = NewTokens(c.num_new_tokens, c.lm.d_model, untied=not c.lm.tie_embeddings,
+                                    param_dtype=pd["new_tokens"])
+
+    # ---------------------------------------------------------------- vision side
+    def encode(self, images: jax.Array) -> jax.Array:
+        """images float32[B, T, F, H, W, C] -> visual tokens [B, T, num_latents, Dr]."""
+        b, t, f, hh, ww, ch = images.shape
+        feats = self.vision(images.reshape(b * t * f, hh, ww, ch))  # [B*T*F, S, Dv]
+        feats = feats.reshape(b * t, f, *feats.shape[1:])
+        latents = self.resampler(feats)  # [B*T, K, Dr]
+        return latents.reshape(b, t, *latents.shape[1:])
+
+    # ---------------------------------------------------------------- text side
+    def init_cache(self, batch: int, max_len: int) -> dict:
+        """An empty decoding cache for `batch` left-padded rows of up to `max_len` tokens."""
+        dtype = dtype_of(self.config.dtype)
+        return dict(lm=self.lm.init_cache(batch, max_len, dtype), graft=self.xattn.init_cache(batch, max_len, dtype),
+                    media_count=jnp.zeros((batch,), jnp.int32))
+
+    def decode(self, tokens: jax.Array, visual: jax.Array, image_mask: jax.Array,
+               media_index: jax.Array | None = None, token_mask: jax.Array | None = None,
+               cache: dict | None = None) -> tuple[jax.Array, dict | None]:
+        """tokens int32[B, L], visual [B, T, K, Dr], image_mask bool[B, T] -> (logits [B, L, V+n], cache)."""
+        c = self.config
+        b, l = tokens.shape
+        if media_index is None:
+            media_index = default_media_index(tokens, c.image_token_id)
+            if cache is not None:
+                media_index = media_index + cache["media_count"][:, None]
+        positions, self_mask, bias, meta = self.lm.attention_inputs(
+            token_mask, l, b, None if cache is None else cache["lm"])
+        t, k = visual.shape[1], visual.shape[2]
+        visual_flat = visual.reshape(b, t * k, visual.shape[-1])
+        xmask = media_mask(media_index, image_mask, k, c.xattn.mask)
+        h = self.lm.embed_tokens(tokens, positions, self.new_tokens.embedding)
+        attn = dict(positions=positions, mask=self_mask, bias=bias,
+                    cache_index=None if cache is None else cache["lm"]["index"])
+        lm_layers = None if cache is None else cache["lm"]["layers"]
+        graft = None if cache is None else cache["graft"]
+        if c.xattn.kind == "grafting":
+            h, lm_layers = self.lm.run_layers(h, attn, lm_layers)
+            h, graft = self._run_grafts(h, visual_flat, xmask, self_mask, attn["cache_index"], graft)
+        elif c.lm.scan_layers:
+            h, lm_layers = self._run_scanned(h, visual_flat, xmask, attn, lm_layers)
+        else:
+            h, lm_layers = self._run_unrolled(h, visual_flat, xmask, attn, lm_layers)
+        base, hn = self.lm.logits(h)
+        extra = jnp.dot(hn.reshape(b * l, -1), self.new_tokens.output_rows().astype(hn.dtype))
+        logits = jnp.concatenate([base, extra.reshape(b, l, -1).astype(jnp.float32)], axis=-1)
+        if cache is None:
+            return logits, None
+        new_cache = dict(lm=dict(meta, layers=lm_layers), graft=graft, media_count=media_index[:, -1])
+        return logits, new_cache
+
+    def __call__(self, tokens: jax.Array, images: jax.Array, image_mask: jax.Array,
+                 media_index: jax.Array | None = None, token_mask: jax.Array | None = None) -> jax.Array:
+        """Teacher-forced logits float32[B, L, V+n] (see the module docstring for the inputs)."""
+        logits, _ = self.decode(tokens, self.encode(images), image_mask, media_index, token_mask)
+        return logits
+
+    # ---------------------------------------------------------------- layer schedules
+    def _xattn_fn(self, params, visual, xmask):
+        block = self.xattn.block()
+        return lambda h: block.apply({"params": params}, h, visual, xmask)
+
+    def _run_unrolled(self, h, visual, xmask, attn, lm_layers):
+        """Per-layer params: a Python loop, cross-attention before (gated) or inside (vanilla) LM blocks."""
+        where = {layer: j for j, layer in enumerate(placement(self.config.xattn, self.config.lm.num_layers))}
+        vanilla = self.config.xattn.kind == "vanilla"
+        block = self.lm.block()
+        new_layers = None if lm_layers is None else list(lm_layers)
+        for i in range(self.config.lm.num_layers):
+            mid = None
+            if i in where:
+                x = self._xattn_fn(self.xattn.layer_params[where[i]], visual, xmask)
+                if vanilla:
+                    mid = x
+                else:
+                    h = x(h)
+            h, layer_cache = block.apply({"params": self.lm.layer_params[i]}, h, mid=mid,
+                                         cache=None if new_layers is None else new_layers[i], **attn)
+            if new_layers is not None:
+                new_layers[i] = layer_cache
+        return h, new_layers
+
+    def _scan_lm(self, h, params, caches, attn, mid=None):
+        """Applies the LM layers stacked in `params` (and their caches) in order with lax.scan."""
+        block = self.lm.block()
+        n = jax.tree.leaves(params)[0].shape[0]
+        if mid is not None:  # the first layer of the group holds the vanilla cross-attention
+            first = jax.tree.map(lambda x: x[0], params)
+            first_cache = None if caches is None else jax.tree.map(lambda x: x[0], caches)
+            h, c0 = block.apply({"params": first}, h, mid=mid, cache=first_cache, **attn)
+            if n == 1:
+                return h, None if caches is None else jax.tree.map(lambda x: x[None], c0)
+            rest = jax.tree.map(lambda x: x[1:], params)
+            rest_cache = None if caches is None else jax.tree.map(lambda x: x[1:], caches)
+            h, cr = self._scan_lm(h, rest, rest_cache, attn)
+            if caches is None:
+                return h, None
+            return h, jax.tree.map(lambda a, r: jnp.concatenate([a[None], r]), c0, cr)
+
+        def body(carry, xs):
+            p, layer_cache = xs
+            return block.apply({"params": p}, carry, cache=layer_cache, **attn)
+
+        return jax.lax.scan(body, h, (params, caches))
+
+    def _run_segment(self, h, j, start, size, visual, xmask, attn, lm_layers, stacks):
+        """Cross-attention layer j (if any), then LM layers [start, start+size) from the stacked trees.
+
+        stacks: (lm params, xattn params), read before any lax.scan so that lazy setup (and, at init,
+        param creation) never happens inside a traced loop body."""
+        lm_params, xattn_params = stacks
+        x = None
+        if j is not None:
+            params_j = jax.tree.map(lambda a: a[0], _dynamic_rows(xattn_params, j, 1))
+            x = self._xattn_fn(params_j, visual, xmask)
+        vanilla = self.config.xattn.kind == "vanilla"
+        if x is not None and not vanilla:
+            h = x(h)
+        if size == 0:
+            return h, lm_layers
+        params = _dynamic_rows(lm_params, start, size)
+        caches = None if lm_layers is None else _dynamic_rows(lm_layers, start, size)
+        h, caches = self._scan_lm(h, params, caches, attn, mid=x if vanilla else None)
+        if lm_layers is not None:
+            lm_layers = _set_rows(lm_layers, caches, start)
+        return h, lm_layers
+
+    def _run_scanned(self, h, visual, xmask, attn, lm_layers):
+        """Stacked params: evenly spaced cross-attention layers run as one scan over (xattn, n LM blocks)
+        groups, so compile time does not grow with depth; uneven placements run segment by segment."""
+        num_layers = self.config.lm.num_layers
+        pos = placement(self.config.xattn, num_layers)
+        stacks = (self.lm.layer_params, self.xattn.layer_params)
+        if not pos:
+            return self._run_segment(h, None, 0, num_layers, visual, xmask, attn, lm_layers, stacks)
+        h, lm_layers = self._run_segment(h, None, 0, pos[0], visual, xmask, attn, lm_layers, stacks)
+        stride = _uniform_groups(pos, num_layers)
+        first_plain = 0
+        if stride is not None:
+            full = len(pos) if pos[-1] + stride <= num_layers else len(pos) - 1
+            run = functools.partial(self._run_segment, size=stride, visual=visual, xmask=xmask, attn=attn,
+                                    stacks=stacks)
+
+            def group(carry, j):
+                h_, layers_ = carry
+                return run(h_, j, pos[0] + j * stride, lm_layers=layers_), None
+
+            (h, lm_layers), _ = jax.lax.scan(group, (h, lm_layers), jnp.arange(full))
+            first_plain = full
+        for j in range(first_plain, len(pos)):
+            stop = pos[j + 1] if j + 1 < len(pos) else num_layers
+            h, lm_layers = self._run_segment(h, j, pos[j], stop - pos[j], visual, xmask, attn, lm_layers,
+                                             stacks)
+        return h, lm_layers
+
+    def _run_grafts(self, h, visual, xmask, self_mask, cache_index, graft):
+        """GRAFTING: the new layers run after the whole frozen LM stack."""
+        block = self.xattn.block()
+        kw = dict(self_mask=self_mask, cache_index=cache_index)
+        params = self.xattn.layer_params
+        if not self.config.lm.scan_layers:
+            new = None if graft is None else list(graft)
+            for j, p in enumerate(params):
+                h, cj = block.apply({"params": p}, h, visual, xmask, cache=None if new is None else new[j], **kw)
+                if new is not None:
+                    new[j] = cj
+            return h, new
+
+        def body(carry, xs):
+            p, cj = xs
+            return block.apply({"params": p}, carry, visual, xmask, cache=cj, **kw)
+
+        return jax.lax.scan(body, h, (params, graft))
+
+
+def zeros_gates(params):
+    """A copy of Flamingo params with every tanh gate set to zero (for tests and initial checks)."""
+    def fix(path, x):
+        return jnp.zeros_like(x) if str(path[-1].key).endswith("_gate") else x
+    return jax.tree_util.tree_map_with_path(fix, params)
+
+

@@ -1,0 +1,146 @@
+"""Building blocks shared by every model: dense layers, norms, activations, embeddings.
+
+Every parameter is created through `nn.with_logical_partitioning`, so each leaf carries logical axis
+names from the short vocabulary below; `flamingo_jax.sharding` maps them to mesh axes.
+
+Logical axes:
+  embed      model width (LM, resampler, ViT)       mlp        feed-forward hidden width
+  heads      attention heads (queries)              kv_heads   key/value heads (GQA/MQA)
+  head_dim   per-head width                          vocab      vocabulary rows
+  layers     stacked-layer axis (scan over layers)   latents    resampler latent queries
+  frames     temporal embedding rows                 positions  learned position rows
+  conv_h, conv_w, conv_in, conv_out                  convolution kernels (vision)
+  norm       per-channel scales and offsets of norms and gains
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = jnp.dtype
+Initializer = Callable[..., jax.Array]
+
+
+def logical(init: Initializer, names: Sequence[str | None]) -> Initializer:
+    """Wraps an initializer so the parameter it makes carries logical axis `names`."""
+    return nn.with_logical_partitioning(init, tuple(names))
+
+
+def dtype_of(name: str | Dtype) -> Dtype:
+    """'bfloat16' / 'float32' / a dtype -> a jnp dtype."""
+    return jnp.dtype(name)
+
+
+class Dense(nn.Module):
+    """A dense layer over the last `in_dims` axes, with any output shape and logical axis names.
+
+    The input is reshaped to 2-D before the matmul: XLA:CPU otherwise materialises transposed copies for
+    N-D weight-gradient dots (shared/docs/performance.md), and on accelerators it is the same dot.
+
+    x: [..., *in_shape] -> [..., *features]; kernel: [*in_shape, *features] named `axes`.
+    """
+
+    features: int | tuple[int, ...]
+    axes: tuple[str | None, ...]
+    in_dims: int = 1
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Initializer | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        in_shape = x.shape[-self.in_dims :]
+        kernel_shape = tuple(in_shape) + features
+        if len(self.axes) != len(kernel_shape):
+            raise ValueError(f"Dense {self.name}: axes {self.axes} do not name kernel {kernel_shape}")
+        init = self.kernel_init or nn.initializers.variance_scaling(
+            1.0,
+            "fan_in",
+            "truncated_normal",
+            in_axis=tuple(range(self.in_dims)),
+            out_axis=tuple(range(self.in_dims, len(kernel_shape))),
+        )
+        kernel = self.param("kernel", logical(init, self.axes), kernel_shape, self.param_dtype)
+        n_in, n_out = math.prod(in_shape), math.prod(features)
+        lead = x.shape[: -self.in_dims]
+        y = jnp.dot(
+            x.reshape(-1, n_in).astype(self.dtype),
+            kernel.reshape(n_in, n_out).astype(self.dtype),
+        )
+        if self.use_bias:
+            bias = self.param(
+                "bias", logical(nn.initializers.zeros, self.axes[self.in_dims :]), features, self.param_dtype
+            )
+            y = y + bias.reshape(n_out).astype(self.dtype)
+        return y.reshape(*lead, *features)
+
+
+def norm(kind: str, *, eps: float, use_bias: bool = True, dtype: Dtype = jnp.float32,
+         param_dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Module:
+    """'layernorm' | 'rmsnorm' over the last axis; statistics in float32 whatever the compute dtype."""
+    scale_init = logical(nn.initializers.ones, ("norm",))
+    if kind == "layernorm":
+        return nn.LayerNorm(epsilon=eps, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                            scale_init=scale_init, bias_init=logical(nn.initializers.zeros, ("norm",)),
+                            name=name)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, scale_init=scale_init, name=name)
+    raise ValueError(f"unknown norm {kind!r}: use 'layernorm' or 'rmsnorm'")
+
+
+def _squared_relu(x: jax.Array) -> jax.Array:
+    return jnp.square(jax.nn.relu(x))
+
+
+def _quick_gelu(x: jax.Array) -> jax.Array:
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": _quick_gelu,
+    "relu": jax.nn.relu,
+    "sqrelu": _squared_relu,
+    "silu": jax.nn.silu,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """Activation by name: gelu (exact erf), gelu_tanh, quick_gelu, relu, sqrelu, silu."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}: choose one of {sorted(ACTIVATIONS)}") from None
+
+
+class FeedForward(nn.Module):
+    """Two-matrix FFW (act(x W1) W2) or gated (SwiGLU-style: act(x Wg) * (x W1) W2).
+
+    x: [..., D] -> [..., D]; hidden width `hidden`.
+    """
+
+    hidden: int
+    act: str = "gelu"
+    gated: bool = False
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        d = x.shape[-1]
+        kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        h = Dense(self.hidden, ("embed", "mlp"), name="wi", **kw)(x)
+        if self.gated:
+            h = activation(self.act)(Dense(self.hidden, ("embed", "mlp"), name="wg", **kw)(x)) * h
+        else:
+            h = activation(self.act)(h)
+        return Dense(d, ("mlp", "embed"), name="wo", **kw)(h)

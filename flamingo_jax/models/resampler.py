@@ -1,0 +1,176 @@
+"""Resamplers: a variable number of visual features per image/video -> a fixed number of visual tokens.
+
+- perceiver (the paper): learned latents attend to concat(features, latents); learned temporal
+  embeddings, linearly interpolated when more frames arrive than were trained; no spatial encoding.
+- transformer (ablation vi): full self-attention over concat(features, latents), latents read out.
+  Same parameters per layer as the perceiver (4 d^2 attention + 2 * ffw_mult d^2 FFW).
+- mlp (ablation vi): per-token residual MLP blocks (hidden 6d, i.e. 12 d^2 per layer, the perceiver's
+  per-layer budget), then adaptive average pooling of the T*S tokens to num_latents outputs.
+
+All take features [N, F, S, Dv] (N images or videos, F frames, S spatial tokens) and return
+[N, num_latents, d].
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from flamingo_jax.models.attention import MultiHeadAttention
+from flamingo_jax.models.layers import Dense, Dtype, FeedForward, logical, norm
+
+KINDS = ("perceiver", "transformer", "mlp")
+
+
+def resampler_config(kind: str = "perceiver", **overrides) -> ml_collections.ConfigDict:
+    """Resampler hyper-parameters (paper: 6 layers, width 1536, 16 heads, 64 latents)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown resampler {kind!r}: choose one of {KINDS}")
+    c = ml_collections.ConfigDict(dict(
+        kind=kind, d_model=0, depth=6, num_heads=16, head_dim=0, ffw_mult=4, num_latents=64,
+        max_frames=8, final_norm=True, act="sqrelu", use_bias=False, norm_eps=1e-5, mlp_hidden_mult=6,
+    ))
+    for key, value in overrides.items():
+        if key not in c:
+            raise KeyError(f"unknown resampler field {key!r}")
+        c[key] = value
+    return c
+
+
+def interpolate_rows(table: jax.Array, n: int) -> jax.Array:
+    """Linearly interpolates a [T, d] table to [n, d], keeping the first and last rows (n > T)."""
+    t = table.shape[0]
+    pos = jnp.linspace(0.0, t - 1.0, n)
+    lo = jnp.floor(pos).astype(jnp.int32)
+    hi = jnp.minimum(lo + 1, t - 1)
+    w = (pos - lo)[:, None]
+    return table[lo] * (1 - w) + table[hi] * w
+
+
+def add_time_embeddings(module: nn.Module, x: jax.Array, max_frames: int, dtype: Dtype,
+                        param_dtype: Dtype) -> jax.Array:
+    """x: [N, F, S, d] + time_emb[F] (interpolated if F > max_frames); a no-op when max_frames == 0."""
+    if not max_frames:
+        return x
+    d = x.shape[-1]
+    table = module.param("time_embeddings", logical(nn.initializers.normal(0.02), ("frames", "embed")),
+                         (max_frames, d), param_dtype)
+    f = x.shape[1]
+    rows = table[:f] if f <= max_frames else interpolate_rows(table, f)
+    return x + rows.astype(dtype)[None, :, None, :]
+
+
+class PerceiverLayer(nn.Module):
+    """z <- z + Attn(q=LN(z), kv=[LN(x); LN(z)]); z <- z + FFW(LN(z)). x: [N, M, d], z: [N, K, d]."""
+
+    config: ml_collections.ConfigDict
+    full_self_attention: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, z: jax.Array) -> tuple[jax.Array, jax.Array]:
+        c = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        d = z.shape[-1]
+        heads = c.num_heads
+        attn = MultiHeadAttention(num_heads=heads, head_dim=c.head_dim or d // heads, use_bias=c.use_bias,
+                                  name="attn", **kw)
+        xn = norm("layernorm", eps=c.norm_eps, name="media_norm", **kw)(x)
+        zn = norm("layernorm", eps=c.norm_eps, name="latent_norm", **kw)(z)
+        kv = jnp.concatenate([xn, zn], axis=1)
+        ffw = FeedForward(c.ffw_mult * d, act=c.act, use_bias=c.use_bias, name="ffw", **kw)
+        ffw_norm = norm("layernorm", eps=c.norm_eps, name="ffw_norm", **kw)
+        if self.full_self_attention:
+            # Transformer resampler: every token (features and latents) is a query.
+            y = kv + attn(kv, kv)[0]
+            y = y + ffw(ffw_norm(y))
+            m = x.shape[1]
+            return y[:, :m], y[:, m:]
+        z = z + attn(zn, kv)[0]
+        return x, z + ffw(ffw_norm(z))
+
+
+class AttentionResampler(nn.Module):
+    """Perceiver (latents query) or Transformer (all tokens query) resampler.
+
+    features: [N, F, S, Dv] -> [N, num_latents, d].
+    """
+
+    config: ml_collections.ConfigDict
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:
+        c = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = features.astype(self.dtype)
+        d = c.d_model or x.shape[-1]
+        if d != x.shape[-1]:
+            x = Dense(d, ("embed", "embed"), name="input_projection", **kw)(x)
+        x = add_time_embeddings(self, x, c.max_frames, self.dtype, self.param_dtype)
+        n, f, s, _ = x.shape
+        x = x.reshape(n, f * s, d)
+        latents = self.param("latents", logical(nn.initializers.normal(1.0), ("latents", "embed")),
+                             (c.num_latents, d), self.param_dtype)
+        z = jnp.broadcast_to(latents.astype(self.dtype), (n, c.num_latents, d))
+        for i in range(c.depth):
+            x, z = PerceiverLayer(c, full_self_attention=c.kind == "transformer", name=f"layers_{i}", **kw)(x, z)
+        if c.final_norm:
+            z = norm("layernorm", eps=c.norm_eps, name="final_norm", **kw)(z)
+        return z
+
+
+def pooling_matrix(num_in: int, num_out: int) -> np.ndarray:
+    """Adaptive average pooling [num_out, num_in]: output j averages inputs floor(j*I/O)..ceil((j+1)*I/O)."""
+    m = np.zeros((num_out, num_in), np.float32)
+    for j in range(num_out):
+        lo = (j * num_in) // num_out
+        hi = max(-(-((j + 1) * num_in) // num_out), lo + 1)
+        m[j, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+class MLPResampler(nn.Module):
+    """Per-token residual MLPs, then adaptive average pooling to num_latents tokens.
+
+    features: [N, F, S, Dv] -> [N, num_latents, d].
+    """
+
+    config: ml_collections.ConfigDict
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:
+        c = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = features.astype(self.dtype)
+        d = c.d_model or x.shape[-1]
+        if d != x.shape[-1]:
+            x = Dense(d, ("embed", "embed"), name="input_projection", **kw)(x)
+        x = add_time_embeddings(self, x, c.max_frames, self.dtype, self.param_dtype)
+        n, f, s, _ = x.shape
+        x = x.reshape(n, f * s, d)
+        for i in range(c.depth):
+            h = norm("layernorm", eps=c.norm_eps, name=f"norm_{i}", **kw)(x)
+            x = x + FeedForward(c.mlp_hidden_mult * d, act=c.act, use_bias=c.use_bias, name=f"mlp_{i}", **kw)(h)
+        pool = jnp.asarray(pooling_matrix(f * s, c.num_latents), self.dtype)
+        z = jnp.einsum("ot,ntd->nod", pool, x)
+        if c.final_norm:
+            z = norm("layernorm", eps=c.norm_eps, name="final_norm", **kw)(z)
+        return z
+
+
+def build_resampler(c: ml_collections.ConfigDict, dtype: Dtype, param_dtype: Dtype) -> nn.Module:
+    """The resampler module for `c.kind` (unnamed: assign it in a parent's setup)."""
+    cls = MLPResampler if c.kind == "mlp" else AttentionResampler
+    return cls(c, dtype=dtype, param_dtype=param_dtype)
+
+
+def resampler_width(c: ml_collections.ConfigDict, vision_dim: int) -> int:
+    return c.d_model or vision_dim

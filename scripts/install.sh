@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Creates .venv and installs flamingo_jax into it (editable). `bash scripts/install.sh test` adds the test
+# extra and OpenFlamingo for the parity tests (its package metadata pulls torchvision, which has no CPU
+# build: install it without dependencies; the tests load its model files by path).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/pip install -q --upgrade pip >/dev/null
+if [ "${1:-}" = "test" ]; then
+  .venv/bin/pip install -q -e '.[test]'
+  .venv/bin/pip install -q --no-deps open-flamingo==2.0.1 open_clip_torch==2.24.0
+else
+  .venv/bin/pip install -q -e .
+fi

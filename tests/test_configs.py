@@ -1,0 +1,77 @@
+"""Experiment configs: paper shapes and parameter counts (Table 5), strict overrides, the params tool."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flamingo_jax import configs
+from flamingo_jax.tools.params import count_params
+
+ROOT = Path(__file__).resolve().parents[1]
+# Paper Table 5, per component.
+TABLE5 = {
+    "3b": dict(lm=1.4e9, vision=435e6, xattn=1.2e9, resampler=194e6, total=3.2e9),
+    "9b": dict(lm=7.1e9, vision=435e6, xattn=1.6e9, resampler=194e6, total=9.3e9),
+    "80b": dict(lm=70e9, vision=435e6, xattn=10e9, resampler=194e6, total=80e9),
+}
+
+
+def load_experiment(name: str, arg: str | None = None):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.fixture(scope="module")
+def counts():
+    return {size: count_params(load_experiment(f"flamingo_{size}").model) for size in TABLE5}
+
+
+def test_flamingo_3b_counts_match_table5(counts):
+    c, paper = counts["3b"], TABLE5["3b"]
+    for part in ("lm", "vision", "xattn", "total"):
+        assert abs(c[part] / paper[part] - 1) < 0.05, (part, c[part])
+    # 194M does not follow from six layers of width 1536 alone (6 x 12 x 1536^2 = 170M): within 15%.
+    assert abs(c["resampler"] / paper["resampler"] - 1) < 0.15
+
+
+def test_paper_lm_shapes_follow_table4(counts):
+    for size, layers, d in (("3b", 24, 2048), ("9b", 40, 4096), ("80b", 80, 8192)):
+        lm = load_experiment(f"flamingo_{size}").model.lm
+        assert (lm.num_layers, lm.d_model, lm.d_ff or 4 * lm.d_model) == (layers, d, 4 * d)
+        assert lm.act == "gelu" and not lm.gated_ffw and not lm.tie_embeddings and lm.vocab_size == 32000
+        # 12 D^2 per layer plus two 32k x D embedding tables: the shapes, not the paper's rounded sizes.
+        assert counts[size]["lm"] == layers * 12 * d * d + 2 * 32000 * d + (2 * layers + 1) * d
+
+
+def test_xattn_layers_per_size():
+    from flamingo_jax.models.xattn import placement
+    for size, n in (("3b", 24), ("9b", 10), ("80b", 12)):
+        m = load_experiment(f"flamingo_{size}").model
+        assert len(placement(m.xattn, m.lm.num_layers)) == n
+
+
+def test_config_args_and_unknown_keys():
+    assert load_experiment("flamingo_3b", "xattn_every=4").model.xattn.every == 4
+    with pytest.raises(ValueError, match="unknown config arg"):
+        load_experiment("flamingo_3b", "xattn_evry=4")
+    config = load_experiment("tiny")
+    with pytest.raises(AttributeError):
+        config.model.lm.n_layers = 3  # locked: a typo is an error, not a new field
+
+
+def test_params_tool_prints_integer_counts():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "flamingo_jax.tools.params", "--config",
+                          str(ROOT / "experiments" / "tiny.py")], capture_output=True, text=True, env=env,
+                         check=True, cwd=ROOT).stdout
+    counts = json.loads(out.strip().splitlines()[-1])
+    assert {"total", "lm", "vision", "resampler", "xattn"} <= set(counts)
+    assert all(isinstance(v, int) for v in counts.values())
+    assert counts["total"] == sum(counts[k] for k in ("lm", "vision", "resampler", "xattn", "new_tokens"))

@@ -1,0 +1,58 @@
+"""The one helper that builds tiny models and inputs for tests (shared so JAX compiles stay few)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flamingo_jax.models import build, lm_config, model_config, resampler_config, vision_config, xattn_config
+
+KEY = jax.random.key(0, impl="unsafe_rbg")  # threefry init compiles several times slower on XLA:CPU
+VOCAB = 40
+IMAGE = 16
+
+
+def tiny_model_config(kind: str = "gated", *, scan: bool = False, every: int = 1, placement: str = "every",
+                      family: str = "llama", num_layers: int = 4, mask: str = "previous", gating: bool = True,
+                      resampler: str = "perceiver", max_frames: int = 2, frames_latents: int = 4):
+    lm = lm_config(family, vocab_size=VOCAB, d_model=32, num_layers=num_layers, num_heads=4, max_len=64,
+                   scan_layers=scan)
+    return model_config(
+        vision_config("vit", "tiny", image_size=IMAGE),
+        lm,
+        resampler_config(resampler, num_latents=frames_latents, depth=2, num_heads=2, max_frames=max_frames),
+        xattn_config(kind, every=every, placement=placement, num_heads=2, mask=mask, gating=gating),
+    )
+
+
+def images(batch: int = 2, num_images: int = 3, frames: int = 1, seed: int = 0) -> jax.Array:
+    """float32[B, T, F, H, W, 3] in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.random((batch, num_images, frames, IMAGE, IMAGE, 3)), jnp.float32)
+
+
+def tokens_with_images(config, batch: int = 2, length: int = 12, image_positions=(2, 7), seed: int = 0):
+    """Random text with `<image>` at `image_positions` and `<EOC>` right before every image but the first."""
+    rng = np.random.default_rng(seed)
+    t = rng.integers(0, VOCAB, (batch, length))
+    for j, p in enumerate(image_positions):
+        t[:, p] = config.image_token_id
+        if j:
+            t[:, p - 1] = config.eoc_token_id
+    return jnp.asarray(t, jnp.int32)
+
+
+def init_params(config, tokens, imgs, image_mask, media_index=None):
+    """Unboxed params of the Flamingo model for `config` (boxed variables as the second value)."""
+    model = build(config)
+    boxed = jax.jit(model.init)(KEY, tokens, imgs, image_mask, media_index)
+    return model, nn.meta.unbox(boxed)["params"], boxed
+
+
+def set_gates(params, value: float):
+    """Every tanh gate set to `value`."""
+    def fix(path, x):
+        return jnp.full_like(x, value) if str(path[-1].key).endswith("_gate") else x
+    return jax.tree_util.tree_map_with_path(fix, params)
