@@ -11,6 +11,7 @@ from typing import Any
 
 import ml_collections
 
+from flamingo_jax import optim
 from flamingo_jax.models import lm_config, model_config, resampler_config, vision_config, xattn_config
 
 # Paper Tables 4-5: frozen LM shapes and the cross-attention interval (every n-th block from the first).
@@ -78,6 +79,26 @@ def tiny_model_config(vocab_size: int = 512) -> ml_collections.ConfigDict:
     resampler = resampler_config("perceiver", depth=2, num_heads=2, num_latents=8, max_frames=8)
     xattn = xattn_config("gated", every=1, num_heads=4)
     return model_config(vis, lm, resampler, xattn)
+
+
+def add_training(config: ml_collections.ConfigDict, data: ml_collections.ConfigDict, *, total_steps: int,
+                 log_every: int, warmup_steps: int = 5000) -> ml_collections.ConfigDict:
+    """The trainer's fields (flamingo_jax.train), with the paper's optimizer settings.
+
+    mesh: axis sizes for data / fsdp / model (-1 = the rest of the devices). trainable: regexes over param
+    paths ('lm/.*' unfreezes the LM, ablation viii). microbatches: per dataset, splits of the batch run
+    under lax.scan. pretrained: converted checkpoints for frozen subtrees (flamingo_jax.convert); ''
+    initialises randomly. data: config.data (flamingo_jax.data.config), batch sizes are global."""
+    config.total_steps = total_steps
+    config.log_every = log_every
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+    config.trainable = list(optim.DEFAULT_TRAINABLE)
+    config.optimizer = optim.optimizer_config(warmup_steps=warmup_steps)
+    config.data = data
+    config.microbatches = ml_collections.ConfigDict({name: 1 for name in data.datasets})
+    config.max_nonfinite_steps = 10
+    config.pretrained = ml_collections.ConfigDict(dict(vision="", lm=""))
+    return config
 
 
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -1,0 +1,122 @@
+"""Device mesh from config, the logical-axis rules table, and shardings for any param tree or batch.
+
+Mesh axes: `data` (pure data parallelism), `fsdp` (data parallelism with parameters sharded, ZeRO-3 style)
+and `model` (Megatron-style tensor parallelism). Batches shard over (data, fsdp). Parameters map their
+logical axis names (flamingo_jax.models.layers) through RULES; a dimension that the mesh axis does not divide
+stays replicated rather than failing, so tiny models run on any mesh.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "model")
+BATCH_AXES = ("data", "fsdp")
+
+# logical name -> mesh axis (None: replicated). One small table, as in t5x.
+RULES: tuple[tuple[str, str | None], ...] = (
+    ("embed", "fsdp"),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv_heads", "model"),
+    ("vocab", "model"),
+    ("head_dim", None),
+    ("layers", None),
+    ("latents", None),
+    ("frames", None),
+    ("positions", None),
+    ("norm", None),
+    ("conv_h", None),
+    ("conv_w", None),
+    ("conv_in", None),
+    ("conv_out", None),
+)
+
+
+class MeshError(ValueError):
+    """The requested mesh does not fit the devices."""
+
+
+def mesh_shape(mesh_config: ml_collections.ConfigDict | dict, num_devices: int) -> tuple[int, int, int]:
+    """(data, fsdp, model) sizes; one axis may be -1 meaning 'the rest of the devices'."""
+    sizes = [int(mesh_config[a]) for a in MESH_AXES]
+    if sizes.count(-1) > 1:
+        raise MeshError(f"mesh {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if any(s == 0 or s < -1 for s in sizes) or num_devices % known:
+        raise MeshError(f"mesh {dict(zip(MESH_AXES, sizes))} does not fit {num_devices} devices: "
+                        f"set config.mesh so that data*fsdp*model == {num_devices}")
+    sizes = [num_devices // known if s == -1 else s for s in sizes]
+    if math.prod(sizes) != num_devices:
+        raise MeshError(f"mesh {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} devices but "
+                        f"{num_devices} are present: set config.mesh so that data*fsdp*model == {num_devices}")
+    return tuple(sizes)
+
+
+def make_mesh(mesh_config: ml_collections.ConfigDict | dict, devices: Sequence[Any] | None = None) -> Mesh:
+    """A Mesh over all (or the given) devices with axes (data, fsdp, model)."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(mesh_config, len(devices))
+    try:
+        grid = jax.experimental.mesh_utils.create_device_mesh(shape, devices)
+    except Exception:  # CPU or unusual topologies: a plain reshape is fine
+        grid = np.asarray(devices).reshape(shape)
+    return Mesh(grid, MESH_AXES)
+
+
+def spec_for(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+             rules: Sequence[tuple[str, str | None]] = RULES) -> P:
+    """PartitionSpec of one array from its logical names; non-dividing or repeated mesh axes replicate."""
+    table = dict(rules)
+    used: set[str] = set()
+    out = []
+    for name, dim in zip(names, shape):
+        axis = table.get(name) if name is not None else None
+        if axis is not None and (axis in used or dim % mesh.shape[axis]):
+            axis = None
+        if axis is not None and mesh.shape[axis] == 1:
+            axis = None
+        if axis is not None:
+            used.add(axis)
+        out.append(axis)
+    return P(*out)
+
+
+def _is_box(x: Any) -> bool:
+    return isinstance(x, nn.meta.AxisMetadata)
+
+
+def tree_shardings(boxed_tree: Any, mesh: Mesh, rules=RULES) -> Any:
+    """NamedShardings for a tree whose leaves are LogicallyPartitioned boxes (values may be abstract).
+
+    Returns the UNBOXED structure (plain tree of NamedSharding), matching nn.meta.unbox(boxed_tree)."""
+    def one(x):
+        if _is_box(x):
+            value = x.unbox()
+            return NamedSharding(mesh, spec_for(x.names, value.shape, mesh, rules))
+        return NamedSharding(mesh, P())
+    return jax.tree.map(one, boxed_tree, is_leaf=_is_box)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+    """Leading (batch) axis over (data, fsdp); the rest replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_size_divides(batch_size: int, mesh: Mesh, name: str) -> None:
+    """A one-line error when a global batch cannot be split over the data-parallel devices."""
+    n = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch_size % n:
+        raise MeshError(f"dataset {name!r}: global batch {batch_size} is not divisible by data*fsdp = {n}; "
+                        f"change its batch_size or config.mesh")

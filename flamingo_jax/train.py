@@ -1,0 +1,227 @@
+"""The trainer: python -m flamingo_jax.train --config experiments/X.py[:arg] --workdir DIR [--config.a.b=v]
+
+One trainer for every experiment; ablations are config changes. The same code runs the tiny config on a
+laptop CPU and paper-size configs on a pod: params are initialised from shapes straight into their
+shardings (jax.eval_shape -> shardings -> jit(init, out_shardings)), the step is jitted with explicit
+shardings and the train state is donated.
+
+Multi-host: run the same command in every process with --coordinator_address, --num_processes and
+--process_id (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); only process 0 writes logs.
+Logs: TensorBoard event files in DIR (clu metric writers) and DIR/metrics.jsonl, one JSON object per log step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from clu import metric_writers, periodic_actions
+from ml_collections import config_flags
+
+from flamingo_jax import models, optim, sharding
+from flamingo_jax.train_step import MODEL_INPUTS, init_state, make_train_step
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "where logs (and checkpoints) go")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index (multi-host)")
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (e.g. too many non-finite steps in a row)."""
+
+
+def dummy_inputs(model_config: ml_collections.ConfigDict) -> tuple:
+    """The smallest inputs that trace the model (its params do not depend on their sizes)."""
+    s = model_config.vision.image_size
+    return (jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, 1, 1, s, s, 3), jnp.float32), jnp.ones((1, 1), bool))
+
+
+def init_params(model: nn.Module, model_config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                rng: jax.Array, skip: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    """Params initialised straight into their shardings, never whole on one host.
+
+    Subtrees named in `skip` (to be loaded from pretrained files) are not initialised at all: the jitted
+    init only returns the others, so XLA drops their initialisers. Returns (params, shardings)."""
+    inputs = dummy_inputs(model_config)
+    abstract = jax.eval_shape(lambda r: model.init(r, *inputs), rng)["params"]
+    shardings = sharding.tree_shardings(abstract, mesh)
+    keep = {k: v for k, v in shardings.items() if k not in skip}
+
+    def init(r):
+        params = nn.meta.unbox(model.init(r, *inputs))["params"]
+        return {k: v for k, v in params.items() if k not in skip}
+
+    return jax.jit(init, out_shardings=keep)(rng), shardings
+
+
+def load_pretrained(config: ml_collections.ConfigDict, shardings: dict) -> dict:
+    """Frozen subtrees from converted checkpoints (config.pretrained.<subtree> = path), sharded."""
+    out = {}
+    for name, path in config.pretrained.items():
+        if not path:
+            continue
+        from flamingo_jax.convert import load_converted  # only needed with pretrained weights
+
+        subtree, _ = load_converted(path, subtree=name)
+        out[name] = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), subtree, shardings[name])
+    return out
+
+
+def make_data_iterator(config: ml_collections.ConfigDict, process_index: int, process_count: int) -> Iterator:
+    """The mixture iterator of config.data, yielding this process's share of each global batch."""
+    local = {}
+    for name in config.data.mixture:
+        global_batch = config.data.datasets[name].batch_size
+        if global_batch % process_count:
+            raise sharding.MeshError(f"dataset {name!r}: batch {global_batch} does not split over "
+                                     f"{process_count} processes")
+        local[name] = global_batch // process_count
+    if config.data.source == "synthetic":
+        from flamingo_jax.data.synthetic import SyntheticMixture
+
+        m = config.model
+        return SyntheticMixture(config.data, local, vocab_size=m.lm.vocab_size, image_id=m.image_token_id,
+                                eoc_id=m.eoc_token_id, seed=config.data.seed, process_index=process_index)
+    from flamingo_jax.data.mixture import make_mixture_iterator
+
+    return make_mixture_iterator(config.data, local, process_index=process_index, process_count=process_count)
+
+
+def to_global(batches: dict, mesh: jax.sharding.Mesh) -> dict:
+    """Process-local numpy batches -> global jax.Arrays sharded over (data, fsdp)."""
+    def one(x):
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, x.ndim), x)
+    return {name: {k: one(b[k]) for k in (*MODEL_INPUTS, "targets", "loss_mask")} for name, b in batches.items()}
+
+
+@dataclass
+class Trainer:
+    """Everything a run needs, built once from the config."""
+
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    model: nn.Module
+    state: dict
+    frozen: dict
+    step_fn: Any
+    schedule: Any
+
+    @classmethod
+    def create(cls, config: ml_collections.ConfigDict) -> "Trainer":
+        mesh = sharding.make_mesh(config.mesh)
+        for name in config.data.mixture:
+            sharding.batch_size_divides(config.data.datasets[name].batch_size, mesh, name)
+        if config.data.image_size != config.model.vision.image_size:
+            raise ValueError(f"config.data.image_size {config.data.image_size} != config.model.vision.image_size "
+                             f"{config.model.vision.image_size}: set them equal")
+        model = models.build(config.model)
+        rng = jax.random.key(config.seed)
+        pretrained_names = tuple(k for k, v in config.pretrained.items() if v)
+        params, shardings = init_params(model, config.model, mesh, rng, skip=pretrained_names)
+        params.update(load_pretrained(config, shardings))
+        trainable, frozen = optim.partition(params, config.trainable)
+        tx, schedule = optim.make_optimizer(config.optimizer, trainable, config.total_steps)
+        state = jax.jit(lambda t, r: init_state(t, tx, r))(trainable, jax.random.fold_in(rng, 1))
+        state_sh = jax.tree.map(lambda x: x.sharding, state)
+        frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
+        weights = {n: config.data.datasets[n].weight for n in config.data.mixture}
+        micro = {n: config.microbatches.get(n, 1) for n in config.data.mixture}
+        step = make_train_step(model, tx, schedule, weights, micro)
+        step_fn = jax.jit(step, in_shardings=(state_sh, frozen_sh, None),
+                          out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
+        return cls(config, mesh, model, state, frozen, step_fn, schedule)
+
+    def train_step(self, batches: dict) -> dict:
+        """One update from process-local numpy batches; returns device metrics."""
+        self.state, metrics = self.step_fn(self.state, self.frozen, to_global(batches, self.mesh))
+        return metrics
+
+
+class MetricsLog:
+    """metrics.jsonl + clu writers (TensorBoard), written by process 0 only."""
+
+    def __init__(self, workdir: str, total_steps: int):
+        self.primary = jax.process_index() == 0
+        self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.primary)
+        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.primary else None
+        self.progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=self.writer)
+
+    def write(self, step: int, scalars: dict) -> None:
+        self.writer.write_scalars(step, scalars)
+        if self.jsonl:
+            self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+            self.jsonl.flush()
+
+    def close(self) -> None:
+        self.writer.flush()
+        if self.jsonl:
+            self.jsonl.close()
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs config.total_steps updates; returns the last logged scalars."""
+    os.makedirs(workdir, exist_ok=True)
+    trainer = Trainer.create(config)
+    data = make_data_iterator(config, jax.process_index(), jax.process_count())
+    log = MetricsLog(workdir, config.total_steps)
+    last: dict = {}
+    tick, tick_step = time.perf_counter(), 0
+    try:
+        for step in range(int(trainer.state["step"]), config.total_steps):
+            metrics = trainer.train_step(next(data))
+            log.progress(step + 1)
+            if (step + 1) % config.log_every == 0 or step + 1 == config.total_steps:
+                scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                now = time.perf_counter()
+                scalars["steps_per_sec"] = (step + 1 - tick_step) / (now - tick)
+                tick, tick_step = now, step + 1
+                log.write(step + 1, scalars)
+                last = scalars
+                if int(trainer.state["nonfinite_run"]) >= config.max_nonfinite_steps:
+                    raise TrainingError(
+                        f"{int(trainer.state['nonfinite_run'])} non-finite steps in a row at step {step + 1} "
+                        f"(none reached the params): lower optimizer.lr or check the data")
+    finally:
+        log.close()
+    return last
+
+
+def initialize_distributed() -> None:
+    """jax.distributed from flags or JAX_* environment variables, when more than one process is asked for."""
+    num = _NUM_PROCESSES.value or int(os.environ.get("JAX_NUM_PROCESSES", "1"))
+    if num <= 1:
+        return
+    jax.distributed.initialize(
+        coordinator_address=_COORDINATOR.value or os.environ["JAX_COORDINATOR_ADDRESS"],
+        num_processes=num,
+        process_id=_PROCESS_ID.value if _PROCESS_ID.value is not None else int(os.environ["JAX_PROCESS_ID"]))
+
+
+def main(argv):
+    del argv
+    initialize_distributed()
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required")
+    try:
+        last = train(_CONFIG.value, _WORKDIR.value)
+    except (sharding.MeshError, TrainingError) as e:
+        raise SystemExit(f"error: {e}") from None
+    logging.info("done: %s", last)
+    if jax.process_index() == 0:
+        print(json.dumps({"final": last}))
+
+
+if __name__ == "__main__":
+    app.run(main)
