@@ -23,12 +23,14 @@ RUNTIME = [
     "grain==0.2.18",
     "array-record==0.8.6",
     "sentencepiece==0.2.3",
+    "importlib_resources==7.1.0",  # tensorflow-datasets needs it to build datasets but does not declare it
     "safetensors==0.7.0",
 ]
 
 TEST = [
     "pytest==9.2.0",
     "pytest-xdist==3.8.0",
+    "dill==0.4.1",  # tfds.testing
     # Parity tests against PyTorch references. OpenFlamingo itself (open-flamingo 2.0.1 and
     # open_clip_torch 2.24.0) is installed with --no-deps by scripts/install.sh: its declared
     # dependencies pull torchvision, which has no CPU build here.

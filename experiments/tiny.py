@@ -1,8 +1,12 @@
-"""A CPU-sized Flamingo for tests and the embedded default. Arg knobs: vocab_size, xattn_kind, resampler."""
+"""A CPU-sized Flamingo on the generated world: tests and the embedded default.
+
+Arg knobs: vocab_size, xattn_kind (gated | vanilla | grafting), resampler (perceiver | transformer | mlp).
+"""
 
 import ml_collections
 
 from flamingo_jax import configs
+from flamingo_jax.data.config import tiny_data_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -12,4 +16,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.xattn.kind = a.xattn_kind
     config.model.resampler.kind = a.resampler
     config.seed = 0
+    data = tiny_data_config()
+    config.model.vision.image_size = data.image_size
+    configs.add_training(config, data, total_steps=20, log_every=5, warmup_steps=10)
+    config.optimizer.lr = 1e-3
     return configs.finalize(config)

@@ -106,3 +106,15 @@ def test_precision_policy_stores_frozen_params_in_bf16():
     dtypes = {k: {x.dtype for x in jax.tree.leaves(v)} for k, v in shapes.items()}
     assert dtypes["vision"] == dtypes["lm"] == {jnp.dtype("bfloat16")}
     assert dtypes["resampler"] == dtypes["xattn"] == dtypes["new_tokens"] == {jnp.dtype("float32")}
+
+
+def test_image_token_sees_its_own_image_and_earlier_text_sees_none(variant):
+    config, model, params, _, tokens, imgs = variant
+    params = set_gates(params, 0.5)
+    apply = jax.jit(model.apply)
+    base = apply({"params": params}, tokens, imgs, IMAGE_MASK)
+    changed = apply({"params": params}, tokens, imgs.at[:, 0].add(0.5), IMAGE_MASK)  # image 1
+    diff = jnp.abs(changed - base).max(-1)
+    assert int(tokens[0, 2]) == config.image_token_id
+    np.testing.assert_array_equal(diff[:, :2], 0.0)  # text before the first image
+    assert float(diff[:, 2].min()) > 1e-6  # the <image> token itself already sees image 1

@@ -56,3 +56,26 @@ def set_gates(params, value: float):
     def fix(path, x):
         return jnp.full_like(x, value) if str(path[-1].key).endswith("_gate") else x
     return jax.tree_util.tree_map_with_path(fix, params)
+
+
+def tiny_train_config(mixture=("m3w", "align"), total_steps: int = 3, mesh=(-1, 1, 1), mode: str = "accumulate"):
+    """experiments/tiny.py on synthetic batches (no files), small enough to compile in seconds."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("tiny_exp", Path(__file__).parents[1] / "experiments" / "tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.data.source = "synthetic"
+    config.data.mode = mode
+    config.data.mixture = list(mixture)
+    config.data.datasets.m3w.seq_len = 32
+    config.data.datasets.m3w.max_images = 3
+    config.data.datasets.m3w.batch_size = 8
+    config.data.datasets.align.batch_size = 8
+    config.data.datasets.align.seq_len = 16
+    config.total_steps = total_steps
+    config.log_every = 1
+    config.mesh.data, config.mesh.fsdp, config.mesh.model = mesh
+    return config

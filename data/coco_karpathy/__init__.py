@@ -1,0 +1,5 @@
+"""COCO captions, Karpathy split."""
+
+from .coco_karpathy import Builder
+
+__all__ = ["Builder"]

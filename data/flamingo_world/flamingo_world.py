@@ -1,0 +1,67 @@
+"""TFDS builder for the generated Flamingo world (flamingo_jax/data/world): no downloads, no manual files.
+
+Configs: one per subset with the default world ('interleaved', 'alt_text', ..., 'video_captions'),
+'tiny-<subset>' variants (32 px, 2% of the records: tests and smoke runs), and make_config(subset, world)
+for any other world (its name encodes the world parameters, so different worlds never share a directory).
+
+Features: flamingo_jax.data.schema.tfds_features(kind); images are stored as encoded PNG bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import tensorflow_datasets as tfds
+
+from flamingo_jax.data import schema
+from flamingo_jax.data.world import generate
+
+
+@dataclasses.dataclass(eq=False)
+class FlamingoWorldConfig(tfds.core.BuilderConfig):
+  subset: str = 'interleaved'
+  world: generate.WorldConfig = dataclasses.field(default_factory=generate.WorldConfig)
+
+
+def make_config(subset: str, world: generate.WorldConfig = generate.WorldConfig(), name: str | None = None
+                ) -> FlamingoWorldConfig:
+  """A config for `subset` of `world`; the default name is '<subset>-<hash of the world parameters>'."""
+  if subset not in generate.SUBSET_KINDS:
+    raise ValueError(f'unknown world subset {subset!r}; choose from {sorted(generate.SUBSET_KINDS)}')
+  if name is None:
+    name = f'{subset}-{hashlib.sha256(repr(world).encode()).hexdigest()[:10]}'
+  return FlamingoWorldConfig(name=name, subset=subset, world=world,
+                             description=f'Generated world subset {subset!r}: {world}')
+
+
+TINY_WORLD = generate.WorldConfig(image_size=32, scale=0.02, video_frames=8)
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+  """The generated world; every split is a deterministic function of the config's WorldConfig."""
+
+  name = 'flamingo_world'
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  BUILDER_CONFIGS = ([make_config(s, generate.WorldConfig(), name=s) for s in generate.SUBSET_KINDS] +
+                     [make_config(s, TINY_WORLD, name=f'tiny-{s}') for s in generate.SUBSET_KINDS])
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    cfg = self.builder_config
+    return tfds.core.DatasetInfo(
+        builder=self, description=cfg.description,
+        features=schema.tfds_features(generate.SUBSET_KINDS[cfg.subset]),
+        citation='')
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    del dl_manager  # nothing to download: the world is generated
+    cfg = self.builder_config
+    return {split: self._generate_examples(split) for split in cfg.world.splits(cfg.subset)}
+
+  def _generate_examples(self, split: str):
+    cfg = self.builder_config
+    source = generate.WorldSource(generate.World(cfg.world), cfg.subset, split)
+    for i in range(len(source)):
+      rec = source[i]
+      yield i, rec

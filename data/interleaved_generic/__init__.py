@@ -1,0 +1,5 @@
+"""Interleaved documents in a simple generic jsonl layout."""
+
+from .interleaved_generic import Builder
+
+__all__ = ["Builder"]

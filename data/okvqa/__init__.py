@@ -1,0 +1,5 @@
+"""OK-VQA from the official question/annotation files."""
+
+from .okvqa import Builder
+
+__all__ = ["Builder"]

@@ -1,0 +1,5 @@
+"""VATEX English captions from the official json files and extracted frames."""
+
+from .vatex import Builder
+
+__all__ = ["Builder"]

@@ -1,0 +1,5 @@
+"""VizWiz VQA from the official annotation files."""
+
+from .vizwiz import Builder
+
+__all__ = ["Builder"]

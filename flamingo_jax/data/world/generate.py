@@ -1,0 +1,313 @@
+"""The generated Flamingo world: every subset as a random-access, seeded record source.
+
+Record i of (subset, split) is drawn from np.random.default_rng([seed, subset_id, split_id, i]), so it
+does not depend on how many records exist or on the order they are read: the world is a deterministic
+random-access source (grain can read it directly) and the TFDS builder simply iterates it.
+
+Subsets (kind in parentheses; record schemas in flamingo_jax/data/schema.py):
+  training:   interleaved (interleaved, M3W-like), alt_text (pair, ALIGN-like), long_text (pair, LTIP-like),
+              video_text (video_text, VTP-like), text (text, LM pretraining corpus with the world's FACTS),
+              clip_pairs (pair, contrastive vision pretraining)
+  evaluation: captions (captions, COCO-like), vqa (vqa, VQAv2-like), knowledge_vqa (vqa, OKVQA-like:
+              answers are facts from the text corpus), video_qa (video_qa, MSVDQA-like),
+              video_captions (video_captions, VATEX-like); 'train' split = few-shot support pool.
+
+Few-shot prompts matter: VQA answers are one word, counts are digits (the training text spells
+numbers out), knowledge answers are made-up words, so the answer format is learnt from the shots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from flamingo_jax.data.world import lexicon, render, scenes
+
+SUBSET_KINDS: dict[str, str] = {
+    'interleaved': 'interleaved', 'alt_text': 'pair', 'long_text': 'pair', 'video_text': 'video_text',
+    'text': 'text', 'clip_pairs': 'pair',
+    'captions': 'captions', 'vqa': 'vqa', 'knowledge_vqa': 'vqa', 'video_qa': 'video_qa',
+    'video_captions': 'video_captions',
+}
+TRAIN_SUBSETS = ('interleaved', 'alt_text', 'long_text', 'video_text', 'text', 'clip_pairs')
+EVAL_SUBSETS = ('captions', 'vqa', 'knowledge_vqa', 'video_qa', 'video_captions')
+_SUBSET_IDS = {name: i + 1 for i, name in enumerate(SUBSET_KINDS)}
+_SPLIT_IDS = {'train': 0, 'test': 1}
+
+# Records per split at scale 1.0.
+DEFAULT_SIZES: dict[str, dict[str, int]] = {
+    'interleaved': {'train': 2000}, 'alt_text': {'train': 4000}, 'long_text': {'train': 2000},
+    'video_text': {'train': 1000}, 'text': {'train': 4000}, 'clip_pairs': {'train': 4000},
+    'captions': {'train': 400, 'test': 200}, 'vqa': {'train': 400, 'test': 200},
+    'knowledge_vqa': {'train': 400, 'test': 200}, 'video_qa': {'train': 200, 'test': 100},
+    'video_captions': {'train': 200, 'test': 100},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldConfig:
+  """Everything that defines a world; two equal configs give byte-identical records."""
+  seed: int = 0
+  image_size: int = 64          # square images, pixels
+  video_frames: int = 16        # frames stored per clip
+  video_fps: float = 2.0        # so a clip lasts video_frames / video_fps seconds
+  n_entities: int = 12          # creature kinds (<= number of shapes)
+  scale: float = 1.0            # multiplies DEFAULT_SIZES (at least 2 records per split)
+  max_page_images: int = 7      # interleaved pages have 1..max_page_images images
+
+  def num_records(self, subset: str, split: str) -> int:
+    sizes = DEFAULT_SIZES[subset]
+    if split not in sizes:
+      raise ValueError(f'world subset {subset!r} has splits {sorted(sizes)}, not {split!r}')
+    return max(2, int(round(sizes[split] * self.scale)))
+
+  def splits(self, subset: str) -> tuple[str, ...]:
+    return tuple(DEFAULT_SIZES[subset])
+
+
+@dataclasses.dataclass
+class _MediaRng:
+  """The random stream used only for pixels (so text does not depend on whether media is rendered)."""
+  rng: np.random.Generator
+  media: bool
+
+
+class World:
+  """A world instance: entities + record generators."""
+
+  def __init__(self, config: WorldConfig = WorldConfig()):
+    self.config = config
+    self.entities = lexicon.make_entities(config.seed, config.n_entities)
+
+  # -- helpers --------------------------------------------------------------------------------------
+  def _rng(self, subset: str, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([self.config.seed, _SUBSET_IDS[subset], _SPLIT_IDS[split], index])
+
+  def image(self, scene: scenes.Scene, rng: _MediaRng) -> bytes:
+    if not rng.media:
+      return b''
+    return render.encode_png(render.render(list(scene.objs), scene.bg, self.config.image_size, self.entities,
+                                           rng.rng))
+
+  def clip_frames(self, clip: scenes.Clip, rng: _MediaRng) -> list[bytes]:
+    if not rng.media:
+      return []
+    size, n = self.config.image_size, self.config.video_frames
+    rng = rng.rng
+    bg = render.background(clip.scene.bg, size, rng)  # static camera: one background per clip
+    frames = []
+    for f in range(n):
+      s, off = scenes.clip_motion(clip, f / max(n - 1, 1))
+      frames.append(render.encode_png(render.render(list(clip.scene.objs), clip.scene.bg, size, self.entities,
+                                                    rng, scale=s, offsets=off, bg=bg)))
+    return frames
+
+  # -- records --------------------------------------------------------------------------------------
+  def record(self, subset: str, split: str, index: int, media: bool = True) -> dict[str, Any]:
+    """Record `index` of (subset, split) as plain Python values (PNG bytes for images).
+
+    media=False skips rendering (images b'', frames []) and gives the same text: pixels are drawn from
+    their own random stream, so the text corpus can be produced quickly for vocabulary training.
+    """
+    n = self.config.num_records(subset, split)
+    if not 0 <= index < n:
+      raise IndexError(f'{subset}/{split} has {n} records, asked for {index}')
+    rng = self._rng(subset, split, index)
+    mrng = _MediaRng(np.random.default_rng([self.config.seed, _SUBSET_IDS[subset], _SPLIT_IDS[split], index, 7]),
+                     media)
+    rec = getattr(self, f'_{subset}')(rng, mrng)
+    rec['id'] = f'{subset}-{split}-{index}'
+    return rec
+
+  def _scene_pair(self, rng, mrng, text_fn) -> dict[str, Any]:
+    scene = scenes.sample_scene(rng, self.config.n_entities)
+    return {'image': self.image(scene, mrng), 'text': text_fn(scene, self.entities, rng)}
+
+  def _alt_text(self, rng, mrng):
+    return self._scene_pair(rng, mrng, scenes.alt_text)
+
+  def _long_text(self, rng, mrng):
+    return self._scene_pair(rng, mrng, scenes.long_text)
+
+  def _clip_pairs(self, rng, mrng):
+    return self._scene_pair(rng, mrng, lambda s, e, r: scenes.caption_refs(s, e, r, n=1)[0])
+
+  def _captions(self, rng, mrng):
+    scene = scenes.sample_scene(rng, self.config.n_entities)
+    return {'image': self.image(scene, mrng), 'captions': scenes.caption_refs(scene, self.entities, rng)}
+
+  def _vqa(self, rng, mrng):
+    scene = scenes.sample_scene(rng, self.config.n_entities)
+    ents = self.entities
+    o = scene.objs[int(rng.integers(len(scene.objs)))]
+    name = ents[o.entity].name
+    qtype = str(rng.choice(['colour', 'count', 'exists', 'where', 'background', 'size']))
+    if qtype == 'colour':
+      q, a = f'What colour is the {name}?', o.colour
+    elif qtype == 'count':
+      q, a = 'How many objects are there?', str(len(scene.objs))
+    elif qtype == 'exists':
+      present = {x.entity for x in scene.objs}
+      if rng.random() < 0.5 and len(present) < len(ents):
+        absent = [i for i in range(len(ents)) if i not in present]
+        q, a = f'Is there a {ents[int(rng.choice(absent))].name}?', 'no'
+      else:
+        q, a = f'Is there a {name}?', 'yes'
+    elif qtype == 'where':
+      q, a = f'Where is the {name}?', o.column
+    elif qtype == 'background':
+      q, a = 'What is the background?', scene.bg
+    else:
+      q, a = f'Is the {name} big or small?', ('big' if o.size == 'big' else 'small')
+    return {'image': self.image(scene, mrng), 'question': q, 'answers': [a] * 10, 'question_type': qtype}
+
+  def _knowledge_vqa(self, rng, mrng):
+    scene = scenes.sample_scene(rng, self.config.n_entities, n_objects=int(rng.integers(1, 3)))
+    target = int(rng.integers(len(scene.objs)))
+    o = scene.objs[target]
+    e = self.entities[o.entity]
+    which = 'this creature' if len(scene.objs) == 1 else f'the {o.colour} creature'
+    qtype = str(rng.choice(['home', 'food', 'sound']))
+    q = {'home': f'Where does {which} live?', 'food': f'What does {which} eat?',
+         'sound': f'What sound does {which} make?'}[qtype]
+    a = {'home': e.home, 'food': e.food, 'sound': e.sound}[qtype]
+    return {'image': self.image(scene, mrng), 'question': q, 'answers': [a] * 10, 'question_type': qtype}
+
+  def _clip(self, rng, mrng):
+    clip = scenes.sample_clip(rng, self.config.n_entities)
+    return clip, {'frames': self.clip_frames(clip, mrng), 'fps': float(self.config.video_fps)}
+
+  def _video_text(self, rng, mrng):
+    clip, rec = self._clip(rng, mrng)
+    rec['text'] = scenes.clip_text(clip, self.entities, rng)
+    return rec
+
+  def _video_captions(self, rng, mrng):
+    clip, rec = self._clip(rng, mrng)
+    rec['captions'] = scenes.clip_caption_refs(clip, self.entities, rng)
+    return rec
+
+  def _video_qa(self, rng, mrng):
+    clip, rec = self._clip(rng, mrng)
+    o = clip.scene.objs[clip.actor]
+    name = self.entities[o.entity].name
+    moving = clip.action in ('left', 'right', 'up', 'down')
+    qtype = str(rng.choice(['action', 'what', 'colour', 'count']))
+    if qtype == 'action':
+      q = f'Which way does the {name} move?' if moving else f'Does the {name} grow or shrink?'
+      a = clip.action
+    elif qtype == 'what':
+      q, a = ('What is moving?' if moving else 'What is changing size?'), name
+    elif qtype == 'colour':
+      q, a = f'What colour is the {name}?', o.colour
+    else:
+      q, a = 'How many objects are there?', str(len(clip.scene.objs))
+    rec.update(question=q, answers=[a], question_type=qtype)
+    return rec
+
+  def _interleaved(self, rng, mrng):
+    """A page: text segments with images between them; the describing sentence comes before or after
+    its image by a per-page convention, which is what the p_next choice of the phi rule is about."""
+    cfg = self.config
+    n_img = int(rng.integers(1, cfg.max_page_images + 1))
+    before = rng.random() < 0.5
+    items: list[tuple[str, Any]] = []
+    focus = self.entities[int(rng.integers(len(self.entities)))]
+    if rng.random() < 0.8:
+      items.append(('text', str(rng.choice([f'My {focus.name} pictures.', 'A walk with my camera.',
+                                            f'All about {focus.plural}.', 'Photos from my trip.']))))
+    for _ in range(n_img):
+      scene = scenes.sample_scene(rng, cfg.n_entities)
+      sentence = scenes.image_sentence(scene, self.entities, rng)
+      img = ('image', self.image(scene, mrng))
+      items.extend([('text', sentence), img] if before else [img, ('text', sentence)])
+      if rng.random() < 0.5:
+        items.append(('text', str(rng.choice(scenes.FILLER)) if rng.random() < 0.5
+                      else scenes.entity_filler(focus.name, focus.plural, rng)))
+    texts: list[str] = []
+    images: list[bytes] = []
+    positions: list[int] = []
+    pending: list[str] = []
+    for kind, value in items:
+      if kind == 'text':
+        pending.append(value)
+      else:
+        if pending:
+          texts.append(' '.join(pending))
+          pending = []
+        images.append(value)
+        positions.append(len(texts))  # the image comes before texts[len(texts)]
+    if pending:
+      texts.append(' '.join(pending))
+    return {'texts': texts, 'images': images, 'image_positions': positions}
+
+  def _text(self, rng, mrng):
+    """A text-only document; the ONLY place where the facts are stated."""
+    sentences = []
+    for _ in range(int(rng.integers(4, 10))):
+      e = self.entities[int(rng.integers(len(self.entities)))]
+      kind = rng.choice(['home', 'food', 'sound', 'shape', 'scene', 'filler'], p=[.25, .2, .15, .15, .15, .1])
+      n, p, pc = e.name, e.plural, e.plural.capitalize()
+      options = {
+          'home': [f'The {n} lives in {e.home}.', f'{pc} come from {e.home}.',
+                   f'In {e.home} you can find many {p}.', f'Where do {p} live? They live in {e.home}.',
+                   f'Every {n} has a home in {e.home}.'],
+          'food': [f'The {n} eats {e.food}.', f'{pc} love to eat {e.food}.',
+                   f'The favourite food of the {n} is {e.food}.', f'What do {p} eat? They eat {e.food}.'],
+          'sound': [f'The {n} says {e.sound}.', f'You can hear a {n} make the sound {e.sound}.',
+                    f'When a {n} is happy it goes {e.sound}.'],
+          'shape': [f'A {n} looks like a {e.shape}.', f'{pc} are shaped like a {e.shape}.'],
+          'scene': [f'I saw a {rng.choice(lexicon.SIZES)} {rng.choice(list(lexicon.COLOURS))} {n} on the '
+                    f'{rng.choice(list(lexicon.BACKGROUNDS))}.',
+                    f'There were {lexicon.NUMBER_WORDS[int(rng.integers(2, 6))]} {p} on the '
+                    f'{rng.choice(list(lexicon.BACKGROUNDS))}.'],
+          'filler': list(scenes.FILLER),
+      }[str(kind)]
+      sentences.append(str(rng.choice(options)))
+    return {'text': ' '.join(sentences)}
+
+
+class WorldSource:
+  """Random-access source of one (subset, split): len() and [i] -> record dict (see schema.py)."""
+
+  def __init__(self, world: World, subset: str, split: str):
+    if subset not in SUBSET_KINDS:
+      raise ValueError(f'unknown world subset {subset!r}; choose from {sorted(SUBSET_KINDS)}')
+    self.world, self.subset, self.split = world, subset, split
+    self.kind = SUBSET_KINDS[subset]
+    self._n = world.config.num_records(subset, split)
+
+  def __len__(self) -> int:
+    return self._n
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return self.world.record(self.subset, self.split, int(index))
+
+  def __repr__(self) -> str:
+    return f'WorldSource({self.subset}/{self.split}, n={self._n}, {self.world.config})'
+
+
+def world_config_from(d: Mapping[str, Any] | None) -> WorldConfig:
+  """WorldConfig from a mapping (e.g. config.data.world), ignoring nothing: unknown keys are an error."""
+  d = dict(d or {})
+  fields = {f.name for f in dataclasses.fields(WorldConfig)}
+  unknown = set(d) - fields
+  if unknown:
+    raise ValueError(f'unknown world config keys {sorted(unknown)}; valid: {sorted(fields)}')
+  return WorldConfig(**d)
+
+
+def iter_world_text(world: World) -> Iterator[str]:
+  """All the world's text (every subset, every split): the corpus the SentencePiece model learns."""
+  for subset in SUBSET_KINDS:
+    for split in world.config.splits(subset):
+      for i in range(world.config.num_records(subset, split)):
+        rec = world.record(subset, split, i, media=False)
+        for key in ('text', 'question'):
+          if key in rec:
+            yield rec[key]
+        for key in ('texts', 'captions', 'answers'):
+          for t in rec.get(key, []):
+            yield t
