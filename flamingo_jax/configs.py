@@ -88,7 +88,9 @@ def add_training(config: ml_collections.ConfigDict, data: ml_collections.ConfigD
     mesh: axis sizes for data / fsdp / model (-1 = the rest of the devices). trainable: regexes over param
     paths ('lm/.*' unfreezes the LM, ablation viii). microbatches: per dataset, splits of the batch run
     under lax.scan. pretrained: converted checkpoints for frozen subtrees (flamingo_jax.convert); ''
-    initialises randomly. data: config.data (flamingo_jax.data.config), batch sizes are global."""
+    initialises randomly. data: config.data (flamingo_jax.data.config), batch sizes are global.
+    checkpoint_*: flamingo_jax.checkpoint: save every N steps (0: only at the end and on preemption) and/or
+    every M minutes (0: off); keep the newest K plus every keep_every-th step (0: none); asynchronous saves."""
     config.total_steps = total_steps
     config.log_every = log_every
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
@@ -98,6 +100,11 @@ def add_training(config: ml_collections.ConfigDict, data: ml_collections.ConfigD
     config.microbatches = ml_collections.ConfigDict({name: 1 for name in data.datasets})
     config.max_nonfinite_steps = 10
     config.pretrained = ml_collections.ConfigDict(dict(vision="", lm=""))
+    config.checkpoint_every = 1000
+    config.checkpoint_every_minutes = 0.0
+    config.checkpoint_keep = 3
+    config.checkpoint_keep_every = 0
+    config.checkpoint_async = True
     return config
 
 

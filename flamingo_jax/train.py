@@ -7,7 +7,10 @@ shardings and the train state is donated.
 
 Multi-host: run the same command in every process with --coordinator_address, --num_processes and
 --process_id (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); only process 0 writes logs.
-Logs: TensorBoard event files in DIR (clu metric writers) and DIR/metrics.jsonl, one JSON object per log step.
+Logs: TensorBoard event files in DIR (clu metric writers) and DIR/metrics.jsonl, one JSON object per log step
+(a resumed run appends, so a step may appear twice: the later line is the one of the surviving run).
+Checkpoints (flamingo_jax.checkpoint): DIR/checkpoints/<step>, DIR/frozen; a run whose DIR holds checkpoints
+resumes from the newest intact one, on the current config's mesh. SIGTERM / SIGINT: finish the step, save, exit 0.
 """
 
 from __future__ import annotations
@@ -24,10 +27,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from clu import metric_writers, periodic_actions
 from ml_collections import config_flags
 
-from flamingo_jax import models, optim, sharding
+from flamingo_jax import checkpoint, models, optim, sharding
 from flamingo_jax.train_step import MODEL_INPUTS, init_state, make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
@@ -48,11 +50,12 @@ def dummy_inputs(model_config: ml_collections.ConfigDict) -> tuple:
 
 
 def init_params(model: nn.Module, model_config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                rng: jax.Array, skip: tuple[str, ...] = ()) -> tuple[dict, dict]:
+                rng: jax.Array, skip: tuple[str, ...] = ()) -> tuple[dict, dict, dict]:
     """Params initialised straight into their shardings, never whole on one host.
 
     Subtrees named in `skip` (to be loaded from pretrained files) are not initialised at all: the jitted
-    init only returns the others, so XLA drops their initialisers. Returns (params, shardings)."""
+    init only returns the others, so XLA drops their initialisers. Returns (params, shardings, abstract
+    params as ShapeDtypeStructs)."""
     inputs = dummy_inputs(model_config)
     abstract = jax.eval_shape(lambda r: model.init(r, *inputs), rng)["params"]
     shardings = sharding.tree_shardings(abstract, mesh)
@@ -62,19 +65,27 @@ def init_params(model: nn.Module, model_config: ml_collections.ConfigDict, mesh:
         params = nn.meta.unbox(model.init(r, *inputs))["params"]
         return {k: v for k, v in params.items() if k not in skip}
 
-    return jax.jit(init, out_shardings=keep)(rng), shardings
+    return jax.jit(init, out_shardings=keep)(rng), shardings, nn.meta.unbox(abstract)
 
 
-def load_pretrained(config: ml_collections.ConfigDict, shardings: dict) -> dict:
-    """Frozen subtrees from converted checkpoints (config.pretrained.<subtree> = path), sharded."""
+def load_pretrained(config: ml_collections.ConfigDict, shardings: dict, abstract: dict) -> dict:
+    """Frozen subtrees from converted checkpoints (config.pretrained.<subtree> = path), restored straight into
+    their shardings and the configured param dtype. A checkpoint whose shapes differ from the model's
+    (e.g. config.model.lm not taken from the converted config) is an error naming both."""
     out = {}
     for name, path in config.pretrained.items():
         if not path:
             continue
         from flamingo_jax.convert import load_converted  # only needed with pretrained weights
 
-        subtree, _ = load_converted(path, subtree=name)
-        out[name] = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), subtree, shardings[name])
+        dtype = jax.tree.leaves(abstract[name])[0].dtype
+        subtree, _ = load_converted(path, shardings=shardings[name], dtype=dtype)
+        want = jax.tree.map(lambda x: x.shape, abstract[name])
+        got = jax.tree.map(lambda x: x.shape, subtree)
+        if want != got:
+            raise ValueError(f"pretrained {name} at {path} does not match config.model.{name}: use the config "
+                             f"written by flamingo_jax.convert ({path}/config.json)")
+        out[name] = subtree
     return out
 
 
@@ -92,7 +103,8 @@ def make_data_iterator(config: ml_collections.ConfigDict, process_index: int, pr
 
         m = config.model
         return SyntheticMixture(config.data, local, vocab_size=m.lm.vocab_size, image_id=m.image_token_id,
-                                eoc_id=m.eoc_token_id, seed=config.data.seed, process_index=process_index)
+                                eoc_id=m.eoc_token_id, seed=config.data.seed, process_index=process_index,
+                                process_count=process_count)
     from flamingo_jax.data.mixture import make_mixture_iterator
 
     return make_mixture_iterator(config.data, local, process_index=process_index, process_count=process_count)
@@ -129,8 +141,8 @@ class Trainer:
         model = models.build(config.model)
         rng = jax.random.key(config.seed)
         pretrained_names = tuple(k for k, v in config.pretrained.items() if v)
-        params, shardings = init_params(model, config.model, mesh, rng, skip=pretrained_names)
-        params.update(load_pretrained(config, shardings))
+        params, shardings, abstract = init_params(model, config.model, mesh, rng, skip=pretrained_names)
+        params.update(load_pretrained(config, shardings, abstract))
         trainable, frozen = optim.partition(params, config.trainable)
         tx, schedule = optim.make_optimizer(config.optimizer, trainable, config.total_steps)
         state = jax.jit(lambda t, r: init_state(t, tx, r))(trainable, jax.random.fold_in(rng, 1))
@@ -145,14 +157,34 @@ class Trainer:
 
     def train_step(self, batches: dict) -> dict:
         """One update from process-local numpy batches; returns device metrics."""
-        self.state, metrics = self.step_fn(self.state, self.frozen, to_global(batches, self.mesh))
+        batches = to_global(batches, self.mesh)
+        self.state, metrics = self.compiled_step(batches)(self.state, self.frozen, batches)
         return metrics
+
+    def compiled_step(self, batches: dict):
+        """The step compiled for this set of datasets (round robin has one per dataset).
+
+        Compiled ahead of the first call; with several processes they then meet at a barrier, so that
+        compile-time differences between hosts do not exceed the collectives' connection timeouts
+        (30 s for gloo on CPU) at the first all-reduce."""
+        key = tuple(sorted(batches))
+        cache = self.__dict__.setdefault("_compiled", {})
+        if key not in cache:
+            cache[key] = self.step_fn.lower(self.state, self.frozen, batches).compile()
+            if jax.process_count() > 1:
+                from jax._src import distributed
+
+                distributed.global_state.client.wait_at_barrier(f"flamingo_jax_compiled_{'_'.join(key)}",
+                                                                timeout_in_ms=3_600_000)
+        return cache[key]
 
 
 class MetricsLog:
     """metrics.jsonl + clu writers (TensorBoard), written by process 0 only."""
 
     def __init__(self, workdir: str, total_steps: int):
+        from clu import metric_writers, periodic_actions  # imports TensorFlow (~10 s): only when training
+
         self.primary = jax.process_index() == 0
         self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.primary)
         self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.primary else None
@@ -171,15 +203,36 @@ class MetricsLog:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Runs config.total_steps updates; returns the last logged scalars."""
+    """Runs config.total_steps updates, resuming from workdir's newest intact checkpoint; returns the last
+    logged scalars. SIGTERM / SIGINT finish the current step, save a checkpoint and return early (the
+    scalars then hold `preempted_at_step`)."""
     os.makedirs(workdir, exist_ok=True)
+    preempt = checkpoint.Preemption()  # from the start: a signal while compiling still ends with a save
+    try:
+        return _train(config, workdir, preempt)
+    finally:
+        preempt.restore_handlers()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, preempt: checkpoint.Preemption) -> dict:
     trainer = Trainer.create(config)
     data = make_data_iterator(config, jax.process_index(), jax.process_count())
+    ckpt = checkpoint.Checkpoints(workdir, config, trainer.mesh)
+    trainer.frozen, ckpt.frozen_manifest = checkpoint.prepare_frozen(workdir, config, trainer.frozen)
+    restored = ckpt.restore(trainer.state)
+    if restored is not None:
+        trainer.state = restored.state
+        data.set_state(restored.data_state)
+        logging.info("resumed from step %d of %s", restored.step, ckpt.directory)
+    start = int(trainer.state["step"])
     log = MetricsLog(workdir, config.total_steps)
     last: dict = {}
-    tick, tick_step = time.perf_counter(), 0
+    tick, tick_step = time.perf_counter(), start
+    saved = start if restored is not None else -1
     try:
-        for step in range(int(trainer.state["step"]), config.total_steps):
+        for step in range(start, config.total_steps):
+            if preempt.flag and saved == step:  # signalled before any new step: nothing to add
+                break
             metrics = trainer.train_step(next(data))
             log.progress(step + 1)
             if (step + 1) % config.log_every == 0 or step + 1 == config.total_steps:
@@ -193,7 +246,23 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     raise TrainingError(
                         f"{int(trainer.state['nonfinite_run'])} non-finite steps in a row at step {step + 1} "
                         f"(none reached the params): lower optimizer.lr or check the data")
+            if preempt.reached(step + 1):
+                ckpt.save(step + 1, trainer.state, data.get_state())
+                saved = step + 1
+                break
+            if ckpt.due(step + 1) or step + 1 == config.total_steps:
+                ckpt.save(step + 1, trainer.state, data.get_state())
+                saved = step + 1
+        if preempt.flag:
+            ckpt.wait()
+            message = (f"{preempt.signal_name}: saved the checkpoint of step {saved} in {ckpt.directory}; "
+                       f"run the same command to resume")
+            logging.warning(message)
+            if jax.process_index() == 0:
+                print(message, flush=True)
+            last = {**last, "preempted_at_step": float(saved)}
     finally:
+        ckpt.close()  # waits for the last asynchronous save
         log.close()
     return last
 
@@ -216,7 +285,7 @@ def main(argv):
         raise app.UsageError("--workdir is required")
     try:
         last = train(_CONFIG.value, _WORKDIR.value)
-    except (sharding.MeshError, TrainingError) as e:
+    except (sharding.MeshError, TrainingError, checkpoint.CheckpointError) as e:
         raise SystemExit(f"error: {e}") from None
     logging.info("done: %s", last)
     if jax.process_index() == 0:

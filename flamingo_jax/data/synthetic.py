@@ -3,7 +3,8 @@ ahead-of-time planning: no files, no tokenizer, exactly the batch layout of the 
 
 Each sequence interleaves random text with `max_images` `<image>` tokens (an `<EOC>` before every image but
 the first), the paper's phi rule for media_index, and a loss on every real next token. Deterministic in
-(seed, step, process, dataset); the state is the step counter.
+(seed, step, dataset): every process draws the same global batch and keeps its own rows, so a run on
+N processes sees exactly the batches of a single-process run. The state is the step counter.
 """
 
 from __future__ import annotations
@@ -39,12 +40,12 @@ class SyntheticMixture:
 
     def __init__(self, data_config: ml_collections.ConfigDict, batch_sizes: Mapping[str, int], *,
                  vocab_size: int, image_id: int, eoc_id: int, seed: int = 0, process_index: int = 0,
-                 names: list[str] | None = None):
+                 process_count: int = 1, names: list[str] | None = None):
         self.config = data_config
         self.names = list(names if names is not None else data_config.mixture)
         self.batch_sizes = dict(batch_sizes)
         self.vocab = (vocab_size, image_id, eoc_id)
-        self.seed, self.process_index, self.step = seed, process_index, 0
+        self.seed, self.process_index, self.process_count, self.step = seed, process_index, process_count, 0
         if data_config.mode not in ("accumulate", "round_robin"):
             raise ValueError(f"synthetic data supports modes 'accumulate' and 'round_robin', not "
                              f"{data_config.mode!r}")
@@ -66,8 +67,11 @@ class SyntheticMixture:
         out = {}
         for name in names:
             d = self.config.datasets[name]
-            rng = np.random.default_rng([self.seed, self.step, self.process_index, self.names.index(name)])
-            out[name] = synthetic_batch(rng, self.batch_sizes[name], d.seq_len, d.max_images, d.frames,
-                                        self.config.image_size, *self.vocab)
+            rng = np.random.default_rng([self.seed, self.step, self.names.index(name)])
+            local = self.batch_sizes[name]
+            full = synthetic_batch(rng, local * self.process_count, d.seq_len, d.max_images, d.frames,
+                                   self.config.image_size, *self.vocab)
+            rows = slice(self.process_index * local, (self.process_index + 1) * local)
+            out[name] = {k: v[rows] for k, v in full.items()}
         self.step += 1
         return out

@@ -1,0 +1,515 @@
+"""Checkpoints that never lose a step: Orbax step checkpoints of what trains, frozen params stored once.
+
+Layout of a workdir:
+  checkpoints/<step>/state/   the train state (flamingo_jax.train_step.init_state): trainable params, optimizer
+                              state, step, rng (as raw key data), non-finite counters; Orbax StandardSave
+  checkpoints/<step>/data/    the data iterator's state, one small JSON file per process
+                              (`process_<i>.json`, from `iterator.get_state()`)
+  checkpoints/<step>/meta/    JSON: the config, library versions, the mesh, the frozen fingerprint
+  frozen/manifest.json        where every frozen subtree comes from and its sha256 (params_fingerprint):
+                              {"source": "pretrained", "path", "sha256" (the converted checkpoint's)} for
+                              subtrees loaded through config.pretrained, {"source": "workdir", "sha256"}
+                              for the others, which are written ONCE to frozen/params/ (Orbax)
+  checkpoints_damaged/        step checkpoints that failed to restore, moved aside (never deleted)
+
+Saves are asynchronous (the arrays are copied to host before `save` returns, so the next step may donate
+them); a step checkpoint only appears under its final name once every item is written, so a process killed
+mid-save leaves a temporary directory that the next run removes. Old steps are deleted only after a newer
+one is committed: the newest `checkpoint_keep` plus every `checkpoint_keep_every`-th step are kept.
+
+Restoring targets the CURRENT trainer's state (shapes, dtypes and shardings), so a run may resume on a
+different mesh than the one that saved it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging as pylogging
+import os
+import shutil
+import signal
+import time
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint import checkpoint_managers as policies
+
+STATE, DATA, META = "state", "data", "meta"
+_BYTES = "__bytes_base64__"
+_TEST_SLOW_SAVE_S = float(os.environ.get("FLAMINGO_JAX_TEST_SLOW_SAVE_S", "0") or 0)
+FROZEN_FORMAT = "flamingo_jax.frozen/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: frozen weights that differ, a config that no longer fits, or no
+    intact step checkpoint left."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The data iterator's state: one JSON file per process (each process reads its own shard of the data).
+
+
+class DataStateHandler(ocp.JsonCheckpointHandler):
+    """Writes `process_<i>.json` on every process (the stock JSON handler only writes on the primary)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+
+    async def _save_fn(self, x, directory):
+        if _TEST_SLOW_SAVE_S:  # tests: keep the asynchronous commit in flight long enough to kill it there
+            import asyncio
+            await asyncio.sleep(_TEST_SLOW_SAVE_S)
+        (directory / f"process_{jax.process_index()}.json").write_text(
+            json.dumps({"process_count": jax.process_count(), "state": x}, default=_json_value))
+
+    def restore(self, directory, item=None, args=None) -> Mapping[str, Any]:
+        own = directory / f"process_{jax.process_index()}.json"
+        saved = sorted(directory.glob("process_*.json"))
+        if not saved:
+            raise FileNotFoundError(f"{directory}: no process_*.json")
+        if own.exists():
+            record = json.loads(own.read_text())
+            if record["process_count"] == jax.process_count():
+                return _from_json(record["state"])
+        states = [json.loads(p.read_text())["state"] for p in saved]
+        if all(s == states[0] for s in states):  # e.g. synthetic data: the same on every process
+            return _from_json(states[0])
+        raise CheckpointError(f"{directory}: the data state was saved by {len(saved)} processes with different "
+                              f"positions; resume with the same number of processes ({jax.process_count()} now)")
+
+
+def _json_value(x: Any) -> Any:
+    if isinstance(x, bytes):  # e.g. grain's DataLoader iterator state
+        import base64
+        return {_BYTES: base64.b64encode(x).decode()}
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"the data iterator's get_state() holds a {type(x).__name__}, which JSON cannot store: "
+                    f"return plain ints, floats, strings, lists and dicts")
+
+
+def _from_json(x: Any) -> Any:
+    if isinstance(x, dict):
+        if set(x) == {_BYTES}:
+            import base64
+            return base64.b64decode(x[_BYTES])
+        return {k: _from_json(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_from_json(v) for v in x]
+    return x
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+    item: Mapping[str, Any]
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+    item: Any = None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Frozen params: stored once (or referenced to their converted checkpoint) with a content hash.
+
+
+def _host(x: jax.Array) -> np.ndarray:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def fingerprint(params: Any) -> str:
+    """params_fingerprint (flamingo_jax.convert.store) of a possibly sharded tree."""
+    from flamingo_jax.convert.store import params_fingerprint
+    return params_fingerprint(jax.tree.map(_host, params))
+
+
+def frozen_sources(config: ml_collections.ConfigDict, frozen: dict) -> dict:
+    """{subtree: {"source": "pretrained", "path", "sha256"} | {"source": "workdir"}} for the frozen tree."""
+    out = {}
+    for name in sorted(frozen):
+        path = config.pretrained.get(name, "") if "pretrained" in config else ""
+        if path:
+            from flamingo_jax.convert.store import read_manifest
+            path = os.path.abspath(path)
+            out[name] = {"source": "pretrained", "path": path,
+                         "sha256": read_manifest(path).get("params_sha256", "")}
+        else:
+            out[name] = {"source": "workdir"}
+        out[name]["dtype"] = np.dtype(jax.tree.leaves(frozen[name])[0].dtype).name
+    return out
+
+
+def frozen_fingerprint(manifest: dict) -> str:
+    """One hash naming every frozen subtree's content (what step checkpoints record)."""
+    import hashlib
+    body = {k: v["sha256"] for k, v in sorted(manifest["subtrees"].items())}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def prepare_frozen(workdir: str, config: ml_collections.ConfigDict, frozen: dict) -> tuple[dict, dict]:
+    """Writes the frozen params once, or checks (and reloads) them on resume. Returns (frozen, manifest).
+
+    The first call stores the subtrees that no converted checkpoint provides under workdir/frozen/params and
+    writes workdir/frozen/manifest.json last (so a run killed before has no manifest and simply redoes it).
+    Later calls check that every pretrained subtree still points to a converted checkpoint with the recorded
+    sha256, and restore the stored subtrees into the current shardings after checking their hash: any
+    difference is a CheckpointError, never a silent mix of weights."""
+    root = os.path.join(os.path.abspath(workdir), "frozen")
+    manifest_path = os.path.join(root, "manifest.json")
+    sources = frozen_sources(config, frozen)
+    stored = [k for k, v in sources.items() if v["source"] == "workdir"]
+    _barrier("flamingo_jax.checkpoint.frozen.check")  # every process takes the same branch below
+    if not os.path.exists(manifest_path):
+        for k in stored:
+            sources[k]["sha256"] = fingerprint(frozen[k])
+        if stored:
+            ckptr = ocp.StandardCheckpointer()
+            ckptr.save(os.path.join(root, "params"), {k: frozen[k] for k in stored}, force=True)
+            ckptr.wait_until_finished()
+        manifest = {"format": FROZEN_FORMAT, "subtrees": sources}
+        manifest["fingerprint"] = frozen_fingerprint(manifest)
+        if jax.process_index() == 0:
+            os.makedirs(root, exist_ok=True)
+            with open(manifest_path + ".tmp", "w") as f:
+                json.dump(manifest, f, indent=1)
+            os.replace(manifest_path + ".tmp", manifest_path)
+        _barrier("flamingo_jax.checkpoint.frozen.written")
+        return frozen, manifest
+
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    recorded = manifest["subtrees"]
+    fix = f"resume with the config that wrote {workdir}, or start a new --workdir"
+    if sorted(recorded) != sorted(sources):
+        raise CheckpointError(f"frozen subtrees changed: {workdir} holds {sorted(recorded)}, the config freezes "
+                              f"{sorted(sources)} ({fix})")
+    for k, now in sources.items():
+        was = recorded[k]
+        if now["source"] != was["source"] or (now["source"] == "pretrained" and (
+                now["path"] != was["path"] or now["sha256"] != was["sha256"])):
+            raise CheckpointError(
+                f"frozen hash mismatch for {k!r}: this run was trained with {_describe(was)}, the config now "
+                f"gives {_describe(now)} ({fix})")
+    if stored:
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                              {k: frozen[k] for k in stored})
+        try:
+            restored = ocp.StandardCheckpointer().restore(os.path.join(root, "params"), target)
+        except Exception as e:  # noqa: BLE001 - any failure to read is a damaged store
+            raise CheckpointError(f"{root}/params cannot be read ({type(e).__name__}: {e}); {fix}") from None
+        for k in stored:
+            got = fingerprint(restored[k])
+            if got != recorded[k]["sha256"]:
+                raise CheckpointError(f"frozen hash mismatch for {k!r}: {root}/params has sha256 {got[:12]}..., "
+                                      f"the manifest records {recorded[k]['sha256'][:12]}... ({fix})")
+        frozen = {**frozen, **restored}
+    return frozen, manifest
+
+
+def _describe(source: dict) -> str:
+    if source["source"] == "pretrained":
+        return f"the converted checkpoint {source['path']} (sha256 {source['sha256'][:12]}...)"
+    return "weights stored in the workdir (no config.pretrained path)"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Step checkpoints.
+
+
+def _storable(state: dict) -> dict:
+    """The train state with the typed PRNG key as raw key data (what Orbax can write)."""
+    return {**state, "rng": jax.random.key_data(state["rng"])}
+
+
+def _abstract(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def versions() -> dict:
+    from importlib import metadata
+    out = {}
+    for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml-collections"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = ""
+    return out
+
+
+@dataclasses.dataclass
+class Restored:
+    step: int
+    state: dict
+    data_state: Any
+    meta: dict
+
+
+class Checkpoints:
+    """The workdir's step checkpoints (see the module docstring). Cadence from the config:
+
+    checkpoint_every (steps; 0 = never by steps), checkpoint_every_minutes (0 = off), checkpoint_keep (the
+    newest K are kept), checkpoint_keep_every (every N-th step is kept for good; 0 = none), checkpoint_async.
+    """
+
+    def __init__(self, workdir: str, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
+        self.workdir = os.path.abspath(workdir)
+        self.directory = os.path.join(self.workdir, "checkpoints")
+        self.config, self.mesh = config, mesh
+        self.every = int(config.get("checkpoint_every", 0))
+        self.minutes = float(config.get("checkpoint_every_minutes", 0.0))
+        keep = max(int(config.get("checkpoint_keep", 3)), 1)  # the newest intact one is never deleted
+        keep_every = int(config.get("checkpoint_keep_every", 0))
+        preserve = [policies.LatestN(n=keep)]
+        if keep_every > 0:
+            preserve.append(policies.EveryNSteps(interval_steps=keep_every))
+        self.options = ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=bool(config.get("checkpoint_async", True)),
+            preservation_policy=policies.AnyPreservationPolicy(preserve),
+            cleanup_tmp_directories=True, create=True)
+        self.manager = self._open()
+        self.last_save_time = time.monotonic()
+        self.frozen_manifest: dict | None = None
+
+    def _open(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(self.directory, options=self.options,
+                                     item_handlers={STATE: ocp.StandardCheckpointHandler(),
+                                                    DATA: DataStateHandler(), META: ocp.JsonCheckpointHandler()})
+
+    # -- saving ------------------------------------------------------------------------------------------
+
+    def due(self, step: int) -> bool:
+        """Whether the cadence asks for a save after `step` updates (the same answer on every process)."""
+        due = bool(self.every) and step % self.every == 0
+        if self.minutes > 0 and not due:
+            due = time.monotonic() - self.last_save_time >= 60.0 * self.minutes
+            if jax.process_count() > 1:  # clocks differ: process 0 decides for everyone
+                from jax.experimental import multihost_utils
+                due = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
+        return due
+
+    def metadata(self, step: int) -> dict:
+        mesh = {} if self.mesh is None else {"shape": {k: int(v) for k, v in self.mesh.shape.items()},
+                                             "devices": int(self.mesh.devices.size)}
+        return {"step": step, "config": json.loads(self.config.to_json_best_effort()), "versions": versions(),
+                "mesh": mesh, "process_count": jax.process_count(),
+                "frozen": self.frozen_manifest or {}, "frozen_fingerprint": (self.frozen_manifest or {}).get(
+                    "fingerprint", ""), "time": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+
+    def save(self, step: int, state: dict, data_state: Any) -> bool:
+        """Starts an asynchronous save of `state` at `step` (returns once the arrays are on host)."""
+        if step in self.manager.all_steps():
+            return False
+        args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(_storable(state)),
+                                     DATA: DataStateSave(data_state),
+                                     META: ocp.args.JsonSave(self.metadata(step))})
+        self.manager.save(step, args=args, force=True)
+        self.last_save_time = time.monotonic()
+        return True
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+    # -- restoring ---------------------------------------------------------------------------------------
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def restore(self, target_state: dict, step: int | None = None) -> Restored | None:
+        """The newest intact checkpoint (or `step`), restored into target_state's shapes and shardings.
+
+        A checkpoint that fails to restore (killed mid-save, truncated or missing files) is skipped with a
+        warning and moved to checkpoints_damaged/ so that later saves of its step cannot collide with it.
+        None when the workdir holds no checkpoint; CheckpointError when none of them is intact."""
+        steps = self.steps() if step is None else [step]
+        if not steps:
+            return None
+        target = _abstract(_storable(target_state))
+        impl = jax.random.key_impl(target_state["rng"])
+        damaged = []
+        for s in reversed(steps):
+            try:
+                self._check_structure(s, target)
+                out = self.manager.restore(s, args=ocp.args.Composite(**{
+                    STATE: ocp.args.StandardRestore(target), DATA: DataStateRestore(),
+                    META: ocp.args.JsonRestore()}))
+                meta = out[META]
+                self._check_meta(s, meta)
+            except CheckpointError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure to read means a damaged checkpoint
+                logging.warning("checkpoint %d in %s is damaged (%s: %s); trying an older one", s,
+                                self.directory, type(e).__name__, str(e)[:300])
+                damaged.append(s)
+                continue
+            if damaged:
+                self._move_aside(damaged)
+                logging.warning("resuming from step %d: damaged newer checkpoints %s were moved to %s", s,
+                                damaged, os.path.join(self.workdir, "checkpoints_damaged"))
+            state = {**out[STATE], "rng": jax.random.wrap_key_data(out[STATE]["rng"], impl=impl)}
+            return Restored(step=s, state=state, data_state=out[DATA], meta=meta)
+        raise CheckpointError(f"no intact checkpoint in {self.directory}: steps {damaged} all failed to restore "
+                              f"(see the warnings); move them away to start over")
+
+    def _check_structure(self, step: int, target: dict) -> None:
+        """A checkpoint whose arrays are readable but differ from the current state's (another model, another
+        trainable set) is a config error, not damage: say so rather than skipping it."""
+        try:
+            saved = self.manager.item_metadata(step)[STATE]
+            saved = getattr(saved, "tree", saved)
+        except Exception:  # noqa: BLE001 - unreadable metadata: the restore below reports the damage
+            return
+        if not isinstance(saved, Mapping) or "trainable" not in saved:
+            return
+        def paths(tree):
+            flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+            return {jax.tree_util.keystr(k): (tuple(v.shape), np.dtype(v.dtype).name) for k, v in flat}
+        def counts(tree):
+            return sorted((tuple(v.shape), np.dtype(v.dtype).name) for v in jax.tree.leaves(tree))
+        if paths(saved["trainable"]) != paths(target["trainable"]) or counts(saved) != counts(target):
+            ours, theirs = paths(target["trainable"]), paths(saved["trainable"])
+            diff = sorted(set(ours.items()) ^ set(theirs.items()))[:4]
+            raise CheckpointError(
+                f"checkpoint {step} in {self.directory} does not fit the current config (trainable params or "
+                f"optimizer state differ, e.g. {diff}); resume with the config that wrote it (its meta/metadata "
+                f"holds it) or start a new --workdir")
+
+    def _check_meta(self, step: int, meta: dict) -> None:
+        if self.frozen_manifest is not None and meta.get("frozen_fingerprint") != self.frozen_manifest[
+                "fingerprint"]:
+            raise CheckpointError(
+                f"frozen hash mismatch: checkpoint {step} was trained with frozen params "
+                f"{str(meta.get('frozen_fingerprint'))[:12]}..., {self.workdir}/frozen holds "
+                f"{self.frozen_manifest['fingerprint'][:12]}...; use the workdir the checkpoint came from")
+
+    def _move_aside(self, steps: list[int]) -> None:
+        if jax.process_index() == 0:
+            aside = os.path.join(self.workdir, "checkpoints_damaged")
+            os.makedirs(aside, exist_ok=True)
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            for s in steps:
+                src = os.path.join(self.directory, str(s))
+                if os.path.exists(src):
+                    shutil.move(src, os.path.join(aside, f"{s}-{stamp}"))
+        _barrier("flamingo_jax.checkpoint.move_aside")
+        self.manager.close()
+        self.manager = self._open()
+
+
+def load_params(config: ml_collections.ConfigDict | None, workdir: str, step: int | None = None, *,
+                shardings: Any = None) -> tuple[dict, int]:
+    """(whole param tree, step) of a training workdir's newest intact step checkpoint (or `step`): trainable
+    params from the step checkpoint merged with the frozen ones (workdir/frozen or the converted checkpoints
+    it references, hashes checked). Read to host memory without building the model; `shardings` (one
+    Sharding or a matching pytree) places them on devices. The run's own config is in the checkpoint's
+    meta item; `config` is accepted for symmetry with the trainer and not needed."""
+    del config
+    from flamingo_jax.tools.export import read_workdir
+
+    params, _, step, _ = read_workdir(workdir, step)
+    if shardings is not None:
+        if isinstance(shardings, jax.sharding.Sharding):
+            params = jax.tree.map(lambda x: jax.device_put(x, shardings), params)
+        else:
+            params = jax.tree.map(jax.device_put, params, shardings)
+    return params, step
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Preemption.
+
+
+class Preemption:
+    """SIGTERM / SIGINT ask the loop to finish its step, save and stop.
+
+    One process: Python handlers set a flag (a second SIGINT interrupts at once). Several processes: JAX's
+    preemption service (started by jax.distributed) owns SIGTERM and agrees on a step every process reaches
+    (multihost_utils.reached_preemption_sync_point), so all save the same step; SIGINT is turned into a
+    SIGTERM to join that protocol."""
+
+    def __init__(self):
+        self.flag = False
+        self.signal_name = ""
+        self.multi = jax.process_count() > 1
+        self._old = {}
+        signals = (signal.SIGINT,) if self.multi else (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handlers, no preemption checkpoints
+                pass
+
+    def _handle(self, signum, frame) -> None:
+        if self.multi:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        if self.flag and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.flag, self.signal_name = True, signal.Signals(signum).name
+        pylogging.getLogger("flamingo_jax").warning("%s received: finishing the step, then saving",
+                                                    self.signal_name)
+
+    def reached(self, step: int) -> bool:
+        """Whether to save and stop after `step` updates (called after every step, on every process)."""
+        if not self.multi:
+            return self.flag
+        from jax.experimental import multihost_utils
+        try:
+            hit = multihost_utils.reached_preemption_sync_point(step)
+        except RuntimeError:  # preemption service disabled
+            return False
+        if hit:
+            self.flag, self.signal_name = True, self.signal_name or "SIGTERM"
+        return hit
+
+    def restore_handlers(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sizes.
+
+
+def checkpoint_bytes(config: ml_collections.ConfigDict) -> dict:
+    """Bytes of one step checkpoint (trainable + optimizer state + counters) versus the full tree (the same
+    plus every frozen param), from shapes only."""
+    from flamingo_jax import models, optim
+    from flamingo_jax.train import dummy_inputs
+    from flamingo_jax.train_step import init_state
+
+    model = models.build(config.model)
+    rng = jax.random.key(0)
+    inputs = dummy_inputs(config.model)
+    import flax.linen as nn
+    params = nn.meta.unbox(jax.eval_shape(lambda r: model.init(r, *inputs), rng)["params"])
+    trainable, frozen = optim.partition(params, config.trainable)
+    tx, _ = optim.make_optimizer(config.optimizer, trainable, config.total_steps)
+    state = jax.eval_shape(lambda t, r: _storable(init_state(t, tx, r)), trainable, rng)
+    size = lambda tree: sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize  # noqa: E731
+                            for x in jax.tree.leaves(tree))
+    return {"step_checkpoint": size(state), "trainable_params": size(trainable),
+            "optimizer_state": size(state["opt_state"]), "frozen_params": size(frozen),
+            "full_tree": size(state) + size(frozen)}
