@@ -1,0 +1,200 @@
+"""One self-contained checkpoint (frozen + trainable params + config) from a training workdir.
+
+  python -m flamingo_jax.tools.export --workdir DIR [--step N] --out OUT
+
+OUT/params/      Orbax (StandardCheckpointer) checkpoint of the whole param tree (plain arrays)
+OUT/config.json  {"format", "config": the training config, "step", "params_sha256" (params_fingerprint of
+                 the whole tree), "frozen": the workdir's frozen manifest, "source": the workdir}
+
+No model is built and no device mesh is needed: arrays are read to host memory. The frozen subtrees come from
+DIR/frozen (or from the converted checkpoints it references, whose sha256 is checked), the trainable ones
+from the step checkpoint (the newest intact one unless --step). `load_exported(OUT)` returns (params, config)
+for evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+FORMAT = "flamingo_jax.export/1"
+
+
+def _target(meta_tree: Any) -> Any:
+    """Host (numpy) restore targets from Orbax array metadata (no sharding: restored as np.ndarray)."""
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), meta_tree)
+
+
+def read_workdir(workdir: str, step: int | None = None) -> tuple[dict, ml_collections.ConfigDict, int, dict]:
+    """(params as numpy, config, step, frozen manifest) of a training workdir's step checkpoint."""
+    import orbax.checkpoint as ocp
+
+    from flamingo_jax import checkpoint, optim
+    from flamingo_jax.convert.store import load_converted, params_fingerprint, read_manifest
+
+    workdir = os.path.abspath(workdir)
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=ocp.CheckpointManagerOptions(
+        read_only=True), item_handlers={checkpoint.STATE: ocp.StandardCheckpointHandler(),
+                                        checkpoint.META: ocp.JsonCheckpointHandler()})
+    steps = sorted(manager.all_steps())
+    if not steps:
+        raise checkpoint.CheckpointError(f"{workdir} holds no step checkpoint (expected {workdir}/checkpoints/<step>)")
+    if step is not None and step not in steps:
+        raise checkpoint.CheckpointError(f"{workdir} has no checkpoint of step {step}; it has {steps}")
+    trainable = meta = None
+    for s in ([step] if step is not None else reversed(steps)):
+        try:
+            tree = manager.item_metadata(s)[checkpoint.STATE]
+            tree = getattr(tree, "tree", tree)
+            out = manager.restore(s, args=ocp.args.Composite(**{
+                checkpoint.STATE: ocp.args.StandardRestore(_target(tree)),
+                checkpoint.META: ocp.args.JsonRestore()}))
+        except Exception as e:  # noqa: BLE001 - damaged: fall back to an older one unless --step was given
+            if step is not None:
+                raise checkpoint.CheckpointError(f"checkpoint {s} of {workdir} cannot be read: {e}") from None
+            print(f"warning: checkpoint {s} of {workdir} cannot be read ({type(e).__name__}); trying an older one")
+            continue
+        trainable, meta, step = out[checkpoint.STATE]["trainable"], out[checkpoint.META], s
+        break
+    if trainable is None:
+        raise checkpoint.CheckpointError(f"no intact checkpoint in {workdir}/checkpoints")
+    manager.close()
+
+    with open(os.path.join(workdir, "frozen", "manifest.json")) as f:
+        manifest = json.load(f)
+    if meta.get("frozen_fingerprint") != manifest["fingerprint"]:
+        raise checkpoint.CheckpointError(f"frozen hash mismatch: checkpoint {step} was trained with frozen params "
+                                         f"{meta.get('frozen_fingerprint')}, {workdir}/frozen holds "
+                                         f"{manifest['fingerprint']}")
+    frozen = {}
+    stored = [k for k, v in manifest["subtrees"].items() if v["source"] == "workdir"]
+    if stored:
+        params_dir = os.path.join(workdir, "frozen", "params")
+        ckptr = ocp.StandardCheckpointer()
+        tree = ckptr.metadata(params_dir).item_metadata.tree
+        frozen.update(ckptr.restore(params_dir, _target(tree)))
+    for k, src in manifest["subtrees"].items():
+        if src["source"] == "workdir":
+            got = params_fingerprint(frozen[k])
+        else:
+            got = read_manifest(src["path"]).get("params_sha256", "")
+            subtree, _ = load_converted(src["path"])
+            frozen[k] = subtree
+        if got != src["sha256"]:
+            raise checkpoint.CheckpointError(f"frozen hash mismatch for {k!r}: found {got[:12]}..., the workdir "
+                                             f"records {src['sha256'][:12]}...")
+    config = ml_collections.ConfigDict(meta["config"])
+    frozen = _frozen_part(frozen, config, manifest)
+    params = optim.merge(jax.tree.map(np.asarray, trainable), jax.tree.map(np.asarray, frozen))
+    return params, config, step, manifest
+
+
+def _frozen_part(frozen: dict, config: ml_collections.ConfigDict, manifest: dict) -> dict:
+    """A referenced converted checkpoint holds whole subtrees: keep only what the config freezes, cast to the
+    dtype the trainer used (recorded in the manifest)."""
+    from flamingo_jax import optim
+
+    for k, src in manifest["subtrees"].items():
+        if src["source"] == "pretrained" and src.get("dtype"):
+            dt = src["dtype"]
+            if dt == "bfloat16":
+                import ml_dtypes
+                dt = ml_dtypes.bfloat16
+            frozen[k] = jax.tree.map(lambda x: np.asarray(x).astype(dt) if np.issubdtype(
+                np.asarray(x).dtype, np.floating) else np.asarray(x), frozen[k])
+    if _any_trainable(frozen, config):
+        frozen = optim.partition(frozen, config.trainable)[1]
+    return frozen
+
+
+def _any_trainable(tree: dict, config: ml_collections.ConfigDict) -> bool:
+    import re
+
+    import flax.traverse_util as tu
+
+    return any(any(re.fullmatch(p, "/".join(k)) for p in config.trainable) for k in tu.flatten_dict(tree))
+
+
+def export(workdir: str, out: str, step: int | None = None, *, force: bool = False) -> str:
+    """Writes OUT (see the module docstring); returns its absolute path."""
+    import orbax.checkpoint as ocp
+
+    from flamingo_jax.convert.store import params_fingerprint
+
+    out = os.path.abspath(out)
+    config_path = os.path.join(out, "config.json")
+    if os.path.exists(config_path) and not force:
+        raise FileExistsError(f"{out} already holds an export: choose another --out or pass --force")
+    params, config, step, manifest = read_workdir(workdir, step)
+    os.makedirs(out, exist_ok=True)
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(out, "params"), params, force=True)
+    ckptr.wait_until_finished()
+    record = {"format": FORMAT, "config": json.loads(config.to_json_best_effort()), "step": step,
+              "params_sha256": params_fingerprint(params), "frozen": manifest,
+              "source": os.path.abspath(workdir)}
+    with open(config_path + ".tmp", "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(config_path + ".tmp", config_path)  # last: a half-written export has no config.json
+    return out
+
+
+def load_exported(path: str, *, shardings: Any = None, verify: bool = False
+                  ) -> tuple[dict, ml_collections.ConfigDict]:
+    """(params, config) of an export. params: numpy arrays, or jax.Arrays placed by `shardings` (one
+    jax.sharding.Sharding for every leaf, or a pytree of them). verify: recompute and check the sha256."""
+    import orbax.checkpoint as ocp
+
+    from flamingo_jax.convert.store import params_fingerprint
+
+    path = os.path.abspath(path)
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{path} is not an export (no config.json): run "
+                                "`python -m flamingo_jax.tools.export --workdir DIR --out OUT` first")
+    with open(config_path) as f:
+        record = json.load(f)
+    if record.get("format") != FORMAT:
+        raise ValueError(f"{config_path}: unknown format {record.get('format')!r} (expected {FORMAT!r})")
+    ckptr = ocp.StandardCheckpointer()
+    params_dir = os.path.join(path, "params")
+    tree = ckptr.metadata(params_dir).item_metadata.tree
+    if shardings is None:
+        target = _target(tree)
+    else:
+        if isinstance(shardings, jax.sharding.Sharding):
+            shardings = jax.tree.map(lambda _: shardings, tree)
+        target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=s), tree,
+                              shardings)
+    params = ckptr.restore(params_dir, target)
+    if verify and params_fingerprint(params) != record["params_sha256"]:
+        raise ValueError(f"{path}: params do not match the recorded sha256 (damaged export)")
+    return params, ml_collections.ConfigDict(record["config"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="a training workdir (flamingo_jax.train --workdir)")
+    parser.add_argument("--step", type=int, default=None, help="the step to export (default: the newest intact)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing export")
+    args = parser.parse_args(argv)
+    from flamingo_jax.checkpoint import CheckpointError
+
+    try:
+        out = export(args.workdir, args.out, args.step, force=args.force)
+    except (CheckpointError, FileExistsError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    with open(os.path.join(out, "config.json")) as f:
+        record = json.load(f)
+    print(json.dumps({"out": out, "step": record["step"], "params_sha256": record["params_sha256"]}))
+
+
+if __name__ == "__main__":
+    main()
