@@ -15,6 +15,7 @@ resumes from the newest intact one, on the current config's mesh. SIGTERM / SIGI
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -32,11 +33,18 @@ from ml_collections import config_flags
 from flamingo_jax import checkpoint, models, optim, sharding
 from flamingo_jax.train_step import MODEL_INPUTS, init_state, make_train_step
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "where logs (and checkpoints) go")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host)")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index (multi-host)")
+
+
+def define_flags() -> dict:
+    """The CLI's flags, defined only when run as a program (importing the trainer defines none, so other
+    modules' CLIs and tests can import it)."""
+    return dict(
+        config=config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True),
+        workdir=flags.DEFINE_string("workdir", None, "where logs (and checkpoints) go"),
+        coordinator=flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host)"),
+        num_processes=flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)"),
+        process_id=flags.DEFINE_integer("process_id", None, "this process's index (multi-host)"),
+    )
 
 
 class TrainingError(RuntimeError):
@@ -267,24 +275,25 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preempt: checkpoint.
     return last
 
 
-def initialize_distributed() -> None:
+def initialize_distributed(f: dict) -> None:
     """jax.distributed from flags or JAX_* environment variables, when more than one process is asked for."""
-    num = _NUM_PROCESSES.value or int(os.environ.get("JAX_NUM_PROCESSES", "1"))
+    num = f["num_processes"].value or int(os.environ.get("JAX_NUM_PROCESSES", "1"))
     if num <= 1:
         return
     jax.distributed.initialize(
-        coordinator_address=_COORDINATOR.value or os.environ["JAX_COORDINATOR_ADDRESS"],
+        coordinator_address=f["coordinator"].value or os.environ["JAX_COORDINATOR_ADDRESS"],
         num_processes=num,
-        process_id=_PROCESS_ID.value if _PROCESS_ID.value is not None else int(os.environ["JAX_PROCESS_ID"]))
+        process_id=(f["process_id"].value if f["process_id"].value is not None
+                    else int(os.environ["JAX_PROCESS_ID"])))
 
 
-def main(argv):
+def main(argv, f: dict):
     del argv
-    initialize_distributed()
-    if not _WORKDIR.value:
+    initialize_distributed(f)
+    if not f["workdir"].value:
         raise app.UsageError("--workdir is required")
     try:
-        last = train(_CONFIG.value, _WORKDIR.value)
+        last = train(f["config"].value, f["workdir"].value)
     except (sharding.MeshError, TrainingError, checkpoint.CheckpointError) as e:
         raise SystemExit(f"error: {e}") from None
     logging.info("done: %s", last)
@@ -293,4 +302,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(functools.partial(main, f=define_flags()))

@@ -6,6 +6,7 @@ prints {"total", "lm", "vision", "resampler", "xattn", "new_tokens"} as integers
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -18,7 +19,6 @@ from ml_collections import config_flags
 from flamingo_jax import models
 from flamingo_jax.models.vision import vision_num_tokens
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
 
 
 def abstract_params(model_config: ml_collections.ConfigDict) -> dict:
@@ -42,13 +42,15 @@ def count_params(model_config: ml_collections.ConfigDict) -> dict[str, int]:
     return counts
 
 
-def main(argv):
+def main(argv, config_flag) -> None:
     del argv
-    config = _CONFIG.value
+    config = config_flag.value
     out = count_params(config.model)
     out["visual_tokens_per_frame"] = vision_num_tokens(config.model.vision)
     print(json.dumps(out))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    # Flags are defined only when run as a program, so importing count_params defines none.
+    flag = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
+    app.run(functools.partial(main, config_flag=flag))
