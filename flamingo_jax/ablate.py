@@ -1,0 +1,394 @@
+"""Runs ablation tables: python -m flamingo_jax.ablate --config experiments/ablations.py:table3 --workdir DIR
+[--rows a,b] [--seeds N] [--evaluator module:function] [--denominators coco=143.3,...]
+[--eval_max_queries N] [--eval_batch_size B] [--list]
+
+For every selected row of the config (experiments/ablations.py) and every seed: the row's overrides are applied
+to the baseline (`apply_row`, strict: an unknown path is an error), missing pretrained towers are pretrained
+(flamingo_jax.pretrain, world scale only), the ONE trainer runs (flamingo_jax.train.train), then the few-shot
+evaluation (`evaluate_row`). Each (row, seed) writes DIR/rows/<row>/seed<k>/result.json; a rerun skips those that
+exist, so an interrupted table resumes (an interrupted training run also resumes from its checkpoints).
+Finally DIR/<table>.md, .csv, .tex and .png are written (flamingo_jax.ablations_table).
+
+This module imports nothing heavy at import time: experiments/ablations.py imports `apply_row` from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import ml_collections
+
+# The world's analogues of the DEV benchmarks (flamingo_jax.data.eval_sets) -> the paper's column names.
+WORLD_TO_DEV = {"captions": "coco", "knowledge_vqa": "okvqa", "vqa": "vqav2", "video_qa": "msvdqa",
+                "video_captions": "vatex"}
+DEV_TO_WORLD = {v: k for k, v in WORLD_TO_DEV.items()}
+EVAL_SHOTS = 4  # Table 3: 4 shots
+
+
+class AblationError(ValueError):
+    """A row that does not apply to the base config (unknown path, bad list edit, wrong type)."""
+
+
+# ---------------------------------------------------------------------------------------------- rows
+
+
+def is_world_data(config: ml_collections.ConfigDict) -> bool:
+    """True when the training data come from the generated world (the default data config)."""
+    ds = config.data.datasets
+    return all(ds[n].builder == "flamingo_world" for n in ("m3w", "align", "ltip", "vtp") if n in ds)
+
+
+def is_world_scale(config: ml_collections.ConfigDict) -> bool:
+    """True for CPU-sized models (a 'tiny' vision tower): rows then use the world stand-ins of paper towers."""
+    return config.model.vision.get("size") == "tiny"
+
+
+def _walk(config: ml_collections.ConfigDict, path: str) -> tuple[ml_collections.ConfigDict, str]:
+    keys = path.split(".")
+    node = config
+    for i, k in enumerate(keys[:-1]):
+        if not isinstance(node, ml_collections.ConfigDict) or k not in node:
+            raise AblationError(f"unknown config path {path!r}: {'.'.join(keys[:i + 1])!r} does not exist")
+        node = node[k]
+    if not isinstance(node, ml_collections.ConfigDict) or keys[-1] not in node:
+        raise AblationError(f"unknown config path {path!r}")
+    return node, keys[-1]
+
+
+def _overrides(row: Any) -> list[tuple[str, Any]]:
+    items = row.overrides if hasattr(row, "overrides") else (row.get("overrides", ()) if isinstance(row, Mapping)
+                                                             else row)
+    out = []
+    for item in items:
+        if len(item) != 2 or not isinstance(item[0], str):
+            raise AblationError(f"row override {item!r} is not (dotted path, value)")
+        out.append((item[0], item[1]))
+    return out
+
+
+def apply_row(base: ml_collections.ConfigDict, row: Any) -> ml_collections.ConfigDict:
+    """A copy of `base` with the row's overrides applied; `base` is not modified.
+
+    row: a row of experiments/ablations.py (with .overrides) or a list of (dotted path, value). A path ending in
+    '+' appends the listed items to a list field (items already there are kept once), '-' removes them (each
+    must be present); otherwise the field is replaced (a ConfigDict/dict value replaces a whole sub-config, e.g.
+    model.vision). Every path must exist in `base` and values keep the field's type: anything else raises
+    AblationError, never a silent no-op. The result is locked like the experiment configs."""
+    config = copy.deepcopy(base)
+    with config.unlocked():
+        for path, value in _overrides(row):
+            op = path[-1] if path[-1] in "+-" else "="
+            clean = path[:-1] if op != "=" else path
+            node, key = _walk(config, clean)
+            current = node[key]
+            if op != "=":
+                if not isinstance(current, (list, tuple)):
+                    raise AblationError(f"{clean!r} is not a list: cannot {'append to' if op == '+' else 'remove from'} it")
+                items = [value] if isinstance(value, str) else list(value)
+                if op == "+":
+                    new = list(current) + [x for x in items if x not in current]
+                else:
+                    missing = [x for x in items if x not in current]
+                    if missing:
+                        raise AblationError(f"{clean!r} = {list(current)} does not contain {missing}")
+                    new = [x for x in current if x not in items]
+                value = type(current)(new)
+            elif isinstance(current, ml_collections.ConfigDict):
+                if not isinstance(value, (Mapping, ml_collections.ConfigDict)):
+                    raise AblationError(f"{clean!r} is a sub-config: replace it with a dict, not {value!r}")
+                value = ml_collections.ConfigDict(value.to_dict() if hasattr(value, "to_dict") else dict(value))
+            elif isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)):
+                value = type(current)(value)
+            try:
+                node[key] = value
+            except TypeError as e:
+                raise AblationError(f"{clean!r}: {e}") from None
+        if "data" in config and not list(config.data.mixture):
+            raise AblationError("the row leaves config.data.mixture empty")
+    config.lock()
+    return config
+
+
+def runnable_rows(config: ml_collections.ConfigDict, names: Sequence[str] | None = None) -> list[str]:
+    """Selected row names (all of the table by default), validated against config.rows."""
+    order = list(config.get("row_order") or config.rows)
+    if not names:
+        return order
+    unknown = [n for n in names if n not in config.rows]
+    if unknown:
+        raise ValueError(f"unknown rows {unknown}; this table has {list(config.rows)}")
+    return list(names)
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """'experiments/ablations.py:table3,steps=50' -> get_config('table3,steps=50')."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--config {spec!r}: no file {path}")
+    mod_spec = importlib.util.spec_from_file_location("_ablations_config", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def seeded(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+    """The config of seed index `seed`: model init and data order both shift."""
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        config.seed = int(config.seed) + seed
+        config.data.seed = int(config.data.seed) + seed
+    config.lock()
+    return config
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def _find_evaluator(spec: str | None) -> Callable:
+    if spec:
+        module, _, fn = spec.partition(":")
+        return getattr(importlib.import_module(module), fn or "evaluate_row")
+    try:
+        module = importlib.import_module("flamingo_jax.evaluate")
+    except ImportError as e:
+        raise RuntimeError(
+            "few-shot evaluation is not available (flamingo_jax.evaluate could not be imported: "
+            f"{e}); pass --evaluator module:function taking (config, workdir, tasks, shots) and returning "
+            "{task: score as a fraction}") from e
+    for name in ("evaluate_row", "evaluate_config", "evaluate"):
+        fn = getattr(module, name, None)
+        if callable(fn):
+            return fn
+    raise RuntimeError("flamingo_jax.evaluate has no evaluate_row/evaluate_config/evaluate function: pass "
+                       "--evaluator module:function")
+
+
+def evaluate_row(config: ml_collections.ConfigDict, workdir: str, *, shots: int = EVAL_SHOTS,
+                 evaluator: str | None = None, **eval_kwargs: Any) -> dict[str, float]:
+    """{DEV benchmark: score in the tables' units (CIDEr x100, accuracy %)} of the run in `workdir`.
+
+    The evaluator is called as fn(config, workdir, tasks=[eval set names], shots=[shots]) and must return
+    {task: fraction} or {task: {shots: fraction}} (flamingo_jax.evaluation.metrics' convention: CIDEr 0.86 not
+    86). World eval-set names are mapped to the DEV names (captions -> coco, ...). eval_kwargs (e.g.
+    max_queries) are passed on to the evaluator."""
+    fn = _find_evaluator(evaluator)
+    tasks = list(config.data.eval_sets) if "eval_sets" in config.data else list(WORLD_TO_DEV)
+    out = fn(config, workdir, tasks=tasks, shots=[shots], **eval_kwargs)
+    scores = {}
+    for task, value in out.items():
+        if isinstance(value, Mapping):
+            value = value.get(shots, value.get(str(shots)))
+        if value is None:
+            continue
+        scores[WORLD_TO_DEV.get(task, task)] = 100.0 * float(value)
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------- measures
+
+
+def step_time(workdir: str, skip_first: bool = True) -> float:
+    """Median seconds per update over metrics.jsonl's log intervals (the first, with compilation, skipped)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return float("nan")
+    by_step: dict[int, float] = {}
+    with open(path) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec.get("steps_per_sec"):
+                by_step[int(rec["step"])] = float(rec["steps_per_sec"])  # later lines win (resumed runs)
+    rates = [by_step[s] for s in sorted(by_step)]
+    if skip_first and len(rates) > 1:
+        rates = rates[1:]
+    if not rates:
+        return float("nan")
+    times = sorted(1.0 / r for r in rates if r > 0)
+    n = len(times)
+    return times[n // 2] if n % 2 else 0.5 * (times[n // 2 - 1] + times[n // 2])
+
+
+def final_loss(workdir: str) -> float | None:
+    """The loss of the last logged step in metrics.jsonl (None if nothing was logged)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return None
+    by_step = {}
+    with open(path) as f:
+        for line in f:
+            rec = json.loads(line)
+            by_step[int(rec["step"])] = rec.get("loss")
+    return by_step[max(by_step)] if by_step else None
+
+
+def param_count(model_config: ml_collections.ConfigDict) -> int:
+    """Total params of config.model from shapes only (what flamingo_jax.tools.params.count_params computes;
+    that module is not imported here because it defines absl's --config flag at import, as train.py does)."""
+    import math
+
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from flamingo_jax import models
+
+    s = model_config.vision.image_size
+    inputs = (jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, 1, 1, s, s, 3), jnp.float32), jnp.ones((1, 1), bool))
+    model = models.build(model_config)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))
+    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(nn.meta.unbox(abstract["params"]))))
+
+
+def ensure_pretrained(config: ml_collections.ConfigDict, stage_overrides: Mapping[str, Any] | None = None) -> None:
+    """Pretrains (flamingo_jax.pretrain) every configured tower whose directory does not hold one yet.
+    stage_overrides: pretrain_config fields (e.g. steps) from the ablation config's `pretrain` section."""
+    from flamingo_jax import pretrain
+
+    for kind in ("vision", "lm"):
+        path = config.pretrained.get(kind, "")
+        if path and not os.path.isfile(os.path.join(path, "config.json")):
+            print(f"[ablate] pretraining {kind} -> {path}", flush=True)
+            # seed 0: one tower for every seed of every row
+            pretrain.pretrain_for(kind, config, path, **{"seed": 0, **dict(stage_overrides or {})})
+
+
+# ---------------------------------------------------------------------------------------------- runner
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def run_one(config: ml_collections.ConfigDict, run_dir: str, *, evaluator: str | None = None,
+            eval_kwargs: Mapping[str, Any] | None = None, pretrain_overrides: Mapping[str, Any] | None = None
+            ) -> dict:
+    """Trains and evaluates one (row, seed); returns the result dict (also written to run_dir/result.json)."""
+    from flamingo_jax.train import train
+
+    os.makedirs(run_dir, exist_ok=True)
+    ensure_pretrained(config, pretrain_overrides)
+    t0 = time.perf_counter()
+    last = train(config, run_dir)
+    if "preempted_at_step" in last:
+        raise KeyboardInterrupt(f"training of {run_dir} was interrupted: rerun to resume")
+    t1 = time.perf_counter()
+    scores = evaluate_row(config, run_dir, evaluator=evaluator, **dict(eval_kwargs or {}))
+    t2 = time.perf_counter()
+    return dict(scores=scores, params=param_count(config.model), step_time=step_time(run_dir),
+                train_seconds=t1 - t0, eval_seconds=t2 - t1, final_loss=final_loss(run_dir))
+
+
+def run_table(config: ml_collections.ConfigDict, workdir: str, rows: Sequence[str] | None = None, seeds: int = 2,
+              evaluator: str | None = None, denominators: Mapping[str, float] | None = None,
+              runner: Callable[[ml_collections.ConfigDict, str], dict] | None = None,
+              eval_kwargs: Mapping[str, Any] | None = None) -> dict[str, list[dict]]:
+    """Runs every selected (row, seed) not done yet, then writes the table files; returns {row: [results]}.
+
+    runner(config, run_dir) -> result dict replaces train+evaluate (tests)."""
+    from flamingo_jax import ablations_table
+
+    names = runnable_rows(config, rows)
+    results: dict[str, list[dict]] = {}
+    start = time.perf_counter()
+    for name in names:
+        row = config.rows[name]
+        results[name] = []
+        if not row.runnable:
+            print(f"[ablate] {name}: not runnable here: {row.reason}", flush=True)
+            continue
+        row_config = apply_row(config.base, row)
+        for k in range(seeds):
+            run_dir = os.path.join(workdir, "rows", name, f"seed{k}")
+            result_path = os.path.join(run_dir, "result.json")
+            if os.path.isfile(result_path):
+                with open(result_path) as f:
+                    results[name].append(json.load(f))
+                continue
+            print(f"[ablate] {name} seed {k} -> {run_dir}", flush=True)
+            cfg = seeded(row_config, k)
+            stage = config.pretrain.to_dict() if "pretrain" in config else {}
+            run = runner or (lambda c, d: run_one(c, d, evaluator=evaluator, eval_kwargs=eval_kwargs,
+                                                  pretrain_overrides=stage))
+            result = run(cfg, run_dir)
+            result.update(row=name, seed=k)
+            os.makedirs(run_dir, exist_ok=True)
+            _write_json(result_path, result)
+            results[name].append(result)
+    meta = [dict(name=n, **{k: config.rows[n][k] for k in ("label", "group", "runnable", "reason", "note")},
+                 paper=config.rows[n].paper.to_dict()) for n in names]
+    elapsed = time.perf_counter() - start
+    ablations_table.write_tables(workdir, config.table, meta, results, denominators=denominators,
+                                 extra={"wall_seconds_this_invocation": round(elapsed, 1),
+                                        "seeds": seeds})
+    return results
+
+
+def enable_compilation_cache(path: str) -> None:
+    """JAX's persistent compilation cache (unless the environment already sets one): rows that change only the
+    data (and every seed of a row) compile the same train and decode steps, so most rows skip XLA compiles."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def parse_denominators(text: str) -> dict[str, float] | None:
+    if not text:
+        return None
+    out = {}
+    for item in text.split(","):
+        k, _, v = item.partition("=")
+        out[k.strip()] = float(v)
+    return out
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m flamingo_jax.ablate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="experiments/ablations.py:table3[,knob=value,...]")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--rows", default="", help="comma-separated row names (default: every row of the table)")
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--evaluator", default="", help="module:function (default: flamingo_jax.evaluate)")
+    p.add_argument("--denominators", default="", help="overall-score denominators, e.g. coco=143.3,okvqa=54.4")
+    p.add_argument("--eval_max_queries", type=int, default=0, help="queries per eval set (0 = all)")
+    p.add_argument("--eval_batch_size", type=int, default=0, help="evaluation batch size (0 = the evaluator's)")
+    p.add_argument("--list", action="store_true", help="print the rows and their overrides, run nothing")
+    args = p.parse_args(list(argv) if argv is not None else None)
+    config = load_config(args.config)
+    names = runnable_rows(config, [r for r in args.rows.split(",") if r])
+    if args.list:
+        for n in names:
+            r = config.rows[n]
+            status = "" if r.runnable else f"  [not runnable: {r.reason}]"
+            print(f"{n:28s} {r.group:6s} {r.label}{status}")
+            for path, value in r.overrides:
+                print(f"    {path} = {value if not hasattr(value, 'to_dict') else value.to_dict()}")
+        return 0
+    os.makedirs(args.workdir, exist_ok=True)
+    enable_compilation_cache(os.path.join(args.workdir, "jax_cache"))
+    eval_kwargs = {k: v for k, v in (("max_queries", args.eval_max_queries), ("batch_size", args.eval_batch_size))
+                   if v}
+    run_table(config, args.workdir, names, args.seeds, args.evaluator or None,
+              parse_denominators(args.denominators), eval_kwargs=eval_kwargs)
+    print(f"[ablate] wrote {os.path.join(args.workdir, config.table)}.{{md,csv,tex,png}}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""What both pretraining stages share: their config, AdamW, the resumable jitted loop, and the converted output.
+
+config fields (`pretrain_config`):
+  kind          'vision' (CLIP-style contrastive) or 'lm' (next-token)
+  model         the tower's config: a vision_config or an lm_config (exactly what config.model.<kind> holds)
+  data          config.data (flamingo_jax.data.config); the stage reads datasets.clip or datasets.text
+  dataset       'clip' | 'text'
+  steps, batch_size (0 = the dataset's batch_size), seed
+  lr, warmup_steps, weight_decay (on matrices only), b1, b2, clip_norm
+  log_every, save_every (steps between resumable train-state saves; 0 = only at the end)
+  text          vision only: the text tower (width, layers, heads, embed_dim, max_len)
+  init_temperature  vision only: initial softmax temperature (CLIP: 0.07; learnt, 1/100 at the least)
+
+Workdir layout: metrics.jsonl (one line per log step), train_state.msgpack + data_state.json (while training;
+deleted once the result is saved), and the result itself in flamingo_jax.convert's format (config.json +
+params/), so `config.pretrained.<kind> = workdir` loads it in the trainer unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import serialization
+
+STATE_FILE = "train_state.msgpack"
+DATA_STATE_FILE = "data_state.json"
+
+
+def pretrain_config(kind: str, model: ml_collections.ConfigDict, data: ml_collections.ConfigDict,
+                    **overrides: Any) -> ml_collections.ConfigDict:
+    """The config of one pretraining stage (module docstring); unknown overrides raise."""
+    if kind not in ("vision", "lm"):
+        raise ValueError(f"pretraining kind must be 'vision' or 'lm', got {kind!r}")
+    c = ml_collections.ConfigDict(dict(
+        kind=kind, model=model, data=data, dataset="clip" if kind == "vision" else "text",
+        steps=400, batch_size=64 if kind == "vision" else 16, seed=0, lr=1e-3, warmup_steps=20,
+        weight_decay=0.1 if kind == "vision" else 0.01, b1=0.9, b2=0.98 if kind == "vision" else 0.95,
+        clip_norm=1.0, log_every=20, save_every=100,
+        text=ml_collections.ConfigDict(dict(width=64, layers=2, heads=4, embed_dim=64, max_len=64)),
+        init_temperature=0.07,
+    ))
+    for key, value in overrides.items():
+        if key not in c:
+            raise KeyError(f"unknown pretraining field {key!r}; known: {sorted(c)}")
+        c[key] = value
+    return c
+
+
+def from_experiment(config: ml_collections.ConfigDict, kind: str, **overrides: Any) -> ml_collections.ConfigDict:
+    """A stage config for the tower of a Flamingo experiment config (config.model.<kind>, config.data)."""
+    overrides.setdefault("seed", int(config.get("seed", 0)))
+    return pretrain_config(kind, config.model[kind], config.data, **overrides)
+
+
+def as_stage_config(config: ml_collections.ConfigDict, kind: str) -> ml_collections.ConfigDict:
+    """Accepts a stage config or a Flamingo experiment config."""
+    if "kind" in config and "model" in config and "dataset" in config:
+        if config.kind != kind:
+            raise ValueError(f"this is a {config.kind!r} pretraining config, not {kind!r}")
+        return config
+    if "model" in config and kind in config.model and "data" in config:
+        return from_experiment(config, kind)
+    raise ValueError("pretraining needs a flamingo_jax.pretrain.pretrain_config or an experiment config with "
+                     f"model.{kind} and data")
+
+
+def default_path(root: str, kind: str, model: ml_collections.ConfigDict,
+                 data: ml_collections.ConfigDict | None = None) -> str:
+    """<root>/<kind>_<name>_<hash>: one directory per tower config (and world/vocabulary of the data), so a
+    changed config never silently reuses another tower's weights."""
+    h = hashlib.sha256(json.dumps(model.to_dict(), sort_keys=True, default=str).encode())
+    if data is not None:
+        h.update(json.dumps(dict(world=data.world.to_dict(), vocab=data.vocab.to_dict()), sort_keys=True,
+                            default=str).encode())
+    name = f"{model.kind}_{model.size}".replace("/", "-") if kind == "vision" else f"{model.family}_{model.num_layers}l"
+    return os.path.join(root, f"{kind}_{name}_{h.hexdigest()[:8]}")
+
+
+def is_done(workdir: str) -> bool:
+    return os.path.isfile(os.path.join(workdir, "config.json"))
+
+
+def make_optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW with linear warmup then cosine decay to 0; weight decay on matrices only; global-norm clipping."""
+    warm = max(int(c.warmup_steps), 1)
+    sched = optax.warmup_cosine_decay_schedule(0.0, c.lr, warm, max(int(c.steps), warm + 1), 0.0)
+    decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)  # noqa: E731
+    tx = optax.adamw(sched, b1=c.b1, b2=c.b2, weight_decay=c.weight_decay, mask=decay_mask)
+    return optax.chain(optax.clip_by_global_norm(c.clip_norm), tx) if c.clip_norm else tx
+
+
+def make_iterator(c: ml_collections.ConfigDict) -> Any:
+    """The data engineer's mixture iterator over the stage's single dataset (batches keyed by its name)."""
+    from flamingo_jax.data.mixture import make_mixture_iterator
+
+    bs = int(c.batch_size) or int(c.data.datasets[c.dataset].batch_size)
+    return make_mixture_iterator(c.data, {c.dataset: bs}, seed=int(c.seed), names=[c.dataset])
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def save_state(workdir: str, state: dict, data_state: Any) -> None:
+    """Atomically writes the train state (params, optimizer state, step) and the data iterator's state."""
+    tmp = os.path.join(workdir, STATE_FILE + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(serialization.to_bytes(jax.device_get(state)))
+    if data_state is not None:
+        _write_json(os.path.join(workdir, DATA_STATE_FILE), data_state)
+    os.replace(tmp, os.path.join(workdir, STATE_FILE))
+
+
+def restore_state(workdir: str, target: dict) -> tuple[dict, Any] | None:
+    path = os.path.join(workdir, STATE_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        state = serialization.from_bytes(jax.device_get(target), f.read())
+    data_state = None
+    dpath = os.path.join(workdir, DATA_STATE_FILE)
+    if os.path.isfile(dpath):
+        with open(dpath) as f:
+            data_state = json.load(f)
+    return state, data_state
+
+
+def run_loop(c: ml_collections.ConfigDict, workdir: str, init_params: dict, loss_fn: Callable,
+             batches: Iterator[dict], *, data_iter: Any = None, name: str = "pretrain") -> dict:
+    """Trains `init_params` for c.steps with AdamW; resumes from workdir's train state. Returns final params.
+
+    loss_fn(params, batch) -> (loss, aux dict of scalars); batch: the numpy batch of the stage's dataset."""
+    os.makedirs(workdir, exist_ok=True)
+    tx = make_optimizer(c)
+    state = dict(params=init_params, opt_state=tx.init(init_params), step=jnp.zeros((), jnp.int32))
+    restored = restore_state(workdir, state)
+    if restored is not None:
+        state, data_state = restored
+        if data_state is not None and data_iter is not None:
+            data_iter.set_state(data_state)
+        print(f"[{name}] resumed at step {int(state['step'])}", flush=True)
+
+    @jax.jit
+    def step_fn(state, batch):
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        aux = dict(aux, loss=loss, grad_norm=optax.global_norm(grads))
+        return dict(params=params, opt_state=opt_state, step=state["step"] + 1), aux
+
+    log = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    start = int(state["step"])
+    tick = time.perf_counter()
+    try:
+        for step in range(start, int(c.steps)):
+            state, aux = step_fn(state, next(batches))
+            done = step + 1
+            if done % c.log_every == 0 or done == c.steps:
+                scalars = {k: float(v) for k, v in jax.device_get(aux).items()}
+                now = time.perf_counter()
+                scalars["steps_per_sec"] = c.log_every / max(now - tick, 1e-9)
+                tick = now
+                log.write(json.dumps(dict(step=done, **scalars)) + "\n")
+                log.flush()
+                print(f"[{name}] step {done}/{c.steps} " + " ".join(f"{k}={v:.4g}" for k, v in scalars.items()),
+                      flush=True)
+            if c.save_every and done % c.save_every == 0 and done < c.steps:
+                save_state(workdir, state, data_iter.get_state() if data_iter is not None else None)
+    finally:
+        log.close()
+    return jax.device_get(state["params"])
+
+
+def finish(workdir: str, kind: str, params: dict, model_config: ml_collections.ConfigDict, source: dict,
+           ignored: dict[str, str], notes: list[str]) -> str:
+    """Saves the tower in flamingo_jax.convert's format and removes the resumable train state."""
+    from flamingo_jax.convert.store import Converted, save_converted
+
+    params = jax.tree.map(np.asarray, params)
+    out = save_converted(workdir, Converted(kind, params, model_config, source=source, ignored=ignored, notes=notes))
+    for f in (STATE_FILE, DATA_STATE_FILE):
+        p = os.path.join(workdir, f)
+        if os.path.exists(p):
+            os.remove(p)
+    return out
+
+
+def last_metrics(workdir: str) -> dict:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return {}
+    last: dict = {}
+    with open(path) as f:
+        for line in f:
+            last = json.loads(line)
+    return last
