@@ -1,0 +1,285 @@
+"""Few-shot evaluation: python -m flamingo_jax.evaluate --config experiments/X.py[:arg] --workdir DIR
+    [--checkpoint PATH] [--tasks captions,vqa,...|coco,vqav2,...] [--shots 0,4,8,16,32]
+    [--selection random|rices] [--seeds 3] [--batch_size 8] [--max_queries N] [--num_shards N --shard_index I]
+
+Writes DIR/eval/results.json and DIR/eval/results.md (mean +- std over seeds, in the tables' units: CIDEr
+x100, accuracy and AUC in %). Each (task, shots, seed, selection, checkpoint) cell is cached: its shards'
+predictions go to DIR/eval/cells/<cell>/shard-<i>-of-<n>.json and its score into results.json, so a rerun
+skips finished cells (and finished shards of unfinished ones).
+
+Params: --checkpoint PATH (a training workdir or its checkpoints; see load_params), else DIR's own
+checkpoints if it has any (the ablation runner passes the training workdir), else a random init (a loud
+warning: the numbers then measure nothing).
+
+Several processes: run the same command with --num_shards N --shard_index I (or under jax.distributed, which
+sets them); queries are split round-robin, each process writes its shard and shard 0 waits for the others,
+then scores the cell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Any, Mapping, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+
+from flamingo_jax.evaluation import harness
+
+TABLE_SCALE = 100.0
+
+
+# ---------------------------------------------------------------------------------------------- params
+
+
+def random_params(config: ml_collections.ConfigDict) -> dict:
+    """Randomly initialised params (flamingo_jax.train.init_params on a one-axis mesh of all devices)."""
+    from flamingo_jax import models, sharding
+    from flamingo_jax.train import init_params
+
+    model = models.build(config.model)
+    mesh = sharding.make_mesh(config.mesh if "mesh" in config else dict(data=-1, fsdp=1, model=1))
+    params, _, _ = init_params(model, config.model, mesh, jax.random.key(config.get("seed", 0)))
+    return params
+
+
+def load_params(config: ml_collections.ConfigDict, path: str) -> tuple[dict, str]:
+    """(params, checkpoint id) of the newest intact checkpoint under `path` (a training workdir).
+
+    Uses flamingo_jax.checkpoint.load_params(config, path) -> (params, step) when the checkpoint module
+    provides it; otherwise restores through the trainer's own objects (the train state's trainable params
+    merged with the workdir's frozen params)."""
+    from flamingo_jax import checkpoint
+
+    path = os.path.abspath(path)
+    if os.path.basename(path) == "checkpoints":
+        path = os.path.dirname(path)
+    lib = getattr(checkpoint, "load_params", None)
+    if callable(lib):
+        params, step = lib(config, path)
+    else:
+        from flamingo_jax import optim
+        from flamingo_jax.train import Trainer
+
+        if not os.path.exists(os.path.join(path, "frozen", "manifest.json")):
+            raise FileNotFoundError(f"{path} holds no training checkpoint (no frozen/manifest.json): pass the "
+                                    "--workdir of a flamingo_jax.train run as --checkpoint")
+        trainer = Trainer.create(config)
+        ckpt = checkpoint.Checkpoints(path, config, trainer.mesh)
+        frozen, _ = checkpoint.prepare_frozen(path, config, trainer.frozen)
+        restored = ckpt.restore(trainer.state)
+        ckpt.close()
+        if restored is None:
+            raise FileNotFoundError(f"no step checkpoint under {path}/checkpoints")
+        params, step = optim.merge(restored.state["trainable"], frozen), restored.step
+    return params, f"{os.path.basename(path)}-step{step}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+
+
+def has_checkpoint(path: str) -> bool:
+    d = os.path.join(path, "checkpoints")
+    return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+
+def cell_key(task: str, shots: int, seed: int, selection: str, checkpoint_id: str) -> str:
+    return f"{task}-{shots}shot-{selection}-seed{seed}-{checkpoint_id}"
+
+
+class Results:
+    """DIR/eval/results.json: {'cells': {key: {...}}}; written atomically by shard 0."""
+
+    def __init__(self, workdir: str):
+        self.dir = os.path.join(workdir, "eval")
+        self.path = os.path.join(self.dir, "results.json")
+        os.makedirs(self.dir, exist_ok=True)
+
+    def load(self) -> dict:
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                return json.load(f)
+        return {"cells": {}}
+
+    def save(self, data: dict) -> None:
+        tmp = self.path + f".tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.path)
+
+    def shard_path(self, key: str, shard: tuple[int, int]) -> str:
+        return os.path.join(self.dir, "cells", key, f"shard-{shard[0]}-of-{shard[1]}.json")
+
+
+def _write_json(path: str, obj: Any) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + f".tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def summarize(cells: Mapping[str, Mapping[str, Any]], checkpoint_id: str, selection: str) -> dict:
+    """{task: {shots: {'mean', 'std', 'seeds', 'metric'}}} in the tables' units, for one checkpoint."""
+    groups: dict = {}
+    for c in cells.values():
+        if c["checkpoint"] != checkpoint_id or c["selection"] != selection:
+            continue
+        groups.setdefault(c["task"], {}).setdefault(int(c["shots"]), []).append(c)
+    out = {}
+    for task, by_shots in groups.items():
+        out[task] = {}
+        for shots, cs in sorted(by_shots.items()):
+            vals = np.array([TABLE_SCALE * c["score"] for c in cs])
+            out[task][shots] = dict(mean=float(vals.mean()), std=float(vals.std()), seeds=len(vals),
+                                    metric=cs[0]["metric"])
+    return out
+
+
+def markdown(summary: Mapping[str, Mapping[int, Mapping[str, Any]]], title: str) -> str:
+    shots = sorted({s for t in summary.values() for s in t})
+    lines = [f"# {title}", "", "| task | metric | " + " | ".join(f"{s}-shot" for s in shots) + " |",
+             "|---|---|" + "---|" * len(shots)]
+    for task in sorted(summary):
+        row = summary[task]
+        metric = next(iter(row.values()))["metric"]
+        cells = []
+        for s in shots:
+            if s in row:
+                r = row[s]
+                cells.append(f"{r['mean']:.1f}" + (f" ± {r['std']:.1f}" if r["seeds"] > 1 else ""))
+            else:
+                cells.append("")
+        lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
+    lines += ["", "CIDEr x100; VQA accuracy, top-1 and ROC-AUC in %; mean ± std over seeds."]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[str] | None = None,
+             shots: Sequence[int] = (0, 4, 8, 16, 32), *, seeds: int = 1, selection: str = "random",
+             checkpoint: str | None = None, params: Any = None, checkpoint_id: str | None = None,
+             batch_size: int = 8, num_beams: int = 3, length_penalty: float = 0.0, max_queries: int = 0,
+             shard: tuple[int, int] | None = None, progress: bool = True, vocab=None,
+             wait_timeout_s: float = 3600.0) -> dict:
+    """Runs every (task, shots, seed) cell not yet in DIR/eval/results.json; returns
+    {task: {shots: mean score over seeds as a fraction}} (flamingo_jax.ablate's evaluator convention)."""
+    from flamingo_jax import models
+
+    shard = shard or (jax.process_index(), jax.process_count())
+    if params is None:
+        if checkpoint or has_checkpoint(workdir):
+            params, checkpoint_id = load_params(config, checkpoint or workdir)
+        else:
+            logging.warning("no --checkpoint and no checkpoint in %s: evaluating RANDOMLY INITIALISED params",
+                            workdir)
+            params = random_params(config)
+            checkpoint_id = f"random-init-seed{config.get('seed', 0)}"
+    checkpoint_id = checkpoint_id or "params"
+    data = harness.EvalData(config.data, vocab=vocab)
+    tasks = [data.resolve(t) for t in (tasks or list(config.data.eval_sets))]
+    results = Results(workdir)
+    evaluator = harness.Evaluator(models.build(config.model), params, data, batch_size=batch_size,
+                                  num_beams=num_beams, length_penalty=length_penalty,
+                                  cache_dir=os.path.join(workdir, "eval", "rices_cache"), progress=progress)
+    for task in tasks:
+        for n_shots in shots:
+            for seed in range(seeds):
+                key = cell_key(task, n_shots, seed, selection, checkpoint_id)
+                if key in results.load()["cells"]:
+                    logging.info("cached: %s", key)
+                    continue
+                t0 = time.time()
+                path = results.shard_path(key, shard)
+                if not os.path.exists(path):
+                    outs = evaluator.predict(task, n_shots, seed, selection, shard, max_queries)
+                    _write_json(path, outs)
+                if shard[0] != 0:
+                    continue
+                outputs = _gather(results, key, shard[1], wait_timeout_s)
+                score = evaluator.score(task, outputs)
+                data_ = results.load()
+                data_["cells"][key] = dict(task=task, shots=n_shots, seed=seed, selection=selection,
+                                           checkpoint=checkpoint_id, metric=harness.metric_name(data.kind(task)),
+                                           score=score, queries=len(outputs), seconds=round(time.time() - t0, 1))
+                groups = sorted({(c["checkpoint"], c["selection"]) for c in data_["cells"].values()})
+                data_["summary"] = {f"{ck}/{sel}": summarize(data_["cells"], ck, sel) for ck, sel in groups}
+                results.save(data_)
+                with open(os.path.join(results.dir, "results.md"), "w") as f:
+                    f.write("\n".join(markdown(data_["summary"][f"{ck}/{sel}"],
+                                               f"Few-shot results: {ck} ({sel} support)") for ck, sel in groups))
+                logging.info("%s: %s = %.4f", key, harness.metric_name(data.kind(task)), score)
+    cells = results.load()["cells"]
+    summary = summarize(cells, checkpoint_id, selection)
+    return {t: {s: v["mean"] / TABLE_SCALE for s, v in by.items()} for t, by in summary.items() if t in tasks}
+
+
+evaluate_row = evaluate  # flamingo_jax.ablate calls evaluate_row(config, workdir, tasks=..., shots=...)
+
+
+def _gather(results: Results, key: str, num_shards: int, timeout_s: float) -> list[dict]:
+    deadline = time.time() + timeout_s
+    outputs = []
+    for i in range(num_shards):
+        path = results.shard_path(key, (i, num_shards))
+        while not os.path.exists(path):
+            if time.time() > deadline:
+                raise TimeoutError(f"shard {i} of {key} did not appear in {timeout_s:.0f}s: is its process running?")
+            time.sleep(2.0)
+        with open(path) as f:
+            outputs += json.load(f)
+    return sorted(outputs, key=lambda o: o["index"])
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _define_flags():
+    from ml_collections import config_flags
+
+    # Defined only if absent: some versions of flamingo_jax.train define them at import.
+    import flamingo_jax.train  # noqa: F401
+
+    if "config" not in flags.FLAGS:
+        config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
+    if "workdir" not in flags.FLAGS:
+        flags.DEFINE_string("workdir", None, "results go to WORKDIR/eval")
+    flags.DEFINE_string("checkpoint", None, "training workdir whose newest checkpoint is evaluated")
+    flags.DEFINE_list("tasks", None, "eval sets (config.data.eval_sets names or coco,vqav2,okvqa,msvdqa,vatex)")
+    flags.DEFINE_list("shots", ["0", "4", "8", "16", "32"], "numbers of shots")
+    flags.DEFINE_enum("selection", "random", ["random", "rices"], "how support examples are chosen")
+    flags.DEFINE_integer("seeds", 1, "seeds per cell (support draws)")
+    flags.DEFINE_integer("batch_size", 8, "queries per batch")
+    flags.DEFINE_integer("num_beams", 3, "beam width (1 = greedy)")
+    flags.DEFINE_float("length_penalty", 0.0, "beam scores are sum log p / length ** length_penalty")
+    flags.DEFINE_integer("max_queries", 0, "evaluate only the first N queries of each set (0 = all)")
+    flags.DEFINE_integer("num_shards", None, "processes sharing the queries (default: jax.process_count())")
+    flags.DEFINE_integer("shard_index", None, "this process's shard (default: jax.process_index())")
+
+
+def main(argv):
+    del argv
+    f = flags.FLAGS
+    if not f.workdir:
+        raise app.UsageError("--workdir is required")
+    shard = None
+    if f.num_shards is not None:
+        shard = (f.shard_index or 0, f.num_shards)
+    out = evaluate(f.config, f.workdir, f.tasks, [int(s) for s in f.shots], seeds=f.seeds, selection=f.selection,
+                   checkpoint=f.checkpoint, batch_size=f.batch_size, num_beams=f.num_beams,
+                   length_penalty=f.length_penalty, max_queries=f.max_queries, shard=shard)
+    if (shard or (jax.process_index(), 1))[0] == 0:
+        print(open(os.path.join(f.workdir, "eval", "results.md")).read() if out else "no cells evaluated")
+        print(json.dumps({"results": out}))
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,171 @@
+"""Prompts, RICES and the harness end to end on the tiny world (cached cells, sharding-invariant outputs)."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from flamingo_jax import evaluate
+from flamingo_jax.data.testing import tiny_config, tiny_vocab
+from flamingo_jax.evaluation import harness, prompts, rices
+import tiny
+
+
+class _Vocab:
+    """A character vocabulary: enough to check prompt layouts exactly."""
+    bos_id, eos_id, pad_id, image_id, eoc_id = 1, 2, 0, 100, 101
+
+    def encode(self, text):
+        return [ord(c) % 90 + 3 for c in text]
+
+
+def test_prompt_layouts():
+    v = _Vocab()
+    sup = [dict(captions=["a red cube."], id="s0"), dict(captions=["two dogs"], id="s1")]
+    q = dict(captions=["x"], id="q")
+    p = prompts.build_prompt(v, "captions", sup, [5, 7], q, text_only=False, seed=0, query_index=3)
+    want = ([v.bos_id, v.image_id] + v.encode("Output: a red cube.") + [v.eoc_id, v.image_id]
+            + v.encode("Output: two dogs") + [v.eoc_id, v.image_id] + v.encode("Output:"))
+    assert p.tokens == want and p.support == [5, 7]
+    z = prompts.build_prompt(v, "captions", sup, [5, 7], q, text_only=True, seed=0, query_index=3)
+    assert z.tokens.count(v.image_id) == 1 and z.support == [] and z.text_only == [5, 7]
+    assert z.tokens == [t for t in want if t != v.image_id][:-len(v.encode("Output:"))] + [v.image_id] + v.encode(
+        "Output:")
+    qa = dict(question="What colour?", answers=["red", "blue", "red"])
+    assert prompts.example_text("vqa", qa, np.random.default_rng(0)) == "Question: What colour? Answer: red"
+    memes = dict(text="hello", label=1)
+    assert prompts.example_text("classification", memes, np.random.default_rng(0)) == (
+        'is an image with written: "hello" on it. Is it hateful? Answer: yes')
+    assert prompts.candidate_tokens(v, "classification")[1] == v.encode(" yes") + [v.eoc_id]
+    assert prompts.postprocess("vqa", " red<EOC>Question: x") == "red"
+    assert prompts.postprocess("captions", ' a "dog" Output: b') == "a dog"
+
+
+def test_random_support_is_seeded_per_query_and_distinct():
+    a = prompts.random_support(20, 8, seed=0, query_index=5)
+    assert a == prompts.random_support(20, 8, seed=0, query_index=5) and len(set(a)) == 8
+    assert a != prompts.random_support(20, 8, seed=1, query_index=5)
+    assert a != prompts.random_support(20, 8, seed=0, query_index=6)
+    assert a != sorted(a) or a != prompts.random_support(20, 8, seed=2, query_index=5)  # random order
+    with pytest.raises(ValueError, match="support pool"):
+        prompts.random_support(4, 8, seed=0, query_index=0)
+
+
+def test_rices_selects_most_similar_last_and_caches(tmp_path):
+    support = rices.normalize(np.eye(4))  # cosine with the query: 1.0, 0.5, 0.2, 0.0 (normalised)
+    query = rices.normalize(np.array([[1.0, 0.5, 0.2, 0.0]]))
+    sel = rices.select(support, query, 3)
+    assert sel.tolist() == [[2, 1, 0]]  # most similar (0) last, right before the query
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return np.ones((3, 4))
+
+    key = dict(vision=rices.params_hash({"w": jnp.ones(3)}), data="x")
+    f1 = rices.cached_features(str(tmp_path), key, compute)
+    f2 = rices.cached_features(str(tmp_path), key, compute)
+    assert len(calls) == 1 and np.allclose(f1, f2) and np.allclose(np.linalg.norm(f1, axis=1), 1)
+    other = dict(key, vision=rices.params_hash({"w": jnp.zeros(3)}))
+    rices.cached_features(str(tmp_path), other, compute)
+    assert len(calls) == 2
+
+
+@pytest.fixture(scope="module")
+def world_model():
+    data = tiny_config()
+    vocab = tiny_vocab()
+    model_cfg = tiny.tiny_model_config(num_layers=1, max_frames=4)
+    model_cfg.lm.vocab_size = vocab.base_size
+    model_cfg.image_token_id, model_cfg.eoc_token_id = vocab.image_id, vocab.eoc_id
+    model_cfg.vision.image_size = data.image_size
+    config = ml_collections.ConfigDict(dict(model=model_cfg, data=data, seed=0))
+    s = data.image_size
+    model, params, _ = tiny.init_params(model_cfg, jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 1, 1, s, s, 3)),
+                                        jnp.ones((1, 1), bool))
+    return config, tiny.set_gates(params, 0.5), vocab
+
+
+def test_evaluate_end_to_end_caches_cells_and_shards_agree(world_model, tmp_path, monkeypatch):
+    config, params, vocab = world_model
+    kw = dict(params=params, checkpoint_id="test", batch_size=2, num_beams=1, max_queries=3, progress=False,
+              vocab=vocab)
+    out = evaluate.evaluate(config, str(tmp_path), ["vqav2"], [2], **kw)  # DEV alias -> the world's 'vqa'
+    assert set(out) == {"vqa"} and 0.0 <= out["vqa"][2] <= 1.0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    (cell,) = results["cells"].values()
+    assert cell["queries"] == 3 and cell["metric"] == "vqa_accuracy"
+    assert "| vqa | vqa_accuracy |" in (tmp_path / "eval" / "results.md").read_text()
+    unsharded = json.loads(next((tmp_path / "eval" / "cells").glob("*/shard-0-of-1.json")).read_text())
+
+    # A rerun skips the finished cell entirely.
+    monkeypatch.setattr(harness.Evaluator, "predict", lambda *a, **k: pytest.fail("cached cell recomputed"))
+    assert evaluate.evaluate(config, str(tmp_path), ["vqa"], [2], **kw) == out
+    monkeypatch.undo()
+
+    # Two shards (as two processes would run them) give the same predictions and score.
+    other = tmp_path / "sharded"
+    for i in (1, 0):
+        evaluate.evaluate(config, str(other), ["vqa"], [2], shard=(i, 2), wait_timeout_s=5, **kw)
+    shards = sorted((other / "eval" / "cells").glob("*/shard-*-of-2.json"))
+    merged = sorted((o for p in shards for o in json.loads(p.read_text())), key=lambda o: o["index"])
+    assert merged == unsharded
+    assert json.loads((other / "eval" / "results.json").read_text())["cells"].popitem()[1]["score"] == cell["score"]
+
+
+def test_rices_and_zero_shot_prompts_on_the_world(world_model, tmp_path):
+    config, params, vocab = world_model
+    data = harness.EvalData(config.data, vocab=vocab)
+    from flamingo_jax import models
+
+    ev = harness.Evaluator(models.build(config.model), params, data, batch_size=2, num_beams=1,
+                           cache_dir=str(tmp_path), progress=False)
+    pool = data.source("vqa", "support")
+    queries = data.source("vqa", "query")
+    chosen = ev._choose("vqa", 2, 0, "rices", [0, 1], [queries[0], queries[1]], len(pool))
+    assert all(len(c) == 2 and len(set(c)) == 2 for c in chosen)
+    assert len(list(tmp_path.glob("rices_*.npz"))) == 1
+    sup = ev._support_features("vqa")
+    q = ev._rices_features("vqa", [queries[0]])
+    sims = (q @ sup.T)[0]
+    assert sims[chosen[0][-1]] == sims.max()  # the most similar is last
+    zero = ev._choose("vqa", 0, 0, "random", [0], [queries[0]], len(pool))
+    assert len(zero[0]) == 2  # zero-shot: two text-only examples
+
+
+class _MemesData(harness.EvalData):
+    """HatefulMemes-shaped records (classification) served from memory: the close-ended path."""
+
+    def __init__(self, config, vocab):
+        super().__init__(config.data, vocab=vocab)
+        self.records = {s: [dict(id=f"m-{s}-{i}", text=f"meme {i}", label=i % 2) for i in range(6)]
+                        for s in ("support", "query")}
+
+    def kind(self, task):
+        return "classification"
+
+    def frames(self, task):
+        return 1
+
+    def source(self, task, split):
+        return self.records[split]
+
+    def media(self, task, record):
+        s = self.config.image_size
+        return np.full((1, s, s, 3), int(record["id"][-1]) / 6.0, np.float32)
+
+
+def test_close_ended_ranking_gives_roc_auc(world_model):
+    config, params, vocab = world_model
+    from flamingo_jax import models
+
+    ev = harness.Evaluator(models.build(config.model), params, _MemesData(config, vocab), batch_size=2,
+                           progress=False)
+    outs = ev.predict("memes", shots=2, seed=0, max_queries=4)
+    assert [o["index"] for o in outs] == [0, 1, 2, 3]
+    assert all(o["prediction"] in ("no", "yes") and np.isfinite(o["score"]) for o in outs)
+    assert 0.0 <= ev.score("memes", outs) <= 1.0
