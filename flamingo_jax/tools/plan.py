@@ -1,0 +1,430 @@
+"""Ahead-of-time memory plan of the sharded train step for a target machine; nothing is allocated.
+
+  python -m flamingo_jax.tools.plan --config experiments/flamingo_80b.py --mesh data=8,fsdp=4,model=8 \
+      --target {cpu,tpu:v5e:16x16,tpu:v5p:4x8x8,gpu:h100:32x8,...} [--batch m3w=64,align=128] \
+      [--memory_gb 16] [--headroom 0.1] [--config.a.b=value ...]
+
+Builds the step exactly as the trainer does (flamingo_jax.train.Trainer.create) but from abstract shapes:
+params and optimizer state come from jax.eval_shape, every input is a ShapeDtypeStruct carrying its
+NamedSharding, and jax.jit(step).lower(...).compile() compiles for the target's devices. Prints one JSON
+object with per-device bytes: params (trainable, frozen), optimizer state, batch, temporaries and the peak,
+and a verdict against the target's per-device memory less `headroom` (default 10%).
+
+Targets:
+  cpu                 forced host devices, one per mesh position (--xla_force_host_platform_device_count;
+                      the tool re-executes itself with the flag when JAX already started with fewer).
+                      State sizes are exact; XLA:CPU's temporaries overstate an accelerator's (1.6-2.1x).
+                      Per-device memory: --memory_gb, else host RAM / devices.
+  tpu:<gen>:<AxB[xC]> compile-only TPU devices from the libtpu wheel (optional: `pip install libtpu`),
+                      gen in v4, v5e, v5p, v6e; e.g. tpu:v5e:16x16 (256 chips, 16 GiB each).
+  gpu:<kind>:<HxD>    a deviceless compile through the CUDA PJRT plugin (optional: `pip install
+                      "jax[cuda12]"`): H hosts x D GPUs, kind in h100, h200, a100, b200. The plugin needs
+                      the GPU's target description: --gpu_target_config FILE (an XLA GpuTargetConfigProto
+                      text file, e.g. XLA's gpu_specs/h100_sxm.txtpb).
+
+The batch is the config's mixture at its global batch sizes, every dataset in one step (the paper's
+accumulation), with config.microbatches applied; --batch overrides sizes and --datasets keeps only some
+datasets (a round-robin step, or a quicker compile).
+The model should scan over layers (lm.scan_layers=True, the paper configs' default) so the compile time does
+not grow with depth.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+GIB = 1024**3
+
+# Per-chip memory (GiB) and the libtpu topology naming of each TPU generation.
+TPU_MEMORY_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
+TPU_TOPOLOGY = {  # gen -> (libtpu topology prefix, chip_config_name, chips_per_host_bounds)
+    "v4": ("v4", "megacore", (2, 2, 1)),
+    "v5e": ("v5e", "default", (2, 2, 1)),
+    "v5p": ("v5", "megacore", (2, 2, 1)),
+    "v6e": ("v6e", "default", (2, 2, 1)),
+}
+GPU_MEMORY_GIB = {"h100": 80, "h200": 141, "a100": 80, "b200": 180}
+
+
+class PlanError(RuntimeError):
+    """A target that cannot be planned here (bad name, missing optional compiler, too few devices)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed --target: kind in {cpu, tpu, gpu}, the generation/model and the device grid."""
+
+    kind: str
+    name: str = ""
+    grid: tuple[int, ...] = ()
+
+    @property
+    def num_devices(self) -> int | None:
+        return math.prod(self.grid) if self.grid else None
+
+    @property
+    def memory_bytes(self) -> int | None:
+        if self.kind == "tpu":
+            return TPU_MEMORY_GIB[self.name] * GIB
+        if self.kind == "gpu":
+            return GPU_MEMORY_GIB[self.name] * GIB
+        return None
+
+
+def parse_target(text: str) -> Target:
+    """'cpu' | 'tpu:v5e:16x16' | 'gpu:h100:32x8' -> Target. Raises PlanError with the valid forms."""
+    if text == "cpu":
+        return Target("cpu")
+    parts = text.split(":")
+    known = {"tpu": TPU_MEMORY_GIB, "gpu": GPU_MEMORY_GIB}
+    if len(parts) != 3 or parts[0] not in known or parts[1] not in known[parts[0]] or not re.fullmatch(
+            r"\d+(x\d+)*", parts[2]):
+        raise PlanError(f"unknown --target {text!r}: use cpu, tpu:<{'|'.join(TPU_MEMORY_GIB)}>:AxB[xC] or "
+                        f"gpu:<{'|'.join(GPU_MEMORY_GIB)}>:HOSTSxGPUS (e.g. tpu:v5e:16x16, gpu:h100:32x8)")
+    return Target(parts[0], parts[1], tuple(int(x) for x in parts[2].split("x")))
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """'data=8,fsdp=4,model=8' -> {'data': 8, 'fsdp': 4, 'model': 8} (missing axes are 1)."""
+    out = {"data": 1, "fsdp": 1, "model": 1}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in out:
+            raise PlanError(f"bad --mesh item {item!r}: use data=N,fsdp=N,model=N")
+        out[key.strip()] = int(value)
+    if any(v < 1 for v in out.values()):
+        raise PlanError(f"--mesh {text!r}: sizes must be >= 1 (no -1 in a plan)")
+    return out
+
+
+def parse_batch(text: str) -> dict[str, int]:
+    """'m3w=64,align=128' -> {'m3w': 64, 'align': 128}."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise PlanError(f"bad --batch item {item!r}: use dataset=global_batch,...")
+        out[key.strip()] = int(value)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- devices
+
+
+def target_devices(target: Target, count: int, gpu_target_config: str = "") -> list:
+    """`count` devices to compile for: forced CPU devices, or compile-only TPU/GPU devices."""
+    import jax
+
+    if target.kind == "cpu":
+        devices = jax.devices("cpu")
+        if len(devices) < count:
+            raise PlanError(f"{len(devices)} CPU devices but the mesh needs {count}: set "
+                            f"XLA_FLAGS=--xla_force_host_platform_device_count={count} before JAX starts")
+        return devices[:count]
+    if target.num_devices != count:
+        raise PlanError(f"target {target.kind}:{target.name}:{'x'.join(map(str, target.grid))} has "
+                        f"{target.num_devices} devices but the mesh uses {count}")
+    from jax.experimental import topologies
+
+    if target.kind == "tpu":
+        prefix, chip_config, host_bounds = TPU_TOPOLOGY[target.name]
+        grid = "x".join(map(str, target.grid))
+        try:
+            import libtpu  # noqa: F401  (the compile-only TPU compiler)
+        except ImportError:
+            raise PlanError("TPU targets need the TPU compiler: pip install libtpu") from None
+        desc = topologies.get_topology_desc(topology_name=f"{prefix}:{grid}", platform="tpu",
+                                            chip_config_name=chip_config, chips_per_host_bounds=host_bounds,
+                                            num_slices=1)
+        return list(desc.devices)
+    try:
+        import jax_cuda12_plugin  # noqa: F401
+    except ImportError:
+        raise PlanError('GPU targets need the CUDA PJRT plugin: pip install "jax[cuda12]"') from None
+    if not gpu_target_config:
+        raise PlanError("GPU targets need --gpu_target_config FILE (an XLA GpuTargetConfigProto text file, "
+                        "e.g. xla/tools/hlo_opt/gpu_specs/h100_sxm.txtpb)")
+    with open(gpu_target_config) as f:
+        spec = f.read()
+    hosts, per_host = (target.grid + (1,))[:2] if len(target.grid) == 1 else target.grid[-2:]
+    desc = topologies.get_topology_desc(topology_name=f"{target.name}", platform="cuda", target_config=spec,
+                                        topology=f"1x{hosts}x{per_host}")
+    return list(desc.devices)
+
+
+# ------------------------------------------------------------------------------------- abstract state
+
+
+def _bytes(x: Any) -> int:
+    return int(math.prod(x.shape)) * x.dtype.itemsize if hasattr(x, "dtype") else 0
+
+
+def per_device_bytes(tree: Any, shardings: Any) -> int:
+    """Bytes one device holds of `tree` (ShapeDtypeStructs) under `shardings` (the largest shard)."""
+    import jax
+
+    total = 0
+    for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)):
+        shard = s.shard_shape(x.shape)
+        total += int(math.prod(shard)) * x.dtype.itemsize
+    return total
+
+
+def _dict_path(path: Sequence[Any]) -> tuple[str, ...]:
+    """The dict keys of a key path (optax state containers in between are skipped)."""
+    import jax
+
+    return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def opt_state_shardings(opt_state: Any, trainable_shardings: Any, trainable: Any, replicated: Any) -> Any:
+    """Shardings for an (abstract) optimizer state, matched to the params by path and shape.
+
+    Moment trees (Adam's mu, nu) mirror the params: a leaf whose dict path ends with a param's path and
+    has its shape takes that param's sharding; counts and the rest are replicated. optax.tree_map_params
+    would call the optimizer's init eagerly, which fails for compile-only devices."""
+    import flax.traverse_util as tu
+    import jax
+
+    shards = tu.flatten_dict(trainable_shardings)
+    shapes = {k: v.shape for k, v in tu.flatten_dict(trainable).items()}
+
+    def one(path, leaf):
+        keys = _dict_path(path)
+        for start in range(len(keys)):
+            suffix = keys[start:]
+            if suffix in shards and shapes[suffix] == getattr(leaf, "shape", None):
+                return shards[suffix]
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(one, opt_state)
+
+
+def batch_shapes(config: Any, batch_overrides: Mapping[str, int], datasets: Sequence[str] = ()) -> dict:
+    """{dataset: {field: (shape, dtype)}} of one step's global batches (flamingo_jax.train_step layout):
+    every dataset of the mixture, or only `datasets` (a round-robin step)."""
+    import numpy as np
+
+    names = list(datasets or config.data.mixture)
+    unknown = (set(batch_overrides) | set(names)) - set(config.data.mixture)
+    if unknown:
+        raise PlanError(f"dataset names {sorted(unknown)} are not in the mixture {list(config.data.mixture)}")
+    out = {}
+    s = config.model.vision.image_size
+    for name in names:
+        d = config.data.datasets[name]
+        b = int(batch_overrides.get(name, d.batch_size))
+        t, l = max(int(d.max_images), 1), int(d.seq_len)
+        out[name] = dict(tokens=((b, l), np.int32), images=((b, t, int(d.frames), s, s, 3), np.float32),
+                         image_mask=((b, t), np.bool_), media_index=((b, l), np.int32),
+                         targets=((b, l), np.int32), loss_mask=((b, l), np.float32))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- plan
+
+
+def plan(config: Any, mesh_sizes: Mapping[str, int], target: Target, *, devices: Sequence[Any] | None = None,
+         batch_overrides: Mapping[str, int] | None = None, datasets: Sequence[str] = (),
+         memory_bytes: int | None = None, headroom: float = 0.1, gpu_target_config: str = "") -> dict:
+    """Compiles the train step of `config` for `target` on `mesh_sizes` and returns the memory plan."""
+    import flax.linen as nn
+    import jax
+
+    import jax.numpy as jnp
+
+    from flamingo_jax import models, optim, sharding
+    from flamingo_jax.train_step import init_state, make_train_step
+
+    t_start = time.perf_counter()
+    count = math.prod(mesh_sizes[a] for a in sharding.MESH_AXES)
+    if devices is None:
+        devices = target_devices(target, count, gpu_target_config)
+    mesh = sharding.make_mesh(dict(mesh_sizes), list(devices)[:count])
+    batches = batch_shapes(config, batch_overrides or {}, datasets)
+    for name, fields in batches.items():
+        sharding.batch_size_divides(fields["tokens"][0][0], mesh, name)
+
+    model = models.build(config.model)
+    rng = jax.random.key(config.seed)
+    size = config.model.vision.image_size  # the smallest inputs that trace the model (flamingo_jax.train)
+    dummy = (jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, 1, 1, size, size, 3), jnp.float32),
+             jnp.ones((1, 1), bool))
+    boxed = jax.eval_shape(lambda r: model.init(r, *dummy), rng)["params"]
+    param_sh = sharding.tree_shardings(boxed, mesh)
+    params = nn.meta.unbox(boxed)
+    trainable, frozen = optim.partition(params, config.trainable)
+    trainable_sh, frozen_sh = optim.partition(param_sh, config.trainable)
+    tx, schedule = optim.make_optimizer(config.optimizer, trainable, config.total_steps)
+    state = jax.eval_shape(lambda t, r: init_state(t, tx, r), trainable, rng)
+    rep = sharding.replicated(mesh)
+    state_sh = {k: rep for k in state}
+    state_sh["trainable"] = trainable_sh
+    state_sh["opt_state"] = opt_state_shardings(state["opt_state"], trainable_sh, trainable, rep)
+
+    def sds(tree, shardings):
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+    batch_args = {name: {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
+                         for k, (shape, dtype) in f.items()}
+                  for name, f in batches.items()}
+    weights = {n: config.data.datasets[n].weight for n in config.data.mixture}
+    micro = {n: config.microbatches.get(n, 1) for n in config.data.mixture}
+    step = make_train_step(model, tx, schedule, weights, micro)
+    jitted = jax.jit(step, in_shardings=(state_sh, frozen_sh, None), out_shardings=(state_sh, rep),
+                     donate_argnums=0)
+    t0 = time.perf_counter()
+    lowered = jitted.lower(sds(state, state_sh), sds(frozen, frozen_sh), batch_args)
+    lower_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    # The plan never runs the program: on CPU skip LLVM's optimisations (half the compile time; buffer
+    # assignment, hence every figure below, is unchanged).
+    options = {"xla_backend_optimization_level": 0} if target.kind == "cpu" else None
+    try:
+        compiled = lowered.compile(compiler_options=options)
+    except Exception as e:  # over-budget TPU compiles fail with RESOURCE_EXHAUSTED
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        compiled, error = None, str(e).splitlines()[0][:300]
+    else:
+        error = None
+    compile_s = time.perf_counter() - t0
+
+    trainable_b = per_device_bytes(state["trainable"], state_sh["trainable"])
+    frozen_b = per_device_bytes(frozen, frozen_sh)
+    opt_b = per_device_bytes(state["opt_state"], state_sh["opt_state"])
+    batch_b = per_device_bytes(batch_args, jax.tree.map(lambda x: x.sharding, batch_args))
+    budget = memory_bytes or target.memory_bytes
+    if budget is None:  # cpu without --memory_gb: the host's RAM shared by the forced devices
+        budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // count
+    usable = int(budget * (1.0 - headroom))
+    out = dict(
+        target=target_name(target), mesh=dict(mesh_sizes), devices=count, platform=devices[0].platform,
+        device_kind=getattr(devices[0], "device_kind", ""),
+        global_batch={n: f["tokens"][0][0] for n, f in batches.items()},
+        params_bytes=trainable_b + frozen_b, trainable_params_bytes=trainable_b, frozen_params_bytes=frozen_b,
+        optimizer_state_bytes=opt_b, batch_bytes=batch_b,
+    )
+    if compiled is not None:
+        m = compiled.memory_analysis()
+        arg, outp, alias, temp = (int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
+                                  int(m.alias_size_in_bytes), int(m.temp_size_in_bytes))
+        # Live at once: the arguments, the outputs not aliased to (donated) arguments, the temporaries.
+        # XLA's own peak figure is reported beside it (on CPU it leaves out most temporaries).
+        xla_peak = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
+        peak = max(arg + outp - alias + temp, xla_peak)
+        out.update(argument_bytes=arg, output_bytes=outp, alias_bytes=alias, temp_bytes=temp,
+                   generated_code_bytes=int(m.generated_code_size_in_bytes), xla_peak_bytes=xla_peak,
+                   peak_bytes=peak)
+        fits = peak <= usable
+    else:
+        out.update(peak_bytes=None, compile_error=error)
+        fits = False
+    out.update(
+        memory_bytes=int(budget), usable_bytes=usable, headroom=headroom,
+        peak_gib=None if out["peak_bytes"] is None else round(out["peak_bytes"] / GIB, 3),
+        memory_gib=round(budget / GIB, 3),
+        verdict="fits" if fits else "does not fit",
+        lower_s=round(lower_s, 2), compile_s=round(compile_s, 2),
+        total_s=round(time.perf_counter() - t_start, 2),
+    )
+    if target.kind == "cpu":
+        out["note"] = "forced CPU devices: state sizes exact, XLA:CPU temporaries overstate accelerators'"
+    return out
+
+
+def target_name(target: Target) -> str:
+    return target.kind if target.kind == "cpu" else f"{target.kind}:{target.name}:{'x'.join(map(str, target.grid))}"
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def _flag_value(argv: Sequence[str], name: str) -> str | None:
+    for i, a in enumerate(argv):
+        if a == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(f"--{name}="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _prepare_process(argv: Sequence[str]) -> None:
+    """Before JAX starts: enough forced CPU devices for a cpu plan (re-executing this command with
+    XLA_FLAGS when JAX already started with fewer), and JAX_PLATFORMS=cpu for compile-only targets."""
+    target_text, mesh_text = _flag_value(argv, "target") or "cpu", _flag_value(argv, "mesh")
+    try:
+        target = parse_target(target_text)
+        count = math.prod(parse_mesh(mesh_text).values()) if mesh_text else 1
+    except PlanError:
+        return  # reported properly by main
+    if target.kind != "cpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")  # no local accelerator needed to compile for one
+        os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no GCE metadata server to ask
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # one (compile-only) host
+        return
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+    from jax._src import xla_bridge
+
+    if not xla_bridge.backends_are_initialized():
+        jax.config.update("jax_num_cpu_devices", max(count, 1))
+        return
+    if len(jax.devices("cpu")) >= count or os.environ.get("_FJ_PLAN_REEXEC"):
+        return
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+    env = dict(os.environ, XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={count}".strip(),
+               _FJ_PLAN_REEXEC="1", JAX_PLATFORMS="cpu")
+    raise SystemExit(subprocess.run([sys.executable, "-m", "flamingo_jax.tools.plan", *argv[1:]], env=env).returncode)
+
+
+def _define_flags() -> dict:
+    """The command-line flags (defined only when run as a program, so importing this module is free)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    return dict(
+        config=config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
+                                               lock_config=True),
+        mesh=flags.DEFINE_string("mesh", "data=1,fsdp=1,model=1", "mesh axis sizes: data=N,fsdp=N,model=N"),
+        target=flags.DEFINE_string("target", "cpu", "cpu | tpu:<gen>:<grid> | gpu:<kind>:<hosts>x<gpus>"),
+        batch=flags.DEFINE_string("batch", "", "global batch overrides: dataset=N,..."),
+        datasets=flags.DEFINE_string("datasets", "", "only these datasets in the step (default: the mixture)"),
+        memory_gb=flags.DEFINE_float("memory_gb", 0.0, "per-device memory in GiB (default: the target's)"),
+        headroom=flags.DEFINE_float("headroom", 0.1, "fraction of device memory kept free"),
+        gpu_target_config=flags.DEFINE_string("gpu_target_config", "", "GpuTargetConfigProto text file"),
+    )
+
+
+def main(argv: Sequence[str], f: dict) -> None:
+    from flamingo_jax import sharding
+
+    if len(argv) > 1:
+        raise SystemExit(f"error: unexpected arguments {list(argv[1:])}")
+    try:
+        if f["config"].value is None:
+            raise PlanError("--config is required (e.g. experiments/flamingo_80b.py)")
+        out = plan(f["config"].value, parse_mesh(f["mesh"].value), parse_target(f["target"].value),
+                   batch_overrides=parse_batch(f["batch"].value),
+                   datasets=[d for d in f["datasets"].value.split(",") if d],
+                   memory_bytes=int(f["memory_gb"].value * GIB) if f["memory_gb"].value else None,
+                   headroom=f["headroom"].value, gpu_target_config=f["gpu_target_config"].value)
+    except (PlanError, sharding.MeshError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    _prepare_process(sys.argv)
+    from absl import app
+
+    _flags = _define_flags()
+    app.run(lambda argv: main(argv, _flags))

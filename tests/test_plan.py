@@ -1,0 +1,115 @@
+"""flamingo_jax.tools.plan: the ahead-of-time memory plan on 8 forced CPU devices (subprocesses, since the
+device count must be fixed before JAX starts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The tiny experiment with one dataset and scanned layers: one forward/backward in the step, a fast compile.
+CONFIG = textwrap.dedent("""
+    import ml_collections
+    from flamingo_jax import configs
+    from flamingo_jax.data.config import tiny_data_config
+
+    def get_config(arg=None):
+        config = ml_collections.ConfigDict()
+        config.model = configs.tiny_model_config(vocab_size=512)
+        config.model.lm.scan_layers = True
+        config.seed = 0
+        data = tiny_data_config()
+        data.mixture = ["m3w"]
+        config.model.vision.image_size = data.image_size
+        configs.add_training(config, data, total_steps=20, log_every=5, warmup_steps=10)
+        return configs.finalize(config)
+""")
+
+# Plans the config on (data 1, fsdp 2, model 4) and recomputes the sharded param bytes from shapes alone.
+SCRIPT = textwrap.dedent("""
+    import importlib.util, json, math, sys
+    import flax.linen as nn, jax, jax.numpy as jnp
+    from flamingo_jax import models, sharding
+    from flamingo_jax.tools import plan as P
+
+    spec = importlib.util.spec_from_file_location("cfg", sys.argv[1])
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    config = mod.get_config()
+    mesh_sizes = dict(data=1, fsdp=2, model=4)
+    out = P.plan(config, mesh_sizes, P.parse_target("cpu"))
+
+    mesh = sharding.make_mesh(mesh_sizes)
+    s = config.model.vision.image_size
+    dummy = (jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, 1, 1, s, s, 3)), jnp.ones((1, 1), bool))
+    boxed = jax.eval_shape(lambda r: models.build(config.model).init(r, *dummy), jax.random.key(0))["params"]
+    expected = unsharded = 0
+    for box in jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata)):
+        value = box.unbox()
+        spec = sharding.spec_for(box.names, value.shape, mesh)
+        shard = [d // (mesh.shape[a] if a else 1) for d, a in zip(value.shape, spec)]
+        expected += math.prod(shard) * value.dtype.itemsize
+        unsharded += math.prod(value.shape) * value.dtype.itemsize
+    print(json.dumps(dict(plan=out, expected_params_bytes=expected, unsharded_params_bytes=unsharded)))
+""")
+
+
+def _env() -> dict:
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    return env
+
+
+def _last_json(stdout: str) -> dict:
+    return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("plan") / "tiny_one.py"
+    path.write_text(CONFIG)
+    return str(path)
+
+
+def test_cpu_plan_param_bytes_match_shapes(config_file):
+    env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    r = subprocess.run([sys.executable, "-c", SCRIPT, config_file], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = _last_json(r.stdout)
+    out = res["plan"]
+    assert out["devices"] == 8 and out["platform"] == "cpu" and out["mesh"] == dict(data=1, fsdp=2, model=4)
+    assert out["params_bytes"] == res["expected_params_bytes"]
+    assert out["params_bytes"] < res["unsharded_params_bytes"]  # something is sharded over fsdp / model
+    assert out["params_bytes"] == out["trainable_params_bytes"] + out["frozen_params_bytes"]
+    # Adam: two moments per trainable param (plus scalar counts), sharded like the params.
+    assert 2 * out["trainable_params_bytes"] <= out["optimizer_state_bytes"] < 2 * out["trainable_params_bytes"] + 64
+    # The compiled step's arguments are exactly the state, the frozen params and the batch (+ a few scalars).
+    state = out["params_bytes"] + out["optimizer_state_bytes"] + out["batch_bytes"]
+    assert 0 <= out["argument_bytes"] - state < 64
+    assert out["peak_bytes"] >= out["argument_bytes"] and out["temp_bytes"] > 0
+    assert out["verdict"] == "fits" and out["usable_bytes"] == int(out["memory_bytes"] * 0.9)
+
+
+def test_cli_over_budget_does_not_fit(config_file):
+    # No XLA_FLAGS: the tool sets up its 8 forced devices itself.
+    r = subprocess.run([sys.executable, "-m", "flamingo_jax.tools.plan", f"--config={config_file}",
+                        "--mesh=data=2,fsdp=1,model=4", "--target=cpu", "--memory_gb=0.0001"],
+                       env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = _last_json(r.stdout)
+    assert out["devices"] == 8 and out["verdict"] == "does not fit"
+    assert out["peak_bytes"] > out["usable_bytes"] == int(0.0001 * 1024**3 * 0.9)
+
+
+def test_bad_target_is_one_line_error(config_file):
+    r = subprocess.run([sys.executable, "-m", "flamingo_jax.tools.plan", f"--config={config_file}",
+                        "--target=tpu:v9:2x2"], env=_env(), cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0
+    assert "unknown --target 'tpu:v9:2x2'" in r.stderr.strip().splitlines()[-1]
