@@ -108,6 +108,24 @@ def add_training(config: ml_collections.ConfigDict, data: ml_collections.ConfigD
     return config
 
 
+def paper_experiment(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """The full experiment config of Flamingo-3B/9B/80B on the paper's mixture with its ablation batches
+    (M3W 256, image-text pairs 512, video 64). Arg knobs: xattn_every, scan_layers, vision."""
+    from flamingo_jax.data.config import default_data_config
+
+    a = parse_arg(arg, xattn_every=PAPER_SIZES[size]["xattn_every"], scan_layers=True, vision="nfnet:F6")
+    config = ml_collections.ConfigDict()
+    config.model = paper_model_config(size, xattn_every=a.xattn_every, scan_layers=a.scan_layers,
+                                      vision=a.vision)
+    config.seed = 0
+    data = default_data_config()
+    data.image_size = config.model.vision.image_size
+    for name, batch in (("m3w", 256), ("align", 512), ("ltip", 512), ("vtp", 64)):
+        data.datasets[name].batch_size = batch
+    add_training(config, data, total_steps=500_000, log_every=100, warmup_steps=5000)
+    return finalize(config)
+
+
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Locks a config so that setting an unknown field raises."""
     config.lock()

@@ -63,6 +63,19 @@ def add_time_embeddings(module: nn.Module, x: jax.Array, max_frames: int, dtype:
     return x + rows.astype(dtype)[None, :, None, :]
 
 
+def flatten_features(module: nn.Module, features: jax.Array, c: ml_collections.ConfigDict, dtype: Dtype,
+                     param_dtype: Dtype) -> jax.Array:
+    """features [N, F, S, Dv] -> [N, F*S, d]: projected to the resampler width d if it differs (a parameter
+    'input_projection' of `module`), plus the temporal embeddings."""
+    x = features.astype(dtype)
+    d = c.d_model or x.shape[-1]
+    if d != x.shape[-1]:
+        x = Dense(d, ("embed", "embed"), name="input_projection", dtype=dtype, param_dtype=param_dtype)(x)
+    x = add_time_embeddings(module, x, c.max_frames, dtype, param_dtype)
+    n, f, s, _ = x.shape
+    return x.reshape(n, f * s, d)
+
+
 class PerceiverLayer(nn.Module):
     """z <- z + Attn(q=LN(z), kv=[LN(x); LN(z)]); z <- z + FFW(LN(z)). x: [N, M, d], z: [N, K, d]."""
 
@@ -108,13 +121,8 @@ class AttentionResampler(nn.Module):
     def __call__(self, features: jax.Array) -> jax.Array:
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = features.astype(self.dtype)
-        d = c.d_model or x.shape[-1]
-        if d != x.shape[-1]:
-            x = Dense(d, ("embed", "embed"), name="input_projection", **kw)(x)
-        x = add_time_embeddings(self, x, c.max_frames, self.dtype, self.param_dtype)
-        n, f, s, _ = x.shape
-        x = x.reshape(n, f * s, d)
+        x = flatten_features(self, features, c, self.dtype, self.param_dtype)  # [N, F*S, d]
+        n, d = x.shape[0], x.shape[-1]
         latents = self.param("latents", logical(nn.initializers.normal(1.0), ("latents", "embed")),
                              (c.num_latents, d), self.param_dtype)
         z = jnp.broadcast_to(latents.astype(self.dtype), (n, c.num_latents, d))
@@ -149,17 +157,12 @@ class MLPResampler(nn.Module):
     def __call__(self, features: jax.Array) -> jax.Array:
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = features.astype(self.dtype)
-        d = c.d_model or x.shape[-1]
-        if d != x.shape[-1]:
-            x = Dense(d, ("embed", "embed"), name="input_projection", **kw)(x)
-        x = add_time_embeddings(self, x, c.max_frames, self.dtype, self.param_dtype)
-        n, f, s, _ = x.shape
-        x = x.reshape(n, f * s, d)
+        x = flatten_features(self, features, c, self.dtype, self.param_dtype)  # [N, F*S, d]
+        d = x.shape[-1]
         for i in range(c.depth):
             h = norm("layernorm", eps=c.norm_eps, name=f"norm_{i}", **kw)(x)
             x = x + FeedForward(c.mlp_hidden_mult * d, act=c.act, use_bias=c.use_bias, name=f"mlp_{i}", **kw)(h)
-        pool = jnp.asarray(pooling_matrix(f * s, c.num_latents), self.dtype)
+        pool = jnp.asarray(pooling_matrix(x.shape[1], c.num_latents), self.dtype)
         z = jnp.einsum("ot,ntd->nod", pool, x)
         if c.final_norm:
             z = norm("layernorm", eps=c.norm_eps, name="final_norm", **kw)(z)
