@@ -233,21 +233,10 @@ def final_loss(workdir: str) -> float | None:
 
 
 def param_count(model_config: ml_collections.ConfigDict) -> int:
-    """Total params of config.model from shapes only (what flamingo_jax.tools.params.count_params computes;
-    that module is not imported here because it defines absl's --config flag at import, as train.py does)."""
-    import math
+    """Total params of config.model from shapes only."""
+    from flamingo_jax.tools.params import count_params
 
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    from flamingo_jax import models
-
-    s = model_config.vision.image_size
-    inputs = (jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, 1, 1, s, s, 3), jnp.float32), jnp.ones((1, 1), bool))
-    model = models.build(model_config)
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))
-    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(nn.meta.unbox(abstract["params"]))))
+    return count_params(model_config)["total"]
 
 
 def ensure_pretrained(config: ml_collections.ConfigDict, stage_overrides: Mapping[str, Any] | None = None) -> None:
