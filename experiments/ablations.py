@@ -4,7 +4,7 @@
     python -m flamingo_jax.ablate --config experiments/ablations.py:table10,base=flamingo_3b --workdir DIR
 
 Arg: the table ('table3', 'table10' or 'all'), then knobs:
-  base          experiments/<base>.py gives the baseline (default 'tiny': the world-scale model; 'flamingo_3b'
+  base          experiments/<base>.py gives the baseline (default 'world': experiments/world.py, the world-scale model that reproduce trains; 'flamingo_3b'
                 for the paper's setup). base_arg: its arg string with ';' for ',' (e.g. 'xattn_every=1;vision=nfnet:F6').
   steps         total_steps of every run (0 = the base's own). lm_layers: LM depth of the world base (default 4,
                 so that 'every 2nd / every 4th / single in the middle' are different placements; 0 = the base's).
@@ -249,7 +249,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         table, knobs = "table3", arg
     if table not in TABLES:
         raise ValueError(f"ablations: unknown table {table!r}; choose one of {TABLES}")
-    a = configs.parse_arg(knobs, base="tiny", base_arg="", steps=0, lm_layers=4, pretrained="", clip_vit="",
+    a = configs.parse_arg(knobs, base="world", base_arg="", steps=0, lm_layers=4, pretrained="", clip_vit="",
                           nfnet_f0="", lm_c4="", laion_proxy=False, pretrain_steps=400)
     base = make_base(a)
     rows = _rows(a, base)

@@ -1,6 +1,7 @@
 """Flamingo-80B (paper Tables 4-5) on the paper's mixture; final models train 500k steps.
 
-Arg knobs: xattn_every, scan_layers, vision (e.g. nfnet:F6, vit:L/14).
+Arg knobs: xattn_every, scan_layers, vision (e.g. nfnet:F6, vit:L/14), manual_dir, data_dir, tokenizer
+(real datasets: flamingo_jax.configs.paper_experiment).
 """
 
 import ml_collections

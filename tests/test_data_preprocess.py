@@ -84,7 +84,11 @@ def test_window_keeps_at_most_max_images_and_fills_with_text():
   rng = np.random.default_rng(0)
   for _ in range(20):
     out, n, kept, _ = tokens.window(ids, img, seq_len=6, max_images=5, rng=rng, pad_id=P)
-    assert n == 7 and (out == I).sum() == len(kept)
+    assert n == 7 and (out[:-1] == I).sum() == len(kept)  # the inputs (all but the last id) show each kept image
+  # an <image> in the last slot is only a target: its image is not kept
+  last = [B, a, b, I, a]
+  out, n, kept, _ = tokens.window(last, [-1, -1, -1, 0, -1], seq_len=3, max_images=5, rng=None, pad_id=P)
+  assert out.tolist() == [B, a, b, I] and kept == []
 
 
 def test_resize_pad_keeps_aspect_and_pads_with_mean():

@@ -86,7 +86,8 @@ def window(ids: Sequence[int], img: Sequence[int], seq_len: int, max_images: int
 
   <image> tokens after the max_images-th inside the window are skipped (their image is dropped) together
   with the <EOC> just before them, so the text reads as if the image were absent and the window still
-  holds seq_len + 1 tokens when the document has them.
+  holds seq_len + 1 tokens when the document has them. An <image> in the last slot is only a target (the
+  model's inputs are the first seq_len ids): its image is not kept.
   Returns (int32[seq_len + 1] ids, real length, doc indices of the kept images in order, #skipped images).
   """
   n = seq_len + 1
@@ -96,6 +97,9 @@ def window(ids: Sequence[int], img: Sequence[int], seq_len: int, max_images: int
   skipped = 0
   for t, m in zip(ids[start:], img[start:]):
     if len(out) == n:
+      break
+    if m >= 0 and len(out) == n - 1:
+      out.append(t)  # only a target (the inputs are out[:-1]): its image is never seen, so it is not kept
       break
     if m >= 0:
       if len(kept) == max_images:

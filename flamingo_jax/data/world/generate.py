@@ -56,6 +56,7 @@ class WorldConfig:
   n_entities: int = 12          # creature kinds (<= number of shapes)
   scale: float = 1.0            # multiplies DEFAULT_SIZES (at least 2 records per split)
   max_page_images: int = 7      # interleaved pages have 1..max_page_images images
+  quiz_pages: float = 0.25      # fraction of interleaved pages that are quizzes or captioned galleries
 
   def num_records(self, subset: str, split: str) -> int:
     sizes = DEFAULT_SIZES[subset]
@@ -140,6 +141,11 @@ class World:
 
   def _vqa(self, rng, mrng):
     scene = scenes.sample_scene(rng, self.config.n_entities)
+    q, a, qtype = self._visual_question(scene, rng)
+    return {'image': self.image(scene, mrng), 'question': q, 'answers': [a] * 10, 'question_type': qtype}
+
+  def _visual_question(self, scene, rng) -> tuple[str, str, str]:
+    """(question, answer, type) about what a scene shows (VQAv2-like: colour, count, presence, place...)."""
     ents = self.entities
     o = scene.objs[int(rng.integers(len(scene.objs)))]
     name = ents[o.entity].name
@@ -161,7 +167,7 @@ class World:
       q, a = 'What is the background?', scene.bg
     else:
       q, a = f'Is the {name} big or small?', ('big' if o.size == 'big' else 'small')
-    return {'image': self.image(scene, mrng), 'question': q, 'answers': [a] * 10, 'question_type': qtype}
+    return q, a, qtype
 
   def _knowledge_vqa(self, rng, mrng):
     scene = scenes.sample_scene(rng, self.config.n_entities, n_objects=int(rng.integers(1, 3)))
@@ -212,6 +218,8 @@ class World:
     its image by a per-page convention, which is what the p_next choice of the phi rule is about."""
     cfg = self.config
     n_img = int(rng.integers(1, cfg.max_page_images + 1))
+    if rng.random() < cfg.quiz_pages:
+      return self._quiz_page(rng, mrng, n_img)
     before = rng.random() < 0.5
     items: list[tuple[str, Any]] = []
     focus = self.entities[int(rng.integers(len(self.entities)))]
@@ -241,6 +249,26 @@ class World:
         positions.append(len(texts))  # the image comes before texts[len(texts)]
     if pending:
       texts.append(' '.join(pending))
+    return {'texts': texts, 'images': images, 'image_positions': positions}
+
+  def _quiz_page(self, rng, mrng, n_img: int) -> dict[str, Any]:
+    """A quiz page (each image followed by 'Question: ... Answer: ...') or a captioned gallery (each image
+    followed by 'Output: <caption>'), as on real web pages. They carry the few-shot prompt layouts into the
+    interleaved data: a 4-layer world LM does not pick an answer format up from the shots alone. Only
+    visual questions: the knowledge questions' facts stay in the text corpus."""
+    gallery = rng.random() < 0.5
+    texts = [str(rng.choice(['Photo gallery.', 'My captioned pictures.'] if gallery
+                            else ['Quiz time!', 'Test yourself: look at each picture.', 'Picture quiz.']))]
+    images, positions = [], []
+    for _ in range(n_img):
+      scene = scenes.sample_scene(rng, self.config.n_entities)
+      if gallery:
+        texts.append(f'Output: {scenes.caption_refs(scene, self.entities, rng, n=1)[0]}')
+      else:
+        q, a, _ = self._visual_question(scene, rng)
+        texts.append(f'Question: {q} Answer: {a}')
+      images.append(self.image(scene, mrng))
+      positions.append(len(texts) - 1)  # the image comes right before its caption or question
     return {'texts': texts, 'images': images, 'image_positions': positions}
 
   def _text(self, rng, mrng):

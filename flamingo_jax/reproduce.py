@@ -1,0 +1,284 @@
+"""The paper's whole pipeline at world scale, end to end: python -m flamingo_jax.reproduce --workdir DIR
+    [--config experiments/world.py[:steps=300,...]] [--pretrain_steps 300] [--shots 0,4,8] [--max_queries 100]
+
+Stages, in order (each prints its progress and records DIR/stages.json when done, so a rerun skips finished
+stages and an interrupted one resumes from its own checkpoints):
+
+  world           the generated world: trains its SentencePiece vocabulary (cached in the data dir), renders
+                  the first examples of every training dataset and eval set (DIR/world/samples.png)
+  pretrain_vision the frozen vision encoder, pretrained contrastively (CLIP-style two-way loss) on the world's
+                  image-text pairs (flamingo_jax.pretrain)  -> DIR/pretrained/vision
+  pretrain_lm     the frozen LM, next-token pretrained on the world's text corpus           -> DIR/pretrained/lm
+  train           Flamingo on the world mixture (M3W / ALIGN / LTIP / VTP analogues, weights 1 / 0.2 / 0.2 /
+                  0.03, accumulated into one update) with both towers frozen              -> DIR/train
+  evaluate        few-shot on the five DEV analogues at 0, 4 and 8 shots (random support) -> DIR/train/eval
+  report          DIR/report.md: scores, the overall score, stage times; DIR/loss_curves.png (training loss
+                  per dataset) and DIR/score_vs_shots.png
+
+Everything is generated or trained here: nothing is downloaded. The config (experiments/world.py by default) is
+the same world-scale baseline the ablation tables start from (experiments/ablations.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import ml_collections
+
+from flamingo_jax.ablate import WORLD_TO_DEV, enable_compilation_cache
+from flamingo_jax.ablations_table import DEV, SOTA, overall
+
+STAGES = ("world", "pretrain_vision", "pretrain_lm", "train", "evaluate", "report")
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """'experiments/world.py:steps=300' -> get_config('steps=300')."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--config {spec!r}: no file {path}")
+    mod_spec = importlib.util.spec_from_file_location("_reproduce_config", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+class StageLog:
+    """DIR/stages.json: {stage: {'seconds': s, ...}} of the finished stages."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, "stages.json")
+        self.done: dict[str, dict] = {}
+        if os.path.isfile(self.path):
+            with open(self.path) as f:
+                self.done = json.load(f)
+
+    def run(self, name: str, fn: Callable[[], Mapping[str, Any] | None]) -> dict:
+        if name in self.done:
+            print(f"[reproduce] {name}: done before ({self.done[name]['seconds']:.0f} s), skipped", flush=True)
+            return self.done[name]
+        print(f"[reproduce] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        info = dict(fn() or {})
+        info["seconds"] = round(time.perf_counter() - t0, 1)
+        self.done[name] = info
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.done, f, indent=1)
+        os.replace(tmp, self.path)
+        print(f"[reproduce] {name}: done in {info['seconds']:.0f} s", flush=True)
+        return info
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+def stage_world(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (or loads) the world's vocabulary and renders the first examples of every training dataset and
+    eval set into DIR/world/samples.{png,txt}. The world itself is generated on demand: record i of a subset is
+    a pure function of (seed, subset, split, i), so nothing else has to be written."""
+    from flamingo_jax.data import preview
+
+    text, _ = preview.preview(config.data, 2, os.path.join(workdir, "world"), with_eval=True)
+    return dict(summary=text.splitlines()[0])
+
+
+def stage_pretrain(kind: str, config: ml_collections.ConfigDict, workdir: str, steps: int) -> dict:
+    from flamingo_jax import pretrain
+
+    out = os.path.join(workdir, "pretrained", kind)
+    pretrain.pretrain_for(kind, config, out, steps=steps, seed=int(config.seed))
+    return dict(path=out, final=pretrain.common.last_metrics(out))
+
+
+def stage_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    from flamingo_jax.train import train
+
+    last = train(config, os.path.join(workdir, "train"))
+    if "preempted_at_step" in last:
+        raise KeyboardInterrupt("training was interrupted: rerun the same command to resume")
+    return dict(final=last)
+
+
+def stage_evaluate(config: ml_collections.ConfigDict, workdir: str, shots: Sequence[int], max_queries: int,
+                   batch_size: int) -> dict:
+    from flamingo_jax.evaluate import evaluate
+
+    tasks = list(config.data.eval_sets)
+    scores = evaluate(config, os.path.join(workdir, "train"), tasks=tasks, shots=list(shots),
+                      max_queries=max_queries, batch_size=batch_size, progress=False)
+    # {task: {shots: fraction}} -> {task: {shots: table units}}
+    return dict(scores={t: {str(s): 100.0 * v for s, v in by.items()} for t, by in scores.items()})
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def read_metrics(path: str) -> list[dict]:
+    """metrics.jsonl records by step (a resumed run's later lines win)."""
+    by_step: dict[int, dict] = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                rec = json.loads(line)
+                by_step[int(rec["step"])] = rec
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def plot_losses(records: Sequence[Mapping[str, Any]], datasets: Sequence[str], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [r["step"] for r in records]
+    for name in datasets:
+        key = f"loss/{name}"
+        if any(key in r for r in records):
+            ax.plot(steps, [r.get(key, math.nan) for r in records], label=name)
+    ax.plot(steps, [r.get("loss", math.nan) for r in records], "k--", label="weighted total")
+    ax.set_xlabel("update")
+    ax.set_ylabel("training loss (nats / token)")
+    ax.set_title("Flamingo training on the world mixture")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_scores(scores: Mapping[str, Mapping[str, float]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for task, by in sorted(scores.items()):
+        shots = sorted(int(s) for s in by)
+        ax.plot(shots, [by[str(s)] for s in shots], "o-", label=f"{task} ({WORLD_TO_DEV.get(task, task)})")
+    ax.set_xlabel("shots")
+    ax.set_ylabel("score (CIDEr x100 / accuracy %)")
+    ax.set_title("Few-shot scores vs number of shots")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def overall_by_shots(scores: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """{shots: overall score} with the paper's SotA denominators (ablations_table.overall)."""
+    shots = sorted({s for by in scores.values() for s in by}, key=int)
+    out = {}
+    for s in shots:
+        dev = {WORLD_TO_DEV[t]: by[s] for t, by in scores.items() if t in WORLD_TO_DEV and s in by}
+        out[s] = overall(dev)
+    return out
+
+
+def write_report(config: ml_collections.ConfigDict, workdir: str, stages: Mapping[str, Mapping[str, Any]]) -> dict:
+    records = read_metrics(os.path.join(workdir, "train", "metrics.jsonl"))
+    plot_losses(records, list(config.data.mixture), os.path.join(workdir, "loss_curves.png"))
+    scores = stages["evaluate"]["scores"]
+    plot_scores(scores, os.path.join(workdir, "score_vs_shots.png"))
+    shots = sorted({s for by in scores.values() for s in by}, key=int)
+    overall_s = overall_by_shots(scores)
+    lines = ["# flamingo_jax: the world-scale reproduction", "",
+             "Generated by `python -m flamingo_jax.reproduce` (every number below was measured by this run).", "",
+             "## Few-shot scores", "",
+             "| task (DEV analogue) | metric | " + " | ".join(f"{s}-shot" for s in shots) + " |",
+             "|---|---|" + "---|" * len(shots)]
+    for task in config.data.eval_sets:
+        if task not in scores:
+            continue
+        metric = "CIDEr x100" if "caption" in task else "accuracy %"
+        lines.append(f"| {task} ({WORLD_TO_DEV.get(task, task)}) | {metric} | "
+                     + " | ".join(f"{scores[task].get(s, math.nan):.1f}" for s in shots) + " |")
+    lines.append("| **overall** | % of the paper's SotA | " + " | ".join(f"{overall_s[s]:.1f}" for s in shots) + " |")
+    lines += ["", "Overall: the mean over the five tasks of 100 x score / the paper's fine-tuned SotA on the DEV "
+              "benchmark the task stands in for (" + ", ".join(f"{d} {SOTA[d]}" for d in DEV) + "), as in the "
+              "paper's ablation tables. World tasks are far easier than the real ones: compare rows and shots, "
+              "not these numbers with the paper's.", "",
+              "![score vs shots](score_vs_shots.png)", "", "## Training", ""]
+    if records:
+        first, last = records[0], records[-1]
+        lines.append(f"{last['step']} accumulated updates over {', '.join(config.data.mixture)}; loss "
+                     f"{first.get('loss', math.nan):.3f} at step {first['step']} -> {last.get('loss', math.nan):.3f}.")
+        per = [f"{n} {first.get(f'loss/{n}', math.nan):.3f} -> {last.get(f'loss/{n}', math.nan):.3f}"
+               for n in config.data.mixture if f"loss/{n}" in last]
+        if per:
+            lines.append("Per dataset: " + "; ".join(per) + ".")
+    lines += ["", "![loss curves](loss_curves.png)", "", "## Pretrained towers (frozen during training)", ""]
+    for kind in ("vision", "lm"):
+        final = stages.get(f"pretrain_{kind}", {}).get("final", {})
+        shown = {k: v for k, v in final.items() if isinstance(v, (int, float)) and k != "step"}
+        lines.append(f"- {kind}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(shown.items())))
+    lines += ["", "## Stage times (this machine)", "", "| stage | seconds |", "|---|---|"]
+    total = 0.0
+    for name in STAGES[:-1]:
+        if name in stages:
+            total += stages[name]["seconds"]
+            lines.append(f"| {name} | {stages[name]['seconds']:.0f} |")
+    lines.append(f"| **total (before the report)** | {total:.0f} |")
+    lines += ["", "Resumed stages keep the time of the run that finished them."]
+    with open(os.path.join(workdir, "report.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return dict(overall={s: round(v, 2) for s, v in overall_s.items()})
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def prepared_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+    """The experiment config with its frozen towers taken from DIR/pretrained."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.pretrained.vision = os.path.join(workdir, "pretrained", "vision")
+    config.pretrained.lm = os.path.join(workdir, "pretrained", "lm")
+    config.lock()
+    return config
+
+
+def reproduce(config: ml_collections.ConfigDict, workdir: str, *, pretrain_steps: int = 300,
+              shots: Sequence[int] = (0, 4, 8), max_queries: int = 100, eval_batch_size: int = 16) -> dict:
+    """Runs every stage not finished yet; returns {stage: info}."""
+    os.makedirs(workdir, exist_ok=True)
+    config = prepared_config(config, workdir)
+    log = StageLog(workdir)
+    start = time.perf_counter()
+    log.run("world", lambda: stage_world(config, workdir))
+    log.run("pretrain_vision", lambda: stage_pretrain("vision", config, workdir, pretrain_steps))
+    log.run("pretrain_lm", lambda: stage_pretrain("lm", config, workdir, pretrain_steps))
+    log.run("train", lambda: stage_train(config, workdir))
+    log.run("evaluate", lambda: stage_evaluate(config, workdir, shots, max_queries, eval_batch_size))
+    info = write_report(config, workdir, log.done)
+    print(f"[reproduce] this invocation: {time.perf_counter() - start:.0f} s; overall by shots "
+          f"{info['overall']}; report: {os.path.join(workdir, 'report.md')}", flush=True)
+    return log.done
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m flamingo_jax.reproduce", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--config", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                    "experiments", "world.py"),
+                   help="experiment config file[:arg] (default experiments/world.py)")
+    p.add_argument("--pretrain_steps", type=int, default=300, help="steps of each tower's pretraining")
+    p.add_argument("--shots", default="0,4,8")
+    p.add_argument("--max_queries", type=int, default=100, help="queries per eval set (0 = all)")
+    p.add_argument("--eval_batch_size", type=int, default=16)
+    args = p.parse_args(list(argv) if argv is not None else None)
+    enable_compilation_cache(os.path.join(args.workdir, "jax_cache"))
+    reproduce(load_config(args.config), args.workdir, pretrain_steps=args.pretrain_steps,
+              shots=[int(s) for s in args.shots.split(",") if s], max_queries=args.max_queries,
+              eval_batch_size=args.eval_batch_size)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
