@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -169,6 +170,14 @@ class Trainer:
         self.state, metrics = self.compiled_step(batches)(self.state, self.frozen, batches)
         return metrics
 
+    def param_norm(self) -> jax.Array:
+        """Global L2 norm of the trainable params (computed when logging, not in every step)."""
+        fn = self.__dict__.get("_param_norm")
+        if fn is None:
+            fn = self.__dict__["_param_norm"] = jax.jit(optax.global_norm,
+                                                        out_shardings=sharding.replicated(self.mesh))
+        return fn(self.state["trainable"])
+
     def compiled_step(self, batches: dict):
         """The step compiled for this set of datasets (round robin has one per dataset).
 
@@ -245,6 +254,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preempt: checkpoint.
             log.progress(step + 1)
             if (step + 1) % config.log_every == 0 or step + 1 == config.total_steps:
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                scalars["param_norm"] = float(trainer.param_norm())
                 now = time.perf_counter()
                 scalars["steps_per_sec"] = (step + 1 - tick_step) / (now - tick)
                 tick, tick_step = now, step + 1

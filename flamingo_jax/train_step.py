@@ -100,19 +100,27 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
             metrics[f"tokens/{name}"] = n
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["trainable"])
-        trainable = optax.apply_updates(state["trainable"], updates)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+
+        def apply(operands):
+            trainable, opt_state = operands
+            updates, opt_state = tx.update(grads, opt_state, trainable)
+            return optax.apply_updates(trainable, updates), opt_state
+
+        # Only a finite step touches the params and the Adam moments; a skipped one leaves them as they are
+        # (a branch, not a select over every moment: that would read and write the whole state each step).
+        trainable, opt_state = jax.lax.cond(finite, apply, lambda operands: operands,
+                                            (state["trainable"], state["opt_state"]))
         new_state = dict(
             step=state["step"] + 1,
-            trainable=keep(trainable, state["trainable"]),
-            opt_state=keep(opt_state, state["opt_state"]),
+            trainable=trainable,
+            opt_state=opt_state,
             rng=state["rng"],
             nonfinite_run=jnp.where(finite, 0, state["nonfinite_run"] + 1),
             nonfinite_total=state["nonfinite_total"] + (~finite).astype(jnp.int32),
         )
-        metrics.update(loss=loss, grad_norm=grad_norm, param_norm=optax.global_norm(new_state["trainable"]),
-                       learning_rate=schedule(state["step"]), finite=finite,
+        # No param norm here: it reads every trainable param once more per step; the trainer computes it when it
+        # logs (Trainer.param_norm).
+        metrics.update(loss=loss, grad_norm=grad_norm, learning_rate=schedule(state["step"]), finite=finite,
                        nonfinite_total=new_state["nonfinite_total"])
         return new_state, metrics
 

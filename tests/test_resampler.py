@@ -70,3 +70,50 @@ def test_ablation_resamplers_have_a_similar_parameter_budget():
         counts[kind] = sum(math.prod(x.shape) for x in jax.tree.leaves(nn.meta.unbox(shapes)))
     assert abs(counts["transformer"] / counts["perceiver"] - 1) < 0.01
     assert abs(counts["mlp"] / counts["perceiver"] - 1) < 0.05
+
+
+def _reference_perceiver(params, feats, c):
+    """The perceiver written as the paper and OpenFlamingo write it: latents attend to concat(LN(x), LN(z))
+    in every layer, with the latents broadcast to every item first."""
+    def ln(x, p):
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        y = (x - mu) / jnp.sqrt(var + c.norm_eps) * p["scale"]
+        return y + p["bias"] if "bias" in p else y
+
+    def dense(x, p, in_dims=1):
+        k = p["kernel"]
+        return jnp.tensordot(x, k, in_dims) + (p["bias"] if "bias" in p else 0.0)
+
+    n, f, s, d = feats.shape
+    x = (feats + params["time_embeddings"][:f][None, :, None]).reshape(n, f * s, d)
+    z = jnp.broadcast_to(params["latents"], (n, *params["latents"].shape))
+    for i in range(c.depth):
+        p = params[f"layers_{i}"]
+        zn = ln(z, p["latent_norm"])
+        kv = jnp.concatenate([ln(x, p["media_norm"]), zn], axis=1)
+        q, k, v = dense(zn, p["attn"]["query"]), dense(kv, p["attn"]["key"]), dense(kv, p["attn"]["value"])
+        w = jax.nn.softmax(jnp.einsum("nqhd,nkhd->nhqk", q, k) / q.shape[-1] ** 0.5, axis=-1)
+        z = z + dense(jnp.einsum("nhqk,nkhd->nqhd", w, v), p["attn"]["out"], in_dims=2)
+        h = dense(ln(z, p["ffw_norm"]), p["ffw"]["wi"])
+        z = z + dense(jnp.square(jax.nn.relu(h)), p["ffw"]["wo"])
+    return ln(z, params["final_norm"])
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_perceiver_with_folded_media_norm_equals_the_textbook_formula(use_bias):
+    """The perceiver standardizes the media once and folds each layer's media LayerNorm into its key/value
+    projections (no input gradient for the frozen media): same outputs and same gradients as concat(LN(x), LN(z))
+    with arbitrary norm scales and offsets."""
+    cfg = resampler_config("perceiver", depth=2, num_heads=2, num_latents=3, max_frames=2, use_bias=use_bias)
+    feats = jax.random.normal(jax.random.key(3), (2, 2, 5, 8))
+    m, p = _init(cfg, feats)
+    # Random values for every param (the inits make norms trivial and biases zero).
+    leaves, tree = jax.tree.flatten(p)
+    keys = jax.random.split(jax.random.key(4), len(leaves))
+    p = jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    np.testing.assert_allclose(m.apply(p, feats), _reference_perceiver(p["params"], feats, cfg), atol=2e-5)
+    ours = jax.grad(lambda q: jnp.sum(jnp.sin(m.apply(q, feats))))(p)
+    ref = jax.grad(lambda q: jnp.sum(jnp.sin(_reference_perceiver(q["params"], feats, cfg))))(p)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4, err_msg=jax.tree_util.keystr(path))

@@ -55,31 +55,56 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
         in_shape = x.shape[-self.in_dims :]
-        kernel_shape = tuple(in_shape) + features
-        if len(self.axes) != len(kernel_shape):
-            raise ValueError(f"Dense {self.name}: axes {self.axes} do not name kernel {kernel_shape}")
-        init = self.kernel_init or nn.initializers.variance_scaling(
-            1.0,
-            "fan_in",
-            "truncated_normal",
-            in_axis=tuple(range(self.in_dims)),
-            out_axis=tuple(range(self.in_dims, len(kernel_shape))),
-        )
-        kernel = self.param("kernel", logical(init, self.axes), kernel_shape, self.param_dtype)
-        n_in, n_out = math.prod(in_shape), math.prod(features)
-        lead = x.shape[: -self.in_dims]
-        y = jnp.dot(
-            x.reshape(-1, n_in).astype(self.dtype),
-            kernel.reshape(n_in, n_out).astype(self.dtype),
-        )
-        if self.use_bias:
-            bias = self.param(
-                "bias", logical(nn.initializers.zeros, self.axes[self.in_dims :]), features, self.param_dtype
-            )
-            y = y + bias.reshape(n_out).astype(self.dtype)
-        return y.reshape(*lead, *features)
+        kernel, bias = declare_dense(self, in_shape, self.features, self.axes, self.use_bias, self.param_dtype,
+                                     self.kernel_init)
+        return project(x, kernel, bias, self.in_dims, self.dtype)
+
+
+def declare_dense(module: nn.Module, in_shape: tuple[int, ...], features: int | tuple[int, ...],
+                  axes: tuple[str | None, ...], use_bias: bool = False, param_dtype: Dtype = jnp.float32,
+                  kernel_init: Initializer | None = None) -> tuple[jax.Array, jax.Array | None]:
+    """Declares a dense layer's `kernel` [*in_shape, *features] (and `bias` [*features]) as params of `module`,
+    named `axes`; returns (kernel, bias or None). `Dense` and `DenseKernel` both declare through it."""
+    features = (features,) if isinstance(features, int) else tuple(features)
+    kernel_shape = tuple(in_shape) + features
+    if len(axes) != len(kernel_shape):
+        raise ValueError(f"Dense {module.name}: axes {axes} do not name kernel {kernel_shape}")
+    n = len(in_shape)
+    init = kernel_init or nn.initializers.variance_scaling(
+        1.0, "fan_in", "truncated_normal", in_axis=tuple(range(n)), out_axis=tuple(range(n, len(kernel_shape))))
+    kernel = module.param("kernel", logical(init, axes), kernel_shape, param_dtype)
+    bias = None
+    if use_bias:
+        bias = module.param("bias", logical(nn.initializers.zeros, axes[n:]), features, param_dtype)
+    return kernel, bias
+
+
+class DenseKernel(nn.Module):
+    """A dense layer's params without the layer: (kernel, bias or None), named as `Dense` names them, for
+    layers that use the arrays themselves (e.g. to fold a norm's scale into a projection)."""
+
+    features: int | tuple[int, ...]
+    axes: tuple[str | None, ...]
+    use_bias: bool = False
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, in_shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array | None]:
+        return declare_dense(self, in_shape, self.features, self.axes, self.use_bias, self.param_dtype)
+
+
+def project(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, in_dims: int = 1,
+            dtype: Dtype = jnp.float32) -> jax.Array:
+    """x [..., *in_shape] @ kernel [*in_shape, *features] (+ bias) -> [..., *features], as a 2-D matmul."""
+    in_shape = kernel.shape[:in_dims]
+    features = kernel.shape[in_dims:]
+    n_in, n_out = math.prod(in_shape), math.prod(features)
+    lead = x.shape[: x.ndim - in_dims]
+    y = jnp.dot(x.reshape(-1, n_in).astype(dtype), kernel.reshape(n_in, n_out).astype(dtype))
+    if bias is not None:
+        y = y + bias.reshape(n_out).astype(dtype)
+    return y.reshape(*lead, *features)
 
 
 def norm(kind: str, *, eps: float, use_bias: bool = True, dtype: Dtype = jnp.float32,
@@ -93,6 +118,29 @@ def norm(kind: str, *, eps: float, use_bias: bool = True, dtype: Dtype = jnp.flo
     if kind == "rmsnorm":
         return nn.RMSNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, scale_init=scale_init, name=name)
     raise ValueError(f"unknown norm {kind!r}: use 'layernorm' or 'rmsnorm'")
+
+
+class NormParams(nn.Module):
+    """A LayerNorm's scale and offset [d], declared as `norm('layernorm')` declares them (names, inits, logical
+    axes), for layers that apply them themselves: returns (scale, bias or None)."""
+
+    use_bias: bool = True
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, d: int) -> tuple[jax.Array, jax.Array | None]:
+        scale = self.param("scale", logical(nn.initializers.ones, ("norm",)), (d,), self.param_dtype)
+        if not self.use_bias:
+            return scale, None
+        return scale, self.param("bias", logical(nn.initializers.zeros, ("norm",)), (d,), self.param_dtype)
+
+
+def standardize(x: jax.Array, eps: float, dtype: Dtype = jnp.float32) -> jax.Array:
+    """A LayerNorm without its affine: (x - mean) / sqrt(var + eps) over the last axis, statistics in float32."""
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(dtype)
 
 
 def _squared_relu(x: jax.Array) -> jax.Array:

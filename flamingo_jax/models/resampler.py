@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flamingo_jax.models.attention import MultiHeadAttention
-from flamingo_jax.models.layers import Dense, Dtype, FeedForward, logical, norm
+from flamingo_jax.models.attention import MultiHeadAttention, dot_product_attention
+from flamingo_jax.models.layers import (Dense, DenseKernel, Dtype, FeedForward, NormParams, logical, norm, project,
+                                      standardize)
 
 KINDS = ("perceiver", "transformer", "mlp")
 
@@ -76,11 +77,78 @@ def flatten_features(module: nn.Module, features: jax.Array, c: ml_collections.C
     return x.reshape(n, f * s, d)
 
 
+class LatentAttention(nn.Module):
+    """Latents attend to [media; latents] (the perceiver), with the media LayerNorm folded into the key and
+    value projections: LN(x) W = x_hat (scale * W) + offset W, where x_hat, the standardized media, is the same
+    in every layer. x_hat comes from the frozen vision encoder, so no gradient flows into it: the backward
+    pass then has no input-gradient matmul for the media half of the keys and values (the scale's gradient
+    comes out of the weight-gradient matmul). Same params, same function as attending to concat(LN(x), LN(z)).
+
+    x_hat: [N, M, d]; media_scale, media_bias: [d]; zn: [N or 1, K, d] (1: the same latents for every item,
+    as in the first layer, whose queries and latent keys/values are then computed once). Returns [N, K, d].
+    """
+
+    num_heads: int
+    head_dim: int
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_hat: jax.Array, media_scale: jax.Array, media_bias: jax.Array | None,
+                 zn: jax.Array) -> jax.Array:
+        d = zn.shape[-1]
+        heads = (self.num_heads, self.head_dim)
+        kw = dict(use_bias=self.use_bias, param_dtype=self.param_dtype)
+        axes = ("embed", "heads", "head_dim")
+        q = project(zn, *DenseKernel(heads, axes, name="query", **kw)((d,)), dtype=self.dtype)
+        kv = []
+        for name in ("key", "value"):
+            kernel, bias = DenseKernel(heads, ("embed", "kv_heads", "head_dim"), name=name, **kw)((d,))
+            folded = kernel * media_scale.astype(kernel.dtype)[:, None, None]
+            offset = bias
+            if media_bias is not None:
+                shift = jnp.einsum("d,dhk->hk", media_bias.astype(kernel.dtype), kernel)
+                offset = shift if offset is None else offset + shift
+            from_media = project(x_hat, folded, offset, dtype=self.dtype)
+            from_latents = project(zn, kernel, bias, dtype=self.dtype)
+            from_latents = jnp.broadcast_to(from_latents, (x_hat.shape[0], *from_latents.shape[1:]))
+            kv.append(jnp.concatenate([from_media, from_latents], axis=1))
+        q = jnp.broadcast_to(q, (x_hat.shape[0], *q.shape[1:]))
+        out = dot_product_attention(q, kv[0], kv[1])
+        return Dense(d, ("heads", "head_dim", "embed"), in_dims=2, name="out", dtype=self.dtype, **kw)(out)
+
+
 class PerceiverLayer(nn.Module):
-    """z <- z + Attn(q=LN(z), kv=[LN(x); LN(z)]); z <- z + FFW(LN(z)). x: [N, M, d], z: [N, K, d]."""
+    """z <- z + Attn(q=LN(z), kv=[LN(x); LN(z)]); z <- z + FFW(LN(z)).
+
+    x_hat: [N, M, d], the media standardized once for all layers (see LatentAttention); z: [N or 1, K, d].
+    Returns z [N, K, d].
+    """
 
     config: ml_collections.ConfigDict
-    full_self_attention: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_hat: jax.Array, z: jax.Array) -> jax.Array:
+        c = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        d = z.shape[-1]
+        scale, bias = NormParams(name="media_norm", param_dtype=self.param_dtype)(d)
+        zn = norm("layernorm", eps=c.norm_eps, name="latent_norm", **kw)(z)
+        z = z + LatentAttention(c.num_heads, c.head_dim or d // c.num_heads, c.use_bias, name="attn", **kw)(
+            x_hat, scale, bias, zn)
+        ffw = FeedForward(c.ffw_mult * d, act=c.act, use_bias=c.use_bias, name="ffw", **kw)
+        return z + ffw(norm("layernorm", eps=c.norm_eps, name="ffw_norm", **kw)(z))
+
+
+class TransformerResamplerLayer(nn.Module):
+    """Every token of [LN(x); LN(z)] attends to all of them, then a FFW; the perceiver layer's params.
+
+    x: [N, M, d], z: [N, K, d] -> (x, z) updated."""
+
+    config: ml_collections.ConfigDict
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -89,22 +157,16 @@ class PerceiverLayer(nn.Module):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         d = z.shape[-1]
-        heads = c.num_heads
-        attn = MultiHeadAttention(num_heads=heads, head_dim=c.head_dim or d // heads, use_bias=c.use_bias,
-                                  name="attn", **kw)
+        attn = MultiHeadAttention(num_heads=c.num_heads, head_dim=c.head_dim or d // c.num_heads,
+                                  use_bias=c.use_bias, name="attn", **kw)
         xn = norm("layernorm", eps=c.norm_eps, name="media_norm", **kw)(x)
         zn = norm("layernorm", eps=c.norm_eps, name="latent_norm", **kw)(z)
         kv = jnp.concatenate([xn, zn], axis=1)
-        ffw = FeedForward(c.ffw_mult * d, act=c.act, use_bias=c.use_bias, name="ffw", **kw)
-        ffw_norm = norm("layernorm", eps=c.norm_eps, name="ffw_norm", **kw)
-        if self.full_self_attention:
-            # Transformer resampler: every token (features and latents) is a query.
-            y = kv + attn(kv, kv)[0]
-            y = y + ffw(ffw_norm(y))
-            m = x.shape[1]
-            return y[:, :m], y[:, m:]
-        z = z + attn(zn, kv)[0]
-        return x, z + ffw(ffw_norm(z))
+        y = kv + attn(kv, kv)[0]
+        y = y + FeedForward(c.ffw_mult * d, act=c.act, use_bias=c.use_bias, name="ffw", **kw)(
+            norm("layernorm", eps=c.norm_eps, name="ffw_norm", **kw)(y))
+        m = x.shape[1]
+        return y[:, :m], y[:, m:]
 
 
 class AttentionResampler(nn.Module):
@@ -125,9 +187,18 @@ class AttentionResampler(nn.Module):
         n, d = x.shape[0], x.shape[-1]
         latents = self.param("latents", logical(nn.initializers.normal(1.0), ("latents", "embed")),
                              (c.num_latents, d), self.param_dtype)
-        z = jnp.broadcast_to(latents.astype(self.dtype), (n, c.num_latents, d))
-        for i in range(c.depth):
-            x, z = PerceiverLayer(c, full_self_attention=c.kind == "transformer", name=f"layers_{i}", **kw)(x, z)
+        if c.kind == "transformer":
+            z = jnp.broadcast_to(latents.astype(self.dtype), (n, c.num_latents, d))
+            for i in range(c.depth):
+                x, z = TransformerResamplerLayer(c, name=f"layers_{i}", **kw)(x, z)
+        else:
+            # The media never change across perceiver layers: standardize them once; the first layer's latents
+            # are the same for every item (broadcast inside the layer, after their projections).
+            x_hat = standardize(x, c.norm_eps, self.dtype)
+            z = latents.astype(self.dtype)[None]
+            for i in range(c.depth):
+                z = PerceiverLayer(c, name=f"layers_{i}", **kw)(x_hat, z)
+            z = jnp.broadcast_to(z, (n, *z.shape[1:]))  # depth 0
         if c.final_norm:
             z = norm("layernorm", eps=c.norm_eps, name="final_norm", **kw)(z)
         return z
