@@ -110,16 +110,19 @@ def add_training(config: ml_collections.ConfigDict, data: ml_collections.ConfigD
 
 def paper_experiment(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """The full experiment config of Flamingo-3B/9B/80B on the paper's mixture with its ablation batches
-    (M3W 256, image-text pairs 512, video 64). Arg knobs: xattn_every, scan_layers, vision; manual_dir (the
+    (M3W 256, image-text pairs 512, video 64). Arg knobs: xattn_every, scan_layers, vision, remat (model.remat:
+    'full' by default here, since at these sizes activation memory is what limits the batch per chip; 'dots',
+    'none'); manual_dir (the
     real datasets' files: flamingo_jax.data.config.real_data_config's layout; '' = the generated world),
     data_dir (prepared TFDS datasets), tokenizer (a local HuggingFace tokenizer dir of the imported LM)."""
     from flamingo_jax.data.config import default_data_config, real_data_config
 
     a = parse_arg(arg, xattn_every=PAPER_SIZES[size]["xattn_every"], scan_layers=True, vision="nfnet:F6",
-                  manual_dir="", data_dir="", tokenizer="")
+                  remat="full", manual_dir="", data_dir="", tokenizer="")
     config = ml_collections.ConfigDict()
     config.model = paper_model_config(size, xattn_every=a.xattn_every, scan_layers=a.scan_layers,
                                       vision=a.vision)
+    config.model.remat = a.remat
     config.seed = 0
     data = (real_data_config(a.manual_dir, a.data_dir, a.tokenizer) if a.manual_dir else default_data_config())
     data.image_size = config.model.vision.image_size

@@ -118,3 +118,30 @@ def test_image_token_sees_its_own_image_and_earlier_text_sees_none(variant):
     assert int(tokens[0, 2]) == config.image_token_id
     np.testing.assert_array_equal(diff[:, :2], 0.0)  # text before the first image
     assert float(diff[:, 2].min()) > 1e-6  # the <image> token itself already sees image 1
+
+
+def test_remat_gives_the_same_loss_and_gradients(variant):
+    """model.remat recomputes activations in the backward pass: the same loss and gradients ('full' on every
+    variant, 'dots' on the gated ones), and fewer residuals kept for the backward pass than without it."""
+    config, _, params, _, tokens, imgs = variant
+    params = set_gates(params, 0.5)
+
+    def loss(model):
+        return lambda p: jnp.mean(jnp.square(model.apply({"params": p}, tokens, imgs, IMAGE_MASK)))
+
+    def residual_bytes(model):  # what jax keeps from the forward pass for the backward pass (shapes only)
+        shapes = jax.eval_shape(lambda p: jax.tree.leaves(jax.vjp(loss(model), p)[1]), params)
+        return sum(x.size * x.dtype.itemsize for x in shapes)
+
+    plain = build(config)
+    l0, g0 = jax.jit(jax.value_and_grad(loss(plain)))(params)
+    for policy in ("full", "dots") if config.xattn.kind == "gated" else ("full",):
+        remat_config = config.copy_and_resolve_references()
+        remat_config.remat = policy
+        remat = build(remat_config)
+        l1, g1 = jax.jit(jax.value_and_grad(loss(remat)))(params)
+        np.testing.assert_allclose(l1, l0, rtol=1e-6)
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g1), jax.tree.leaves(g0)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{policy} {jax.tree_util.keystr(path)}")
+        if policy == "full":
+            assert residual_bytes(remat) < residual_bytes(plain)

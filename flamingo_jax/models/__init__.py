@@ -18,8 +18,13 @@ def model_config(vision: ml_collections.ConfigDict, lm: ml_collections.ConfigDic
                  resampler: ml_collections.ConfigDict, xattn: ml_collections.ConfigDict, *,
                  num_new_tokens: int = 2, image_token_offset: int = 0, eoc_token_offset: int = 1,
                  dtype: str = "float32", frozen_param_dtype: str = "float32",
-                 trainable_param_dtype: str = "float32") -> ml_collections.ConfigDict:
+                 trainable_param_dtype: str = "float32", remat: str = "none") -> ml_collections.ConfigDict:
     """config.model. The added tokens take ids lm.vocab_size + offset (default `<image>` = V, `<EOC>` = V+1).
+
+    remat: 'none' (keep activations for the backward pass), 'full' (each cross-attention + LM block group
+    keeps only its input and is recomputed in the backward pass: activation memory per layer group instead
+    of per op, at the cost of about one more forward of the LM), or 'dots' (keep matmul outputs, recompute
+    the elementwise rest).
 
     Precision: `dtype` is the compute dtype; params are stored in `frozen_param_dtype` for vision and lm
     and `trainable_param_dtype` for the rest (the paper: bf16 activations and frozen params, fp32 trainable).
@@ -29,7 +34,7 @@ def model_config(vision: ml_collections.ConfigDict, lm: ml_collections.ConfigDic
     return ml_collections.ConfigDict(dict(
         vision=vision, lm=lm, resampler=resampler, xattn=xattn, num_new_tokens=num_new_tokens,
         image_token_id=v + image_token_offset, eoc_token_id=v + eoc_token_offset, dtype=dtype,
-        param_dtype=pd,
+        param_dtype=pd, remat=remat,
     ))
 
 

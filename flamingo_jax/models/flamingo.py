@@ -58,6 +58,12 @@ def _uniform_groups(positions: tuple[int, ...], num_layers: int) -> int | None:
     return gaps.pop() if len(gaps) == 1 else None
 
 
+REMAT_POLICIES = {
+    "full": None,  # keep only each block's inputs; recompute everything else in the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+}
+
+
 def _dynamic_rows(tree, start, size: int):
     return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, size, axis=0), tree)
 
@@ -143,9 +149,20 @@ class Flamingo(nn.Module):
         return logits
 
     # ---------------------------------------------------------------- layer schedules
-    def _xattn_fn(self, params, visual, xmask):
+    def _remat(self, fn):
+        """fn under jax.checkpoint when config.remat asks for it (see model_config): the backward pass then
+        recomputes the block's activations instead of keeping them. Off by default: recomputation costs time."""
+        policy = self.config.get("remat", "none")
+        if policy == "none":
+            return fn
+        if policy not in REMAT_POLICIES:
+            raise ValueError(f"unknown model.remat {policy!r}: use 'none' or one of {sorted(REMAT_POLICIES)}")
+        return jax.checkpoint(fn, policy=REMAT_POLICIES[policy])
+
+    def _xattn_fn(self, params, visual, xmask, remat: bool = True):
         block = self.xattn.block()
-        return lambda h: block.apply({"params": params}, h, visual, xmask)
+        fn = lambda h: block.apply({"params": params}, h, visual, xmask)  # noqa: E731
+        return self._remat(fn) if remat else fn
 
     def _run_unrolled(self, h, visual, xmask, attn, lm_layers):
         """Per-layer params: a Python loop, cross-attention before (gated) or inside (vanilla) LM blocks."""
@@ -161,8 +178,9 @@ class Flamingo(nn.Module):
                     mid = x
                 else:
                     h = x(h)
-            h, layer_cache = block.apply({"params": self.lm.layer_params[i]}, h, mid=mid,
-                                         cache=None if new_layers is None else new_layers[i], **attn)
+            apply_block = functools.partial(block.apply, {"params": self.lm.layer_params[i]}, mid=mid,
+                                            cache=None if new_layers is None else new_layers[i], **attn)
+            h, layer_cache = self._remat(apply_block)(h)
             if new_layers is not None:
                 new_layers[i] = layer_cache
         return h, new_layers
@@ -199,7 +217,7 @@ class Flamingo(nn.Module):
         x = None
         if j is not None:
             params_j = jax.tree.map(lambda a: a[0], _dynamic_rows(xattn_params, j, 1))
-            x = self._xattn_fn(params_j, visual, xmask)
+            x = self._xattn_fn(params_j, visual, xmask, remat=False)  # the caller remats the whole segment
         vanilla = self.config.xattn.kind == "vanilla"
         if x is not None and not vanilla:
             h = x(h)
@@ -218,26 +236,27 @@ class Flamingo(nn.Module):
         num_layers = self.config.lm.num_layers
         pos = placement(self.config.xattn, num_layers)
         stacks = (self.lm.layer_params, self.xattn.layer_params)
+        def segment(h_, layers_, j, start, size):  # under remat as a whole (one checkpoint per group)
+            run = lambda carry: self._run_segment(carry[0], j, start, size, visual, xmask, attn, carry[1],  # noqa: E731
+                                                  stacks)
+            return self._remat(run)((h_, layers_))
+
         if not pos:
-            return self._run_segment(h, None, 0, num_layers, visual, xmask, attn, lm_layers, stacks)
-        h, lm_layers = self._run_segment(h, None, 0, pos[0], visual, xmask, attn, lm_layers, stacks)
+            return segment(h, lm_layers, None, 0, num_layers)
+        h, lm_layers = segment(h, lm_layers, None, 0, pos[0])
         stride = _uniform_groups(pos, num_layers)
         first_plain = 0
         if stride is not None:
             full = len(pos) if pos[-1] + stride <= num_layers else len(pos) - 1
-            run = functools.partial(self._run_segment, size=stride, visual=visual, xmask=xmask, attn=attn,
-                                    stacks=stacks)
 
             def group(carry, j):
-                h_, layers_ = carry
-                return run(h_, j, pos[0] + j * stride, lm_layers=layers_), None
+                return segment(carry[0], carry[1], j, pos[0] + j * stride, stride), None
 
             (h, lm_layers), _ = jax.lax.scan(group, (h, lm_layers), jnp.arange(full))
             first_plain = full
         for j in range(first_plain, len(pos)):
             stop = pos[j + 1] if j + 1 < len(pos) else num_layers
-            h, lm_layers = self._run_segment(h, j, pos[j], stop - pos[j], visual, xmask, attn, lm_layers,
-                                             stacks)
+            h, lm_layers = segment(h, lm_layers, j, pos[j], stop - pos[j])
         return h, lm_layers
 
     def _run_grafts(self, h, visual, xmask, self_mask, cache_index, graft):
@@ -248,14 +267,16 @@ class Flamingo(nn.Module):
         if not self.config.lm.scan_layers:
             new = None if graft is None else list(graft)
             for j, p in enumerate(params):
-                h, cj = block.apply({"params": p}, h, visual, xmask, cache=None if new is None else new[j], **kw)
+                apply_block = functools.partial(block.apply, {"params": p}, visual=visual, mask=xmask,
+                                                cache=None if new is None else new[j], **kw)
+                h, cj = self._remat(apply_block)(h)
                 if new is not None:
                     new[j] = cj
             return h, new
 
         def body(carry, xs):
             p, cj = xs
-            return block.apply({"params": p}, carry, visual, xmask, cache=cj, **kw)
+            return self._remat(lambda h_: block.apply({"params": p}, h_, visual, xmask, cache=cj, **kw))(carry)
 
         return jax.lax.scan(body, h, (params, graft))
 
