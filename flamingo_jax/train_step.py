@@ -5,8 +5,9 @@ is present and ONE update applies sum_m lambda_m * grad_m; in round-robin mode t
 dataset per step and the same function makes one update per dataset batch (ablation ii).
 
 Per dataset the loss is the token-weighted mean of the next-token cross-entropy over `loss_mask`. Batches
-larger than memory split into `microbatches` along the batch axis and run under lax.scan; the summed loss
-and gradients are divided by the dataset's token count once (so the result equals the full batch's).
+larger than memory split into `microbatches` (strided: every device keeps its rows) and run under lax.scan;
+the summed loss and gradients are divided by the dataset's token count once (so the result equals the full
+batch's).
 
 Non-finite losses or gradients never reach the params: the update is dropped, counted, and the caller stops
 after too many in a row.
@@ -58,7 +59,11 @@ def dataset_gradients(trainable: Params, frozen: Params, model: nn.Module, batch
         b = batch["tokens"].shape[0]
         if b % microbatches:
             raise ValueError(f"batch {b} is not divisible into {microbatches} microbatches")
-        micro = jax.tree.map(lambda x: x.reshape(microbatches, b // microbatches, *x.shape[1:]), dict(batch))
+        # Microbatch i takes rows i, i + m, i + 2m, ...: the batch axis is sharded in contiguous blocks over
+        # (data, fsdp), so every device keeps its own rows and each microbatch stays spread over all devices
+        # (a contiguous split would put each microbatch on a fraction of the devices and reshard the batch).
+        micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(b // microbatches, microbatches, *x.shape[1:]), 0, 1),
+                             dict(batch))
 
         def body(carry, xs):
             g_acc, s_acc, n_acc = carry
