@@ -63,8 +63,6 @@ def test_weight_decay_skips_the_resampler_and_multipliers_scale_the_step(fused):
     np.testing.assert_allclose(updates["lm"]["w"], -0.05, rtol=1e-6)
 
 
-
-
 @pytest.mark.parametrize("clip_norm", [0.0, 1.0])
 def test_fused_adamw_equals_the_optax_chain(clip_norm):
     """fused_adamw (one elementwise pass per leaf) makes the same updates as optax.chain(clip_by_global_norm,

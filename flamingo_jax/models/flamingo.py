@@ -173,7 +173,8 @@ class Flamingo(nn.Module):
         for i in range(self.config.lm.num_layers):
             mid = None
             if i in where:
-                x = self._xattn_fn(self.xattn.layer_params[where[i]], visual, xmask)
+                # Vanilla: inside the LM block, which is rematted as a whole (remat it once, not twice).
+                x = self._xattn_fn(self.xattn.layer_params[where[i]], visual, xmask, remat=not vanilla)
                 if vanilla:
                     mid = x
                 else:
