@@ -20,7 +20,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -127,6 +127,54 @@ def to_global(batches: dict, mesh: jax.sharding.Mesh) -> dict:
     return {name: {k: one(b[k]) for k in (*MODEL_INPUTS, "targets", "loss_mask")} for name, b in batches.items()}
 
 
+class InitialRun(NamedTuple):
+    """initial_state's result: a fresh run's train state, its frozen params, the optimizer and its schedule, and
+    the pretrained subtrees it loaded (to pass on to another seed's initial_state: one load for every seed)."""
+
+    state: dict
+    frozen: dict
+    tx: Any
+    schedule: Any
+    pretrained: dict
+
+
+def mesh_and_model(config: ml_collections.ConfigDict) -> tuple[jax.sharding.Mesh, nn.Module]:
+    """The run's mesh and model, after the config checks every run makes (batches divide over the mesh,
+    the data's image size is the model's)."""
+    mesh = sharding.make_mesh(config.mesh)
+    for name in config.data.mixture:
+        sharding.batch_size_divides(config.data.datasets[name].batch_size, mesh, name)
+    if config.data.image_size != config.model.vision.image_size:
+        raise ValueError(f"config.data.image_size {config.data.image_size} != config.model.vision.image_size "
+                         f"{config.model.vision.image_size}: set them equal")
+    return mesh, models.build(config.model)
+
+
+def initial_state(config: ml_collections.ConfigDict, model: nn.Module, mesh: jax.sharding.Mesh,
+                  pretrained: dict | None = None) -> InitialRun:
+    """The state of a fresh run of config.seed: params initialised from jax.random.key(config.seed) (the
+    config.pretrained subtrees loaded instead, or taken from `pretrained` when given), split into trainable
+    and frozen; the train state holds the trainable params, AdamW's state and the rng fold_in(key, 1)."""
+    rng = jax.random.key(config.seed)
+    pretrained_names = tuple(k for k, v in config.pretrained.items() if v)
+    params, shardings, abstract = init_params(model, config.model, mesh, rng, skip=pretrained_names)
+    if pretrained is None:
+        pretrained = load_pretrained(config, shardings, abstract)
+    params.update(pretrained)
+    trainable, frozen = optim.partition(params, config.trainable)
+    tx, schedule = optim.make_optimizer(config.optimizer, trainable, config.total_steps)
+    state = jax.jit(lambda t, r: init_state(t, tx, r))(trainable, jax.random.fold_in(rng, 1))
+    return InitialRun(state, frozen, tx, schedule, pretrained)
+
+
+def make_step(config: ml_collections.ConfigDict, model: nn.Module, tx: Any, schedule: Any):
+    """config's update, not jitted: step(state, frozen, batches) -> (state, metrics) (train_step.make_train_step
+    with the mixture's weights and microbatches)."""
+    weights = {n: config.data.datasets[n].weight for n in config.data.mixture}
+    micro = {n: config.microbatches.get(n, 1) for n in config.data.mixture}
+    return make_train_step(model, tx, schedule, weights, micro)
+
+
 @dataclass
 class Trainer:
     """Everything a run needs, built once from the config."""
@@ -141,28 +189,15 @@ class Trainer:
 
     @classmethod
     def create(cls, config: ml_collections.ConfigDict) -> "Trainer":
-        mesh = sharding.make_mesh(config.mesh)
-        for name in config.data.mixture:
-            sharding.batch_size_divides(config.data.datasets[name].batch_size, mesh, name)
-        if config.data.image_size != config.model.vision.image_size:
-            raise ValueError(f"config.data.image_size {config.data.image_size} != config.model.vision.image_size "
-                             f"{config.model.vision.image_size}: set them equal")
-        model = models.build(config.model)
-        rng = jax.random.key(config.seed)
-        pretrained_names = tuple(k for k, v in config.pretrained.items() if v)
-        params, shardings, abstract = init_params(model, config.model, mesh, rng, skip=pretrained_names)
-        params.update(load_pretrained(config, shardings, abstract))
-        trainable, frozen = optim.partition(params, config.trainable)
-        tx, schedule = optim.make_optimizer(config.optimizer, trainable, config.total_steps)
-        state = jax.jit(lambda t, r: init_state(t, tx, r))(trainable, jax.random.fold_in(rng, 1))
+        mesh, model = mesh_and_model(config)
+        init = initial_state(config, model, mesh)
+        state, frozen = init.state, init.frozen
         state_sh = jax.tree.map(lambda x: x.sharding, state)
         frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
-        weights = {n: config.data.datasets[n].weight for n in config.data.mixture}
-        micro = {n: config.microbatches.get(n, 1) for n in config.data.mixture}
-        step = make_train_step(model, tx, schedule, weights, micro)
+        step = make_step(config, model, init.tx, init.schedule)
         step_fn = jax.jit(step, in_shardings=(state_sh, frozen_sh, None),
                           out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
-        return cls(config, mesh, model, state, frozen, step_fn, schedule)
+        return cls(config, mesh, model, state, frozen, step_fn, init.schedule)
 
     def train_step(self, batches: dict) -> dict:
         """One update from process-local numpy batches; returns device metrics."""
