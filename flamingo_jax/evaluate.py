@@ -49,7 +49,13 @@ def random_params(config: ml_collections.ConfigDict) -> dict:
 
 
 def load_params(config: ml_collections.ConfigDict, path: str) -> tuple[dict, str]:
-    """(params, checkpoint id) of the newest intact checkpoint under `path` (a training workdir).
+    """(params, checkpoint id) of the newest intact checkpoint under `path` (a training workdir)."""
+    params, _, checkpoint_id = load_checkpoint(config, path)
+    return params, checkpoint_id
+
+
+def load_checkpoint(config: ml_collections.ConfigDict, path: str) -> tuple[dict, int, str]:
+    """(params, step, checkpoint id) of the newest intact checkpoint under `path` (a training workdir).
 
     Uses flamingo_jax.checkpoint.load_params(config, path) -> (params, step) when the checkpoint module
     provides it; otherwise restores through the trainer's own objects (the train state's trainable params
@@ -77,7 +83,8 @@ def load_params(config: ml_collections.ConfigDict, path: str) -> tuple[dict, str
         if restored is None:
             raise FileNotFoundError(f"no step checkpoint under {path}/checkpoints")
         params, step = optim.merge(restored.state["trainable"], frozen), restored.step
-    return params, f"{os.path.basename(path)}-step{step}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+    checkpoint_id = f"{os.path.basename(path)}-step{step}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+    return params, int(step), checkpoint_id
 
 
 def has_checkpoint(path: str) -> bool:

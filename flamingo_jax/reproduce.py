@@ -1,8 +1,8 @@
 """The paper's whole pipeline at world scale, end to end: python -m flamingo_jax.reproduce --workdir DIR
-    [--config experiments/world.py[:steps=300,...]] [--pretrain_steps 300] [--shots 0,4,8] [--max_queries 100]
+    [--config experiments/world.py[:steps=300,...]] [--pretrain_steps 300] [--shots 0,4,8,16,32] [--max_queries 100]
 
-Stages, in order (each prints its progress and records DIR/stages.json when done, so a rerun skips finished
-stages and an interrupted one resumes from its own checkpoints):
+Stages, in order (each prints its progress with a rate and an ETA, and records DIR/stages.json when done, so a
+rerun skips finished stages and an interrupted one resumes from its own checkpoints):
 
   world           the generated world: trains its SentencePiece vocabulary (cached in the data dir), renders
                   the first examples of every training dataset and eval set (DIR/world/samples.png)
@@ -11,9 +11,13 @@ stages and an interrupted one resumes from its own checkpoints):
   pretrain_lm     the frozen LM, next-token pretrained on the world's text corpus           -> DIR/pretrained/lm
   train           Flamingo on the world mixture (M3W / ALIGN / LTIP / VTP analogues, weights 1 / 0.2 / 0.2 /
                   0.03, accumulated into one update) with both towers frozen              -> DIR/train
-  evaluate        few-shot on the five DEV analogues at 0, 4 and 8 shots (random support) -> DIR/train/eval
+  evaluate        few-shot on the five DEV analogues at 0, 4, 8, 16 and 32 shots (random support), the
+                  newest intact checkpoint of DIR/train                                    -> DIR/train/eval
   report          DIR/report.md: scores, the overall score, stage times; DIR/loss_curves.png (training loss
-                  per dataset) and DIR/score_vs_shots.png
+                  per dataset) and DIR/score_vs_shots.png; DIR/report.json: the same numbers, machine-readable:
+                  {"scores": {task: {shots: score}}, "overall": {shots: value}, "seconds": {stage: s, ...,
+                  "total": s}, "config": the --config spec, "checkpoint_step": the evaluated step}, shots as
+                  strings, scores in the tables' units (CIDEr x100, accuracy %), unrounded, null where missing
 
 Everything is generated or trained here: nothing is downloaded. The config (experiments/world.py by default) is
 the same world-scale baseline the ablation tables start from (experiments/ablations.py).
@@ -36,6 +40,7 @@ from flamingo_jax.ablate import WORLD_TO_DEV, enable_compilation_cache
 from flamingo_jax.ablations_table import DEV, SOTA, overall
 
 STAGES = ("world", "pretrain_vision", "pretrain_lm", "train", "evaluate", "report")
+DEFAULT_SHOTS = (0, 4, 8, 16, 32)
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -108,13 +113,17 @@ def stage_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def stage_evaluate(config: ml_collections.ConfigDict, workdir: str, shots: Sequence[int], max_queries: int,
                    batch_size: int) -> dict:
-    from flamingo_jax.evaluate import evaluate
+    from flamingo_jax.evaluate import evaluate, load_checkpoint
 
     tasks = list(config.data.eval_sets)
-    scores = evaluate(config, os.path.join(workdir, "train"), tasks=tasks, shots=list(shots),
-                      max_queries=max_queries, batch_size=batch_size, progress=False)
-    # {task: {shots: fraction}} -> {task: {shots: table units}}
-    return dict(scores={t: {str(s): 100.0 * v for s, v in by.items()} for t, by in scores.items()})
+    train_dir = os.path.join(workdir, "train")
+    params, step, checkpoint_id = load_checkpoint(config, train_dir)  # what evaluate() would load itself
+    scores = evaluate(config, train_dir, tasks=tasks, shots=list(shots), params=params, checkpoint_id=checkpoint_id,
+                      max_queries=max_queries, batch_size=batch_size, progress=True)
+    # {task: {shots: fraction}} -> {task: {shots: table units}}, the requested shots only (DIR/train/eval may
+    # also hold cells of an earlier, interrupted invocation with other shots)
+    return dict(scores={t: {str(s): 100.0 * v for s, v in by.items() if s in shots} for t, by in scores.items()},
+                checkpoint_step=step)
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -182,13 +191,27 @@ def overall_by_shots(scores: Mapping[str, Mapping[str, float]]) -> dict[str, flo
     return out
 
 
-def write_report(config: ml_collections.ConfigDict, workdir: str, stages: Mapping[str, Mapping[str, Any]]) -> dict:
+def stage_seconds(stages: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """{stage: seconds, ..., 'total': their sum} of the timed stages (all but the report), as recorded."""
+    seconds = {name: float(stages[name]["seconds"]) for name in STAGES[:-1] if name in stages}
+    seconds["total"] = round(sum(seconds.values()), 1)
+    return seconds
+
+
+def _json_number(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def write_report(config: ml_collections.ConfigDict, workdir: str, stages: Mapping[str, Mapping[str, Any]],
+                 config_spec: str | None = None) -> dict:
+    """DIR/report.md (+ its plots) and DIR/report.json, from the same numbers; returns {'overall': ...}."""
     records = read_metrics(os.path.join(workdir, "train", "metrics.jsonl"))
     plot_losses(records, list(config.data.mixture), os.path.join(workdir, "loss_curves.png"))
     scores = stages["evaluate"]["scores"]
     plot_scores(scores, os.path.join(workdir, "score_vs_shots.png"))
     shots = sorted({s for by in scores.values() for s in by}, key=int)
     overall_s = overall_by_shots(scores)
+    seconds = stage_seconds(stages)
     lines = ["# flamingo_jax: the world-scale reproduction", "",
              "Generated by `python -m flamingo_jax.reproduce` (every number below was measured by this run).", "",
              "## Few-shot scores", "",
@@ -220,15 +243,25 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, stages: Mappin
         shown = {k: v for k, v in final.items() if isinstance(v, (int, float)) and k != "step"}
         lines.append(f"- {kind}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(shown.items())))
     lines += ["", "## Stage times (this machine)", "", "| stage | seconds |", "|---|---|"]
-    total = 0.0
-    for name in STAGES[:-1]:
-        if name in stages:
-            total += stages[name]["seconds"]
-            lines.append(f"| {name} | {stages[name]['seconds']:.0f} |")
-    lines.append(f"| **total (before the report)** | {total:.0f} |")
+    for name, sec in seconds.items():
+        if name != "total":
+            lines.append(f"| {name} | {sec:.0f} |")
+    lines.append(f"| **total (before the report)** | {seconds['total']:.0f} |")
     lines += ["", "Resumed stages keep the time of the run that finished them."]
     with open(os.path.join(workdir, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
+    report = {
+        "scores": {task: {s: _json_number(scores[task].get(s)) for s in shots}
+                   for task in config.data.eval_sets if task in scores},
+        "overall": {s: _json_number(overall_s[s]) for s in shots},
+        "seconds": seconds,
+        "config": config_spec,
+        "checkpoint_step": stages["evaluate"].get("checkpoint_step"),
+    }
+    path = os.path.join(workdir, "report.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(report, f, indent=1, allow_nan=False)
+    os.replace(path + ".tmp", path)
     return dict(overall={s: round(v, 2) for s, v in overall_s.items()})
 
 
@@ -245,8 +278,10 @@ def prepared_config(config: ml_collections.ConfigDict, workdir: str) -> ml_colle
 
 
 def reproduce(config: ml_collections.ConfigDict, workdir: str, *, pretrain_steps: int = 300,
-              shots: Sequence[int] = (0, 4, 8), max_queries: int = 100, eval_batch_size: int = 16) -> dict:
-    """Runs every stage not finished yet; returns {stage: info}."""
+              shots: Sequence[int] = DEFAULT_SHOTS, max_queries: int = 100, eval_batch_size: int = 16,
+              config_spec: str | None = None) -> dict:
+    """Runs every stage not finished yet and writes the report; returns {stage: info}. config_spec: the
+    --config the config came from (recorded in report.json)."""
     os.makedirs(workdir, exist_ok=True)
     config = prepared_config(config, workdir)
     log = StageLog(workdir)
@@ -256,27 +291,31 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str, *, pretrain_steps
     log.run("pretrain_lm", lambda: stage_pretrain("lm", config, workdir, pretrain_steps))
     log.run("train", lambda: stage_train(config, workdir))
     log.run("evaluate", lambda: stage_evaluate(config, workdir, shots, max_queries, eval_batch_size))
-    info = write_report(config, workdir, log.done)
+    info = write_report(config, workdir, log.done, config_spec)
     print(f"[reproduce] this invocation: {time.perf_counter() - start:.0f} s; overall by shots "
-          f"{info['overall']}; report: {os.path.join(workdir, 'report.md')}", flush=True)
+          f"{info['overall']}; report: {os.path.join(workdir, 'report.md')} (and report.json)", flush=True)
     return log.done
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m flamingo_jax.reproduce", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True)
     p.add_argument("--config", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                     "experiments", "world.py"),
                    help="experiment config file[:arg] (default experiments/world.py)")
     p.add_argument("--pretrain_steps", type=int, default=300, help="steps of each tower's pretraining")
-    p.add_argument("--shots", default="0,4,8")
+    p.add_argument("--shots", default=",".join(map(str, DEFAULT_SHOTS)), help="comma-separated numbers of shots")
     p.add_argument("--max_queries", type=int, default=100, help="queries per eval set (0 = all)")
     p.add_argument("--eval_batch_size", type=int, default=16)
-    args = p.parse_args(list(argv) if argv is not None else None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(list(argv) if argv is not None else None)
     enable_compilation_cache(os.path.join(args.workdir, "jax_cache"))
     reproduce(load_config(args.config), args.workdir, pretrain_steps=args.pretrain_steps,
               shots=[int(s) for s in args.shots.split(",") if s], max_queries=args.max_queries,
-              eval_batch_size=args.eval_batch_size)
+              eval_batch_size=args.eval_batch_size, config_spec=args.config)
     return 0
 
 

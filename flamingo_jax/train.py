@@ -32,6 +32,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from flamingo_jax import checkpoint, models, optim, sharding
+from flamingo_jax.progress import Progress
 from flamingo_jax.train_step import MODEL_INPUTS, init_state, make_train_step
 
 
@@ -281,12 +282,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preempt: checkpoint.
     last: dict = {}
     tick, tick_step = time.perf_counter(), start
     saved = start if restored is not None else -1
+    # One stdout line at every log step and at least every 10 s (process 0; config.progress=False: none).
+    progress = Progress("[train] step", config.total_steps, start=start,
+                        enabled=bool(config.get("progress", True)) and jax.process_index() == 0)
     try:
         for step in range(start, config.total_steps):
             if preempt.flag and saved == step:  # signalled before any new step: nothing to add
                 break
             metrics = trainer.train_step(next(data))
             log.progress(step + 1)
+            progress.count()
             if (step + 1) % config.log_every == 0 or step + 1 == config.total_steps:
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 scalars["param_norm"] = float(trainer.param_norm())
@@ -295,10 +300,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preempt: checkpoint.
                 tick, tick_step = now, step + 1
                 log.write(step + 1, scalars)
                 last = scalars
+                progress.show(loss=scalars["loss"])
                 if int(trainer.state["nonfinite_run"]) >= config.max_nonfinite_steps:
                     raise TrainingError(
                         f"{int(trainer.state['nonfinite_run'])} non-finite steps in a row at step {step + 1} "
                         f"(none reached the params): lower optimizer.lr or check the data")
+            elif progress.due():
+                progress.show(loss=float(metrics["loss"]))
             if preempt.reached(step + 1):
                 ckpt.save(step + 1, trainer.state, data.get_state())
                 saved = step + 1

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -28,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from flamingo_jax.evaluation import decoding, metrics, prompts, rices
+from flamingo_jax.progress import Progress
 
 OPEN_ENDED = {  # kind -> (max new tokens, metric)
     "captions": (20, "cider"),
@@ -91,35 +91,6 @@ class EvalData:
                     source=self.config.source, size=len(self.source(task, "support")))
 
 
-class Progress:
-    """A one-line progress report with rate and ETA, printed at most every `every` seconds (stderr)."""
-
-    def __init__(self, label: str, total: int, every: float = 2.0, stream=sys.stderr, enabled: bool = True):
-        self.label, self.total, self.every, self.stream, self.enabled = label, total, every, stream, enabled
-        self.start = self.last = time.monotonic()
-        self.done = 0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.enabled and (now - self.last >= self.every or self.done >= self.total):
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            width = 24
-            filled = int(width * self.done / max(self.total, 1))
-            print(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                  f"{rate:.2f} q/s ETA {_fmt(eta)}", end="\n" if self.done >= self.total else "",
-                  file=self.stream, flush=True)
-
-
-def _fmt(seconds: float) -> str:
-    if not np.isfinite(seconds):
-        return "?"
-    s = int(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
 @dataclasses.dataclass
 class Evaluator:
     """Runs cells for one model and params. cache_dir: where RICES features are cached."""
@@ -180,8 +151,8 @@ class Evaluator:
         queries = self.data.source(task, "query")
         total = len(queries) if not max_queries else min(max_queries, len(queries))
         mine = list(range(shard[0], total, shard[1]))
-        prog = Progress(f"{task} {shots}-shot seed {seed} shard {shard[0]}/{shard[1]}", len(mine),
-                        enabled=self.progress)
+        prog = Progress(f"[evaluate] {task} {shots}-shot seed {seed} shard {shard[0]}/{shard[1]}:", len(mine),
+                        unit="queries", enabled=self.progress, stream=sys.stderr)
         support_media: dict[int, np.ndarray] = {}
         frames = self.data.frames(task)
         outputs = []

@@ -31,6 +31,8 @@ import numpy as np
 import optax
 from flax import serialization
 
+from flamingo_jax.progress import Progress
+
 STATE_FILE = "train_state.msgpack"
 DATA_STATE_FILE = "data_state.json"
 
@@ -163,10 +165,12 @@ def run_loop(c: ml_collections.ConfigDict, workdir: str, init_params: dict, loss
     log = open(os.path.join(workdir, "metrics.jsonl"), "a")
     start = int(state["step"])
     tick = time.perf_counter()
+    progress = Progress(f"[{name}] step", int(c.steps), start=start)  # at every log step and every 10 s
     try:
         for step in range(start, int(c.steps)):
             state, aux = step_fn(state, next(batches))
             done = step + 1
+            progress.count()
             if done % c.log_every == 0 or done == c.steps:
                 scalars = {k: float(v) for k, v in jax.device_get(aux).items()}
                 now = time.perf_counter()
@@ -174,8 +178,10 @@ def run_loop(c: ml_collections.ConfigDict, workdir: str, init_params: dict, loss
                 tick = now
                 log.write(json.dumps(dict(step=done, **scalars)) + "\n")
                 log.flush()
-                print(f"[{name}] step {done}/{c.steps} " + " ".join(f"{k}={v:.4g}" for k, v in scalars.items()),
-                      flush=True)
+                progress.show(loss=scalars["loss"],
+                              **{k: v for k, v in scalars.items() if k not in ("loss", "steps_per_sec")})
+            elif progress.due():
+                progress.show(loss=float(aux["loss"]))
             if c.save_every and done % c.save_every == 0 and done < c.steps:
                 save_state(workdir, state, data_iter.get_state() if data_iter is not None else None)
     finally:
