@@ -1,12 +1,16 @@
 """Runs ablation tables: python -m flamingo_jax.ablate --config experiments/ablations.py:table3 --workdir DIR
 [--rows a,b] [--seeds N] [--evaluator module:function] [--denominators coco=143.3,...]
-[--eval_max_queries N] [--eval_batch_size B] [--list]
+[--eval_max_queries N] [--eval_batch_size B] [--seed_batching=true|false] [--list]
 
 For every selected row of the config (experiments/ablations.py) and every seed: the row's overrides are applied
 to the baseline (`apply_row`, strict: an unknown path is an error), missing pretrained towers are pretrained
 (flamingo_jax.pretrain, world scale only), the ONE trainer runs (flamingo_jax.train.train), then the few-shot
-evaluation (`evaluate_row`). Each (row, seed) writes DIR/rows/<row>/seed<k>/result.json; a rerun skips those that
-exist, so an interrupted table resumes (an interrupted training run also resumes from its checkpoints).
+evaluation (`evaluate_row`). A row's seeds share its architecture and towers: with --seeds > 1 they train
+together as ONE batched program (flamingo_jax.seed_batch: the step vmapped over the seeds, each seed's workdir
+written as a single run writes it, seed k's weights those of seed k trained alone), then each is evaluated;
+--seed_batching=false runs them one by one. Each (row, seed) writes DIR/rows/<row>/seed<k>/result.json; a rerun
+skips those that exist, so an interrupted table resumes (an interrupted training run also resumes from its
+checkpoints).
 Finally DIR/<table>.md, .csv, .tex and .png are written (flamingo_jax.ablations_table).
 
 This module imports nothing heavy at import time: experiments/ablations.py imports `apply_row` from it.
@@ -281,13 +285,58 @@ def run_one(config: ml_collections.ConfigDict, run_dir: str, *, evaluator: str |
                 train_seconds=t1 - t0, eval_seconds=t2 - t1, final_loss=final_loss(run_dir))
 
 
+def run_seeds(configs: Sequence[ml_collections.ConfigDict], run_dirs: Sequence[str], *, evaluator: str | None = None,
+              eval_kwargs: Mapping[str, Any] | None = None, pretrain_overrides: Mapping[str, Any] | None = None
+              ) -> list[dict]:
+    """run_one for several seeds of one row: trained as one batched program (flamingo_jax.seed_batch), then
+    each evaluated; returns their result dicts. train_seconds is each seed's share of the batched training
+    (batch_train_seconds the whole of it, seeds_batched the number of seeds); step_time is read from each
+    seed's metrics.jsonl as for a single run, so it is the batched program's time per update."""
+    from flamingo_jax.seed_batch import train_configs
+
+    for d in run_dirs:
+        os.makedirs(d, exist_ok=True)
+    ensure_pretrained(configs[0], pretrain_overrides)  # towers are pretrained with seed 0: the same for every seed
+    t0 = time.perf_counter()
+    lasts = train_configs(configs, run_dirs)
+    if any("preempted_at_step" in last for last in lasts):
+        raise KeyboardInterrupt(f"training of {list(run_dirs)} was interrupted: rerun to resume")
+    train_seconds = time.perf_counter() - t0
+    out = []
+    for config, run_dir in zip(configs, run_dirs):
+        t1 = time.perf_counter()
+        scores = evaluate_row(config, run_dir, evaluator=evaluator, **dict(eval_kwargs or {}))
+        t2 = time.perf_counter()
+        out.append(dict(scores=scores, params=param_count(config.model), step_time=step_time(run_dir),
+                        train_seconds=train_seconds / len(configs), eval_seconds=t2 - t1,
+                        final_loss=final_loss(run_dir), batch_train_seconds=train_seconds,
+                        seeds_batched=len(configs)))
+    return out
+
+
+def _batch_blocker(configs: Sequence[ml_collections.ConfigDict]) -> str:
+    """Why these seeds cannot train as one program ('' when they can)."""
+    from flamingo_jax.seed_batch import SeedBatchError, check_batchable
+
+    try:
+        check_batchable(configs)
+    except SeedBatchError as e:
+        return str(e)
+    return ""
+
+
 def run_table(config: ml_collections.ConfigDict, workdir: str, rows: Sequence[str] | None = None, seeds: int = 2,
               evaluator: str | None = None, denominators: Mapping[str, float] | None = None,
               runner: Callable[[ml_collections.ConfigDict, str], dict] | None = None,
-              eval_kwargs: Mapping[str, Any] | None = None) -> dict[str, list[dict]]:
+              eval_kwargs: Mapping[str, Any] | None = None, seed_batching: bool = True,
+              seeds_runner: Callable[[list, list], list[dict]] | None = None) -> dict[str, list[dict]]:
     """Runs every selected (row, seed) not done yet, then writes the table files; returns {row: [results]}.
 
-    runner(config, run_dir) -> result dict replaces train+evaluate (tests)."""
+    With seed_batching, a row's seeds still to run (two or more) train as one batched program (run_seeds);
+    otherwise, or when they cannot (seed_batch.check_batchable), one by one (run_one).
+    runner(config, run_dir) -> result dict replaces train+evaluate of one seed, seeds_runner(configs,
+    run_dirs) -> [result dicts] that of a row's batched seeds (tests); a runner without a seeds_runner runs
+    every seed through the runner."""
     from flamingo_jax import ablations_table
 
     names = runnable_rows(config, rows)
@@ -300,29 +349,54 @@ def run_table(config: ml_collections.ConfigDict, workdir: str, rows: Sequence[st
             print(f"[ablate] {name}: not runnable here: {row.reason}", flush=True)
             continue
         row_config = apply_row(config.base, row)
+        stage = config.pretrain.to_dict() if "pretrain" in config else {}
+        done: dict[int, dict] = {}
+        todo: list[int] = []
+        run_dirs = {k: os.path.join(workdir, "rows", name, f"seed{k}") for k in range(seeds)}
         for k in range(seeds):
-            run_dir = os.path.join(workdir, "rows", name, f"seed{k}")
-            result_path = os.path.join(run_dir, "result.json")
+            result_path = os.path.join(run_dirs[k], "result.json")
             if os.path.isfile(result_path):
                 with open(result_path) as f:
-                    results[name].append(json.load(f))
-                continue
-            print(f"[ablate] {name} seed {k} -> {run_dir}", flush=True)
-            cfg = seeded(row_config, k)
-            stage = config.pretrain.to_dict() if "pretrain" in config else {}
+                    done[k] = json.load(f)
+            else:
+                todo.append(k)
+
+        def finish(k: int, result: dict) -> None:
+            result.update(row=name, seed=k)
+            os.makedirs(run_dirs[k], exist_ok=True)
+            _write_json(os.path.join(run_dirs[k], "result.json"), result)
+            done[k] = result
+
+        cfgs = {k: seeded(row_config, k) for k in todo}
+        batched = seed_batching and len(todo) > 1 and (runner is None or seeds_runner is not None)
+        if batched:
+            blocker = _batch_blocker([cfgs[k] for k in todo])
+            if blocker:
+                print(f"[ablate] {name}: seeds run one by one ({blocker})", flush=True)
+                batched = False
+        if batched:
+            print(f"[ablate] {name} seeds {todo} batched -> {os.path.join(workdir, 'rows', name)}", flush=True)
+            run_many = seeds_runner or (lambda cs, ds: run_seeds(cs, ds, evaluator=evaluator,
+                                                                 eval_kwargs=eval_kwargs,
+                                                                 pretrain_overrides=stage))
+            outs = run_many([cfgs[k] for k in todo], [run_dirs[k] for k in todo])
+            if len(outs) != len(todo):
+                raise RuntimeError(f"{name}: {len(outs)} results for seeds {todo}")
+            for k, result in zip(todo, outs):
+                finish(k, result)
+        else:
             run = runner or (lambda c, d: run_one(c, d, evaluator=evaluator, eval_kwargs=eval_kwargs,
                                                   pretrain_overrides=stage))
-            result = run(cfg, run_dir)
-            result.update(row=name, seed=k)
-            os.makedirs(run_dir, exist_ok=True)
-            _write_json(result_path, result)
-            results[name].append(result)
+            for k in todo:
+                print(f"[ablate] {name} seed {k} -> {run_dirs[k]}", flush=True)
+                finish(k, run(cfgs[k], run_dirs[k]))
+        results[name] = [done[k] for k in sorted(done)]
     meta = [dict(name=n, **{k: config.rows[n][k] for k in ("label", "group", "runnable", "reason", "note")},
                  paper=config.rows[n].paper.to_dict()) for n in names]
     elapsed = time.perf_counter() - start
     ablations_table.write_tables(workdir, config.table, meta, results, denominators=denominators,
                                  extra={"wall_seconds_this_invocation": round(elapsed, 1),
-                                        "seeds": seeds})
+                                        "seeds": seeds, "seed_batching": seed_batching})
     return results
 
 
@@ -335,6 +409,15 @@ def enable_compilation_cache(path: str) -> None:
 
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
 def parse_denominators(text: str) -> dict[str, float] | None:
@@ -357,6 +440,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--denominators", default="", help="overall-score denominators, e.g. coco=143.3,okvqa=54.4")
     p.add_argument("--eval_max_queries", type=int, default=0, help="queries per eval set (0 = all)")
     p.add_argument("--eval_batch_size", type=int, default=0, help="evaluation batch size (0 = the evaluator's)")
+    p.add_argument("--seed_batching", type=parse_bool, nargs="?", const=True, default=True,
+                   help="train a row's seeds as one batched program (default true; false: one by one)")
     p.add_argument("--list", action="store_true", help="print the rows and their overrides, run nothing")
     args = p.parse_args(list(argv) if argv is not None else None)
     config = load_config(args.config)
@@ -374,7 +459,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     eval_kwargs = {k: v for k, v in (("max_queries", args.eval_max_queries), ("batch_size", args.eval_batch_size))
                    if v}
     run_table(config, args.workdir, names, args.seeds, args.evaluator or None,
-              parse_denominators(args.denominators), eval_kwargs=eval_kwargs)
+              parse_denominators(args.denominators), eval_kwargs=eval_kwargs, seed_batching=args.seed_batching)
     print(f"[ablate] wrote {os.path.join(args.workdir, config.table)}.{{md,csv,tex,png}}", flush=True)
     return 0
 
