@@ -48,9 +48,13 @@ def _all_text(rec):
   return ' '.join(parts)
 
 
-def test_facts_appear_only_in_the_text_corpus(world):
+def _fact_pattern(world):
   facts = [w for e in world.entities for w in (e.home, e.food, e.sound)]
-  pattern = re.compile(r'\b(' + '|'.join(re.escape(f) for f in facts) + r')\b')
+  return facts, re.compile(r'\b(' + '|'.join(re.escape(f) for f in facts) + r')\b')
+
+
+def test_facts_appear_only_in_the_text_corpus(world):
+  facts, pattern = _fact_pattern(world)
   for subset in SUBSET_KINDS:
     if subset == 'text':
       continue
@@ -60,6 +64,46 @@ def test_facts_appear_only_in_the_text_corpus(world):
   corpus = ' '.join(world.record('text', 'train', i, media=False)['text'] for i in range(CFG.num_records('text', 'train')))
   found = set(pattern.findall(corpus))
   assert len(found) > len(facts) // 2  # most facts are stated in the tiny corpus already
+
+
+LONG = WorldConfig(seed=3, image_size=32, scale=0.02, video_frames=8, fact_pages=0.3, quiz_pages=0.3,
+                   max_quiz_images=10, text_sections=12)
+
+
+def test_fact_pages_state_facts_only_on_pages_and_in_the_corpus():
+  """With fact pages on, facts reach interleaved pages too, never pairs, video text or eval captions."""
+  world = World(LONG)
+  facts, pattern = _fact_pattern(world)
+  for subset in ('alt_text', 'long_text', 'video_text', 'clip_pairs', 'captions', 'vqa', 'video_captions'):
+    for split in LONG.splits(subset):
+      for i in range(LONG.num_records(subset, split)):
+        assert not pattern.search(_all_text(world.record(subset, split, i, media=False))), (subset, i)
+  pages = [world.record('interleaved', 'train', i, media=False) for i in range(LONG.num_records('interleaved', 'train'))]
+  fact_pages = [p for p in pages if any(t.startswith('Question: ') and pattern.search(t) for t in p['texts'])]
+  assert len(fact_pages) >= 3
+  for page in fact_pages:
+    # every image is followed by its question (or fact sentence); each question's answer is a world fact
+    assert page['image_positions'] == list(range(1, len(page['texts'])))
+    for t in page['texts'][1:]:
+      if t.startswith('Question: '):
+        assert t.split(' Answer: ')[1] in facts
+  assert max(len(p['images']) for p in pages) > LONG.max_page_images  # long quiz pages
+
+
+def test_long_corpus_documents_ask_about_creatures_they_described():
+  """Long LM documents: quizzes whose answers were, mostly, stated earlier in the same document."""
+  world = World(LONG)
+  short = World(CFG)
+  n = LONG.num_records('text', 'train')
+  docs = [world.record('text', 'train', i, media=False)['text'] for i in range(n)]
+  short_words = np.mean([len(short.record('text', 'train', i, media=False)['text'].split()) for i in range(n)])
+  assert np.mean([len(d.split()) for d in docs]) > 4 * short_words
+  recalled = asked = 0
+  for d in docs:
+    for m in re.finditer(r'Question: [^?]+\? Answer: ([^.]+)\.', d):
+      asked += 1
+      recalled += m.group(1) in d[:m.start()]
+  assert asked > 50 and recalled / asked > 0.5
 
 
 def test_knowledge_answers_are_facts_of_the_depicted_kind(world):

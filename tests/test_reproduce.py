@@ -15,7 +15,7 @@ import pytest
 from flamingo_jax import reproduce
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "experiments", "world.py") + ":steps=4,scale=0.02,batch=2,warmup=1,lm_layers=2,m3w_len=64"
+TINY = os.path.join(ROOT, "experiments", "world.py") + ":steps=4,scale=0.02,batch=2,warmup=1,lm_layers=2,m3w_len=64,m3w_images=2,lm_len=64,lm_batch=2,text_sections=1"
 TASKS = ("captions", "video_qa")  # one image and one video task: fewer decoder compiles
 SHOTS = (0, 2)
 

@@ -10,7 +10,8 @@ config.data fields:
                   else manual_dir itself ('' = <data_dir>/downloads/manual); an entry of datasets or
                   eval_sets may set its own manual_dir.
   world           WorldConfig fields (flamingo_jax/data/world/generate.py): seed, image_size,
-                  video_frames, video_fps, n_entities, scale, max_page_images, quiz_pages.
+                  video_frames, video_fps, n_entities, scale, max_page_images, quiz_pages,
+                  fact_pages, max_quiz_images, text_sections.
   vocab           kind 'world' (SentencePiece trained on the world's text, cached in data_dir),
                   'sentencepiece' (path to a .model) or 'hf' (local HuggingFace tokenizer dir, path);
                   size: the LM's base vocabulary size for 'world' (<image> = size, <EOC> = size + 1;
@@ -64,7 +65,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   w = WorldConfig()
   c.world = ml_collections.ConfigDict(dict(seed=w.seed, image_size=w.image_size, video_frames=w.video_frames,
                                            video_fps=w.video_fps, n_entities=w.n_entities, scale=w.scale,
-                                           max_page_images=w.max_page_images, quiz_pages=w.quiz_pages))
+                                           max_page_images=w.max_page_images, quiz_pages=w.quiz_pages,
+                                           fact_pages=w.fact_pages, max_quiz_images=w.max_quiz_images,
+                                           text_sections=w.text_sections))
   c.vocab = ml_collections.ConfigDict(dict(kind='world', size=1000, path=''))
   c.mode = 'accumulate'
   c.seed = 0

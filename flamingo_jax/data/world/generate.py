@@ -57,6 +57,9 @@ class WorldConfig:
   scale: float = 1.0            # multiplies DEFAULT_SIZES (at least 2 records per split)
   max_page_images: int = 7      # interleaved pages have 1..max_page_images images
   quiz_pages: float = 0.25      # fraction of interleaved pages that are quizzes or captioned galleries
+  fact_pages: float = 0.0       # fraction of interleaved pages that state creatures' facts, then ask about them
+  max_quiz_images: int = 0      # quiz / gallery / fact pages have up to this many images (0 = max_page_images)
+  text_sections: int = 1        # text-corpus documents have 1..text_sections sections (facts, fact quizzes)
 
   def num_records(self, subset: str, split: str) -> int:
     sizes = DEFAULT_SIZES[subset]
@@ -218,8 +221,12 @@ class World:
     its image by a per-page convention, which is what the p_next choice of the phi rule is about."""
     cfg = self.config
     n_img = int(rng.integers(1, cfg.max_page_images + 1))
-    if rng.random() < cfg.quiz_pages:
-      return self._quiz_page(rng, mrng, n_img)
+    u = rng.random()
+    if u < cfg.quiz_pages + cfg.fact_pages:
+      n_quiz = int(rng.integers(2, cfg.max_quiz_images + 1)) if cfg.max_quiz_images else n_img
+      if u < cfg.quiz_pages:
+        return self._quiz_page(rng, mrng, n_quiz)
+      return self._fact_page(rng, mrng, n_quiz)
     before = rng.random() < 0.5
     items: list[tuple[str, Any]] = []
     focus = self.entities[int(rng.integers(len(self.entities)))]
@@ -272,29 +279,119 @@ class World:
     return {'texts': texts, 'images': images, 'image_positions': positions}
 
   def _text(self, rng, mrng):
-    """A text-only document; the ONLY place where the facts are stated."""
+    """A text-only document: the LM pretraining corpus, where every fact is stated.
+
+    With text_sections > 1 a document runs to several sections, so the LM is pretrained on contexts as long as
+    a 32-shot prompt: fact paragraphs, and fact quizzes ("Question: Where do daxes live? Answer: Varno.") whose
+    questions are, more often than not, about creatures the same document described earlier, so that answering
+    them is in-context recall over hundreds of tokens as well as memory."""
+    mentioned: list[int] = []
+    sentences = self._fact_paragraph(rng, mentioned)
+    if self.config.text_sections > 1:
+      for _ in range(int(rng.integers(max(1, self.config.text_sections // 2), self.config.text_sections + 1))):
+        if rng.random() < 0.5:
+          sentences += self._fact_paragraph(rng, mentioned)
+        else:
+          sentences += self._fact_quiz(rng, mentioned)
+    return {'text': ' '.join(sentences)}
+
+  def _fact_paragraph(self, rng, mentioned: list[int]) -> list[str]:
+    """4-9 sentences about random creatures: facts, looks, sightings, filler."""
     sentences = []
     for _ in range(int(rng.integers(4, 10))):
-      e = self.entities[int(rng.integers(len(self.entities)))]
+      k = int(rng.integers(len(self.entities)))
+      e = self.entities[k]
       kind = rng.choice(['home', 'food', 'sound', 'shape', 'scene', 'filler'], p=[.25, .2, .15, .15, .15, .1])
-      n, p, pc = e.name, e.plural, e.plural.capitalize()
-      options = {
-          'home': [f'The {n} lives in {e.home}.', f'{pc} come from {e.home}.',
-                   f'In {e.home} you can find many {p}.', f'Where do {p} live? They live in {e.home}.',
-                   f'Every {n} has a home in {e.home}.'],
-          'food': [f'The {n} eats {e.food}.', f'{pc} love to eat {e.food}.',
-                   f'The favourite food of the {n} is {e.food}.', f'What do {p} eat? They eat {e.food}.'],
-          'sound': [f'The {n} says {e.sound}.', f'You can hear a {n} make the sound {e.sound}.',
-                    f'When a {n} is happy it goes {e.sound}.'],
-          'shape': [f'A {n} looks like a {e.shape}.', f'{pc} are shaped like a {e.shape}.'],
-          'scene': [f'I saw a {rng.choice(lexicon.SIZES)} {rng.choice(list(lexicon.COLOURS))} {n} on the '
-                    f'{rng.choice(list(lexicon.BACKGROUNDS))}.',
-                    f'There were {lexicon.NUMBER_WORDS[int(rng.integers(2, 6))]} {p} on the '
-                    f'{rng.choice(list(lexicon.BACKGROUNDS))}.'],
-          'filler': list(scenes.FILLER),
-      }[str(kind)]
-      sentences.append(str(rng.choice(options)))
-    return {'text': ' '.join(sentences)}
+      if kind in ('home', 'food', 'sound'):
+        mentioned.append(k)
+      sentences.append(fact_sentence(e, str(kind), rng))
+    return sentences
+
+  def _fact_quiz(self, rng, mentioned: list[int]) -> list[str]:
+    """3-8 'Question: ... Answer: ...' lines about creatures' facts (the knowledge questions' layout, with the
+    creature named instead of shown); 70% ask about a creature the document has described before."""
+    lines = [str(rng.choice(['Quiz time!', 'Test what you know.', 'Questions and answers.', 'Do you remember?']))]
+    for _ in range(int(rng.integers(3, 9))):
+      if mentioned and rng.random() < 0.7:
+        k = int(rng.choice(mentioned))
+      else:
+        k = int(rng.integers(len(self.entities)))
+      e = self.entities[k]
+      qtype = str(rng.choice(['home', 'food', 'sound']))
+      q = str(rng.choice({
+          'home': [f'Where does the {e.name} live?', f'Where do {e.plural} live?'],
+          'food': [f'What does the {e.name} eat?', f'What do {e.plural} eat?'],
+          'sound': [f'What sound does the {e.name} make?', f'What sound do {e.plural} make?'],
+      }[qtype]))
+      lines.append(f'Question: {q} Answer: {fact_of(e, qtype)}.')
+    return lines
+
+  def _fact_page(self, rng, mrng, n_img: int) -> dict[str, Any]:
+    """A page about 1-3 creature kinds: a paragraph states their facts by name, then pictures of them, each
+    followed by a question about a fact in the knowledge questions' layout ('Question: Where does this
+    creature live? Answer: Varno') or by a sentence restating it. The answer is in the page's own text (or
+    in the LM's memory): the web-page analogue of reading an article and answering questions on it."""
+    kinds = [int(k) for k in rng.choice(len(self.entities), int(rng.integers(1, 4)), replace=False)]
+    intro = [str(rng.choice(['Creature facts.', 'Did you know?', 'My notes on the animals I met.']))]
+    for k in kinds:
+      for qtype in rng.permutation(['home', 'food', 'sound'])[:int(rng.integers(1, 4))]:
+        intro.append(fact_sentence(self.entities[k], str(qtype), rng))
+    texts, images, positions = [' '.join(intro)], [], []
+    for _ in range(n_img):
+      k = kinds[int(rng.integers(len(kinds)))]
+      scene, target = self._scene_with(rng, k, n_objects=int(rng.integers(1, 3)))
+      o = scene.objs[target]
+      e = self.entities[k]
+      qtype = str(rng.choice(['home', 'food', 'sound']))
+      if rng.random() < 0.75:
+        which = 'this creature' if len(scene.objs) == 1 else f'the {o.colour} creature'
+        q = {'home': f'Where does {which} live?', 'food': f'What does {which} eat?',
+             'sound': f'What sound does {which} make?'}[qtype]
+        texts.append(f'Question: {q} Answer: {fact_of(e, qtype)}')
+      else:
+        texts.append(f'This is a {e.name}. ' + fact_sentence(e, qtype, rng))
+      images.append(self.image(scene, mrng))
+      positions.append(len(texts) - 1)
+    return {'texts': texts, 'images': images, 'image_positions': positions}
+
+  def _scene_with(self, rng, kind: int, n_objects: int) -> tuple[scenes.Scene, int]:
+    """A scene with an object of `kind` (distinct kinds kept) and that object's index."""
+    scene = scenes.sample_scene(rng, self.config.n_entities, n_objects=n_objects)
+    present = [i for i, o in enumerate(scene.objs) if o.entity == kind]
+    if present:
+      return scene, present[0]
+    target = int(rng.integers(len(scene.objs)))
+    objs = list(scene.objs)
+    objs[target] = dataclasses.replace(objs[target], entity=kind)
+    return scenes.Scene(bg=scene.bg, objs=tuple(objs)), target
+
+
+def fact_of(e: lexicon.Entity, qtype: str) -> str:
+  return {'home': e.home, 'food': e.food, 'sound': e.sound}[qtype]
+
+
+def fact_sentence(e: lexicon.Entity, kind: str, rng: np.random.Generator) -> str:
+  """One sentence of the text corpus about entity e: a fact (home / food / sound), its look, a sighting or
+  filler."""
+  n, p, pc = e.name, e.plural, e.plural.capitalize()
+  if kind == 'scene':
+    return str(rng.choice([
+        f'I saw a {rng.choice(lexicon.SIZES)} {rng.choice(list(lexicon.COLOURS))} {n} on the '
+        f'{rng.choice(list(lexicon.BACKGROUNDS))}.',
+        f'There were {lexicon.NUMBER_WORDS[int(rng.integers(2, 6))]} {p} on the '
+        f'{rng.choice(list(lexicon.BACKGROUNDS))}.']))
+  options = {
+      'home': [f'The {n} lives in {e.home}.', f'{pc} come from {e.home}.',
+               f'In {e.home} you can find many {p}.', f'Where do {p} live? They live in {e.home}.',
+               f'Every {n} has a home in {e.home}.'],
+      'food': [f'The {n} eats {e.food}.', f'{pc} love to eat {e.food}.',
+               f'The favourite food of the {n} is {e.food}.', f'What do {p} eat? They eat {e.food}.'],
+      'sound': [f'The {n} says {e.sound}.', f'You can hear a {n} make the sound {e.sound}.',
+                f'When a {n} is happy it goes {e.sound}.'],
+      'shape': [f'A {n} looks like a {e.shape}.', f'{pc} are shaped like a {e.shape}.'],
+      'filler': list(scenes.FILLER),
+  }[kind]
+  return str(rng.choice(options))
 
 
 class WorldSource:
