@@ -90,7 +90,10 @@ def add_training(config: ml_collections.ConfigDict, data: ml_collections.ConfigD
     under lax.scan. pretrained: converted checkpoints for frozen subtrees (flamingo_jax.convert); ''
     initialises randomly. data: config.data (flamingo_jax.data.config), batch sizes are global.
     checkpoint_*: flamingo_jax.checkpoint: save every N steps (0: only at the end and on preemption) and/or
-    every M minutes (0: off); keep the newest K plus every keep_every-th step (0: none); asynchronous saves."""
+    every M minutes (0: off); keep the newest K plus every keep_every-th step (0: none); asynchronous saves.
+    loss.normalization: 'sequence' (the paper's objective, Section 3.3 Equation 2: per dataset the masked
+    token NLL summed over each sequence, averaged over the batch's sequences) or 'token' (per dataset the mean
+    over its loss tokens); see flamingo_jax.train_step."""
     config.total_steps = total_steps
     config.log_every = log_every
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
@@ -98,6 +101,7 @@ def add_training(config: ml_collections.ConfigDict, data: ml_collections.ConfigD
     config.optimizer = optim.optimizer_config(warmup_steps=warmup_steps)
     config.data = data
     config.microbatches = ml_collections.ConfigDict({name: 1 for name in data.datasets})
+    config.loss = ml_collections.ConfigDict(dict(normalization="sequence"))
     config.max_nonfinite_steps = 10
     config.pretrained = ml_collections.ConfigDict(dict(vision="", lm=""))
     config.checkpoint_every = 1000

@@ -33,7 +33,7 @@ from ml_collections import config_flags
 
 from flamingo_jax import checkpoint, models, optim, sharding
 from flamingo_jax.progress import Progress
-from flamingo_jax.train_step import MODEL_INPUTS, init_state, make_train_step
+from flamingo_jax.train_step import MODEL_INPUTS, check_normalization, init_state, make_train_step
 
 
 
@@ -141,7 +141,8 @@ class InitialRun(NamedTuple):
 
 def mesh_and_model(config: ml_collections.ConfigDict) -> tuple[jax.sharding.Mesh, nn.Module]:
     """The run's mesh and model, after the config checks every run makes (batches divide over the mesh,
-    the data's image size is the model's)."""
+    the data's image size is the model's, loss.normalization is known)."""
+    check_normalization(config.loss.normalization)  # before anything is built
     mesh = sharding.make_mesh(config.mesh)
     for name in config.data.mixture:
         sharding.batch_size_divides(config.data.datasets[name].batch_size, mesh, name)
@@ -173,7 +174,7 @@ def make_step(config: ml_collections.ConfigDict, model: nn.Module, tx: Any, sche
     with the mixture's weights and microbatches)."""
     weights = {n: config.data.datasets[n].weight for n in config.data.mixture}
     micro = {n: config.microbatches.get(n, 1) for n in config.data.mixture}
-    return make_train_step(model, tx, schedule, weights, micro)
+    return make_train_step(model, tx, schedule, weights, micro, config.loss.normalization)
 
 
 @dataclass

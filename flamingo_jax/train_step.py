@@ -4,10 +4,30 @@ One call of the step takes a dict of batches keyed by dataset. With the paper's 
 is present and ONE update applies sum_m lambda_m * grad_m; in round-robin mode the iterator yields one
 dataset per step and the same function makes one update per dataset batch (ablation ii).
 
-Per dataset the loss is the token-weighted mean of the next-token cross-entropy over `loss_mask`. Batches
-larger than memory split into `microbatches` (strided: every device keeps its rows) and run under lax.scan;
-the summed loss and gradients are divided by the dataset's token count once (so the result equals the full
-batch's).
+The objective (`loss.normalization`, make_train_step's `normalization`):
+
+- 'sequence' (default): the paper's (Section 3.3, Equation 2) sum over datasets m of lambda_m times the
+  expected negative log-likelihood of a sequence of D_m, i.e. per dataset the next-token cross-entropy summed
+  over `loss_mask` within each sequence, then averaged over the sequences of the batch. The divisor is the
+  batch's row count B: every row counts, a row without any loss token included (it adds 0 to the sum).
+- 'token': per dataset the token-weighted mean over `loss_mask` (the summed loss divided by the dataset's
+  token count): dataset m weighs lambda_m whatever its length, where under 'sequence' it also weighs in
+  proportion to its loss tokens per sequence.
+
+The two differ per dataset by the factor (loss tokens / B), so the loss and gradient scales differ: Adam
+divides out a constant scale of the whole gradient, but not the change in the datasets' relative weights
+(each scales by its own tokens per sequence) nor the global-norm clipping (optimizer.clip_norm), which a
+per-sequence sum exceeds far more often; a learning rate tuned under one setting may need retuning under
+the other.
+
+Batches larger than memory split into `microbatches` (strided: every device keeps its rows) and run under
+lax.scan; the summed loss and gradients are divided once, by B or by the token count of the whole dataset
+batch, so the result equals the full batch's.
+
+Metrics: `loss` is the lambda-weighted objective actually optimised (in nats per sequence under 'sequence',
+nats per token under 'token'); per dataset `loss/<name>` is always the per-token mean NLL (nats / token,
+comparable across settings and runs), `seq_loss/<name>` the per-sequence summed NLL and `tokens/<name>` the
+number of loss tokens.
 
 Non-finite losses or gradients never reach the params: the update is dropped, counted, and the caller stops
 after too many in a row.
@@ -18,7 +38,7 @@ images float32[B, T, F, H, W, C]; image_mask bool[B, T].
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -30,6 +50,15 @@ from flamingo_jax.optim import merge
 Params = Any
 Batch = Mapping[str, jax.Array]
 MODEL_INPUTS = ("tokens", "images", "image_mask", "media_index")
+NORMALIZATIONS = ("sequence", "token")
+
+
+def check_normalization(normalization: str) -> str:
+    """`normalization` if it is one of NORMALIZATIONS, else a ValueError naming them."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"loss.normalization must be 'sequence' (the paper's per-sequence sum, Equation 2) or "
+                         f"'token' (the per-token mean), not {normalization!r}")
+    return normalization
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -49,14 +78,28 @@ def summed_loss(trainable: Params, frozen: Params, model: nn.Module, batch: Batc
     return cross_entropy(logits, batch["targets"], batch["loss_mask"])
 
 
+class DatasetLoss(NamedTuple):
+    """dataset_gradients' result for one dataset's batch."""
+
+    grads: Params      # gradient of `loss`
+    loss: jax.Array    # the dataset's objective: nll_sum / sequences ('sequence') or / max(tokens, 1) ('token')
+    nll_sum: jax.Array  # the masked next-token NLL summed over the whole batch
+    tokens: jax.Array  # the number of loss tokens (sum of loss_mask)
+    sequences: int     # B, the batch's rows
+
+
 def dataset_gradients(trainable: Params, frozen: Params, model: nn.Module, batch: Batch, rng: jax.Array,
-                      microbatches: int = 1) -> tuple[Params, jax.Array, jax.Array]:
-    """(gradient of the mean token loss, mean token loss, token count) for one dataset's batch."""
+                      microbatches: int = 1, normalization: str = "sequence") -> DatasetLoss:
+    """The objective of one dataset's batch and its gradient (see the module docstring for `normalization`).
+
+    'sequence' divides the summed NLL by the batch's row count B (every row, whatever its loss tokens),
+    'token' by its token count; with microbatches the sums run over all of them before the one division."""
+    check_normalization(normalization)
     grad_fn = jax.value_and_grad(summed_loss, has_aux=True)
+    b = batch["tokens"].shape[0]
     if microbatches <= 1:
         (total, count), grads = grad_fn(trainable, frozen, model, batch, rng)
     else:
-        b = batch["tokens"].shape[0]
         if b % microbatches:
             raise ValueError(f"batch {b} is not divisible into {microbatches} microbatches")
         # Microbatch i takes rows i, i + m, i + 2m, ...: the batch axis is sharded in contiguous blocks over
@@ -74,8 +117,8 @@ def dataset_gradients(trainable: Params, frozen: Params, model: nn.Module, batch
         zeros = jax.tree.map(jnp.zeros_like, trainable)
         (grads, total, count), _ = jax.lax.scan(body, (zeros, jnp.zeros(()), jnp.zeros(())),
                                               (micro, jnp.arange(microbatches)))
-    denom = jnp.maximum(count, 1.0)
-    return jax.tree.map(lambda g: g / denom, grads), total / denom, count
+    denom = float(b) if normalization == "sequence" else jnp.maximum(count, 1.0)
+    return DatasetLoss(jax.tree.map(lambda g: g / denom, grads), total / denom, total, count, b)
 
 
 def init_state(trainable: Params, tx: optax.GradientTransformation, rng: jax.Array) -> dict:
@@ -85,24 +128,31 @@ def init_state(trainable: Params, tx: optax.GradientTransformation, rng: jax.Arr
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    weights: Mapping[str, float], microbatches: Mapping[str, int] | None = None
+                    weights: Mapping[str, float], microbatches: Mapping[str, int] | None = None,
+                    normalization: str = "sequence"
                     ) -> Callable[[dict, Params, Mapping[str, Batch]], tuple[dict, dict]]:
-    """step(state, frozen, batches) -> (new state, metrics). Batches: {dataset: batch}, any subset."""
+    """step(state, frozen, batches) -> (new state, metrics). Batches: {dataset: batch}, any subset.
+
+    Optimises sum_m weights[m] * (dataset m's objective under `normalization`: 'sequence', the paper's
+    Equation 2, or 'token'); metrics["loss"] is that weighted objective, metrics["loss/<name>"] the per-token
+    mean NLL whatever the normalization, metrics["seq_loss/<name>"] the per-sequence summed NLL."""
     microbatches = dict(microbatches or {})
+    check_normalization(normalization)
 
     def step(state: dict, frozen: Params, batches: Mapping[str, Batch]) -> tuple[dict, dict]:
         metrics = {}
         grads, loss = None, jnp.zeros(())
         step_rng = jax.random.fold_in(state["rng"], state["step"])
         for i, name in enumerate(sorted(batches)):
-            g, l, n = dataset_gradients(state["trainable"], frozen, model, batches[name],
-                                        jax.random.fold_in(step_rng, i), microbatches.get(name, 1))
+            d = dataset_gradients(state["trainable"], frozen, model, batches[name],
+                                  jax.random.fold_in(step_rng, i), microbatches.get(name, 1), normalization)
             w = float(weights[name])
-            grads = jax.tree.map(lambda x: w * x, g) if grads is None else jax.tree.map(
-                lambda a, x: a + w * x, grads, g)
-            loss = loss + w * l
-            metrics[f"loss/{name}"] = l
-            metrics[f"tokens/{name}"] = n
+            grads = jax.tree.map(lambda x: w * x, d.grads) if grads is None else jax.tree.map(
+                lambda a, x: a + w * x, grads, d.grads)
+            loss = loss + w * d.loss
+            metrics[f"loss/{name}"] = d.nll_sum / jnp.maximum(d.tokens, 1.0)
+            metrics[f"seq_loss/{name}"] = d.nll_sum / d.sequences
+            metrics[f"tokens/{name}"] = d.tokens
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 

@@ -75,3 +75,14 @@ def test_params_tool_prints_integer_counts():
     assert {"total", "lm", "vision", "resampler", "xattn"} <= set(counts)
     assert all(isinstance(v, int) for v in counts.values())
     assert counts["total"] == sum(counts[k] for k in ("lm", "vision", "resampler", "xattn", "new_tokens"))
+
+
+def test_every_experiment_trains_the_papers_per_sequence_objective_by_default():
+    # paper Section 3.3, Equation 2; 'token' (the per-token mean) is the override
+    for name in ("tiny", "world", "flamingo_3b", "flamingo_9b", "flamingo_80b"):
+        assert load_experiment(name).loss.normalization == "sequence", name
+    assert load_experiment("ablations").base.loss.normalization == "sequence"
+    config = load_experiment("tiny")
+    config.loss.normalization = "token"  # the command line's --config.loss.normalization=token
+    with pytest.raises(AttributeError):
+        config.loss.normalisation = "token"

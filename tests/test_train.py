@@ -53,8 +53,15 @@ def eight_devices():
 def test_metrics_jsonl_has_the_promised_fields(single_device):
     _, rows = single_device
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
-    for key in ("loss", "loss/m3w", "loss/align", "learning_rate", "grad_norm", "param_norm", "steps_per_sec"):
+    for key in ("loss", "loss/m3w", "loss/align", "seq_loss/m3w", "seq_loss/align", "tokens/m3w", "learning_rate",
+                "grad_norm", "param_norm", "steps_per_sec"):
         assert all(np.isfinite(r[key]) for r in rows), key
+    # the default objective is the paper's per-sequence sum; loss/<dataset> stays the per-token mean
+    weights = {n: d.weight for n, d in tiny_train_config().data.datasets.items()}
+    for r in rows:
+        np.testing.assert_allclose(r["loss"], sum(weights[n] * r[f"seq_loss/{n}"] for n in ("m3w", "align")),
+                                   rtol=1e-5)
+        assert r["seq_loss/m3w"] > r["loss/m3w"]
 
 
 @pytest.mark.slow
@@ -105,6 +112,13 @@ def test_mesh_and_batch_errors_are_one_line():
     assert sharding.mesh_shape({"data": -1, "fsdp": 2, "model": 2}, 8) == (2, 2, 2)
     config = tiny_train_config(mesh=(2, 1, 1))
     with pytest.raises(sharding.MeshError, match="does not fit 1 devices"):
+        Trainer.create(config)
+
+
+def test_unknown_loss_normalization_is_an_error_before_anything_is_built():
+    config = tiny_train_config()
+    config.loss.normalization = "mean"
+    with pytest.raises(ValueError, match="'sequence'.*'token'"):
         Trainer.create(config)
 
 

@@ -278,7 +278,7 @@ def plan(config: Any, mesh_sizes: Mapping[str, int], target: Target, *, devices:
                   for name, f in batches.items()}
     weights = {n: config.data.datasets[n].weight for n in config.data.mixture}
     micro = {n: config.microbatches.get(n, 1) for n in config.data.mixture}
-    step = make_train_step(model, tx, schedule, weights, micro)
+    step = make_train_step(model, tx, schedule, weights, micro, config.loss.normalization)
     jitted = jax.jit(step, in_shardings=(state_sh, frozen_sh, None), out_shardings=(state_sh, rep),
                      donate_argnums=0)
     t0 = time.perf_counter()
