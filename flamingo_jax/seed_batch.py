@@ -52,6 +52,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from flamingo_jax import checkpoint, sharding
+from flamingo_jax.progress import Progress
 from flamingo_jax.train import (MODEL_INPUTS, MetricsLog, TrainingError, initial_state, make_data_iterator,
                                 make_step, mesh_and_model)
 
@@ -267,8 +268,10 @@ def _train(configs: list, workdirs: list[str], preempt: checkpoint.Preemption) -
     del inits, states, restored, frozens, seeded
     logs = [MetricsLog(w, c.total_steps) for w, c in zip(workdirs, configs)]
     primary = jax.process_index() == 0
-    show = bool(base.get("progress", True)) and primary
     total = int(base.total_steps)
+    # As train's: one stdout line at every log step and at least every 10 s (every seed's loss on it).
+    progress = Progress(f"[train x{n} seeds] step", total, start=start,
+                        enabled=bool(base.get("progress", True)) and primary)
     last: list[dict] = [{} for _ in range(n)]
     tick, tick_step = time.perf_counter(), start
     saved = start if start else -1
@@ -284,6 +287,7 @@ def _train(configs: list, workdirs: list[str], preempt: checkpoint.Preemption) -
             metrics = batch.train_step([next(d) for d in datas])
             for log in logs:
                 log.progress(i + 1)
+            progress.count()
             if (i + 1) % base.log_every == 0 or i + 1 == total:
                 host = jax.device_get(metrics)
                 norms = batch.param_norms()
@@ -295,9 +299,7 @@ def _train(configs: list, workdirs: list[str], preempt: checkpoint.Preemption) -
                     scalars.update(param_norm=float(norms[k]), steps_per_sec=rate, seed_batch=float(n))
                     logs[k].write(i + 1, scalars)
                     last[k] = scalars
-                if show:
-                    losses = " ".join(f"{s['loss']:.4g}" for s in last)
-                    print(f"[train x{n} seeds] step {i + 1}/{total}  {rate:.3g} steps/s  loss {losses}", flush=True)
+                progress.show(loss=" ".join(f"{s['loss']:.4g}" for s in last))
                 runs = np.asarray(jax.device_get(batch.state["nonfinite_run"]))
                 bad = [k for k in range(n) if runs[k] >= base.max_nonfinite_steps]
                 if bad:
@@ -305,6 +307,8 @@ def _train(configs: list, workdirs: list[str], preempt: checkpoint.Preemption) -
                         f"{int(runs[bad[0]])} non-finite steps in a row at step {i + 1} in "
                         f"{[workdirs[k] for k in bad]} (none reached the params): lower optimizer.lr or check "
                         f"the data")
+            elif progress.due():
+                progress.show(loss=" ".join(f"{float(x):.4g}" for x in jax.device_get(metrics["loss"])))
             if preempt.reached(i + 1):
                 save(i + 1)
                 saved = i + 1
