@@ -85,7 +85,10 @@ def add_training(config: ml_collections.ConfigDict, data: ml_collections.ConfigD
                  log_every: int, warmup_steps: int = 5000) -> ml_collections.ConfigDict:
     """The trainer's fields (flamingo_jax.train), with the paper's optimizer settings.
 
-    mesh: axis sizes for data / fsdp / model (-1 = the rest of the devices). trainable: regexes over param
+    mesh: axis sizes for data / fsdp / model (-1 = the rest of the devices); mesh.dcn: how many slices
+    (processes where devices have no slice_index) each axis spans, e.g. dcn.data=2 for data parallelism
+    across two slices; mesh.allow_split_physical_axes lets an axis take part of a TPU torus dimension
+    (flamingo_jax.sharding.make_mesh). trainable: regexes over param
     paths ('lm/.*' unfreezes the LM, ablation viii). microbatches: per dataset, splits of the batch run
     under lax.scan. pretrained: converted checkpoints for frozen subtrees (flamingo_jax.convert); ''
     initialises randomly. data: config.data (flamingo_jax.data.config), batch sizes are global.
@@ -96,7 +99,8 @@ def add_training(config: ml_collections.ConfigDict, data: ml_collections.ConfigD
     over its loss tokens); see flamingo_jax.train_step."""
     config.total_steps = total_steps
     config.log_every = log_every
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1, dcn=dict(data=1, fsdp=1, model=1),
+                                                 allow_split_physical_axes=False))
     config.trainable = list(optim.DEFAULT_TRAINABLE)
     config.optimizer = optim.optimizer_config(warmup_steps=warmup_steps)
     config.data = data

@@ -15,7 +15,8 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.experimental import mesh_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
@@ -60,15 +61,70 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict | dict, num_devices: int) 
     return tuple(sizes)
 
 
+def dcn_shape(mesh_config: ml_collections.ConfigDict | dict, sizes: Sequence[int]) -> tuple[int, int, int]:
+    """(data, fsdp, model) counts of slices (granules across the slow network) from mesh_config.dcn; all 1
+    when it is absent. Each whole-mesh size must be a multiple of its dcn count."""
+    dcn = mesh_config.get("dcn") if hasattr(mesh_config, "get") else None
+    counts = tuple(int(dcn.get(a, 1)) if dcn else 1 for a in MESH_AXES)
+    bad = [a for a, n, c in zip(MESH_AXES, sizes, counts) if c < 1 or n % c]
+    if bad:
+        raise MeshError(f"mesh {dict(zip(MESH_AXES, sizes))} with dcn {dict(zip(MESH_AXES, counts))}: each "
+                        f"config.mesh size must be a multiple of its config.mesh.dcn count ({', '.join(bad)})")
+    return counts
+
+
+def _granules(devices: Sequence[Any]) -> tuple[str, int]:
+    """How the devices split across the slow network: ('slice_index', n) on multi-slice TPU, else
+    ('process_index', number of processes)."""
+    if hasattr(devices[0], "slice_index"):
+        return "slice_index", len({d.slice_index for d in devices})
+    return "process_index", len({d.process_index for d in devices})
+
+
 def make_mesh(mesh_config: ml_collections.ConfigDict | dict, devices: Sequence[Any] | None = None) -> Mesh:
-    """A Mesh over all (or the given) devices with axes (data, fsdp, model)."""
+    """A Mesh over all (or the given) devices with axes (data, fsdp, model), laid out on the interconnect.
+
+    One slice: jax.make_mesh (topology-aware on TPU: the ICI torus; on GPU ordered by device id). Several
+    slices (config.mesh.dcn, e.g. dcn.data=2 for data parallelism across two slices): the per-slice mesh
+    (the sizes divided by the dcn counts) within each slice and the dcn counts across them,
+    mesh_utils.create_hybrid_device_mesh; devices without a slice_index (GPU clusters, CPU) take each
+    process as a slice. A shape the devices cannot form is a MeshError; config.mesh.allow_split_physical_axes
+    (default False) lets an axis take part of a torus dimension."""
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(mesh_config, len(devices))
+    dcn = dcn_shape(mesh_config, shape)
+    auto = (AxisType.Auto,) * len(MESH_AXES)  # shardings as given (jax.make_mesh's default is Explicit)
+    split = bool(mesh_config.get("allow_split_physical_axes", False))
+    if math.prod(dcn) == 1:
+        attr, n = _granules(devices)
+        if attr == "slice_index" and n > 1:
+            raise MeshError(f"the {len(devices)} devices span {n} slices: set config.mesh.dcn (e.g. "
+                            f"--config.mesh.dcn.data={n}) so that the mesh splits across them")
+        try:
+            if split:
+                return Mesh(mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True),
+                            MESH_AXES, axis_types=auto)
+            return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+        except (ValueError, NotImplementedError) as e:  # e.g. a TPU torus that this shape would have to split
+            raise MeshError(f"mesh {dict(zip(MESH_AXES, shape))} cannot be laid out on the "
+                            f"{devices[0].device_kind} devices ({_one_line(e)}); choose sizes that are products "
+                            f"of the torus axes or set config.mesh.allow_split_physical_axes=True") from None
+    ici = tuple(n // c for n, c in zip(shape, dcn))
+    attr, n = _granules(devices)
+    if n != math.prod(dcn):
+        raise MeshError(f"config.mesh.dcn {dict(zip(MESH_AXES, dcn))} asks for {math.prod(dcn)} slices but the "
+                        f"{len(devices)} devices span {n} ({attr.split('_')[0]}es): set config.mesh.dcn to match")
     try:
-        grid = jax.experimental.mesh_utils.create_device_mesh(shape, devices)
-    except Exception:  # CPU or unusual topologies: a plain reshape is fine
-        grid = np.asarray(devices).reshape(shape)
-    return Mesh(grid, MESH_AXES)
+        grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=attr == "process_index",
+                                                    allow_split_physical_axes=split)
+    except (ValueError, NotImplementedError) as e:
+        raise MeshError(f"mesh {dict(zip(MESH_AXES, shape))} = per slice {dict(zip(MESH_AXES, ici))} x dcn "
+                        f"{dict(zip(MESH_AXES, dcn))} cannot be laid out on these devices: {_one_line(e)}") from None
+    return Mesh(grid, MESH_AXES, axis_types=auto)
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
 
 
 def spec_for(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
