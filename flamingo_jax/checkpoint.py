@@ -5,7 +5,8 @@ Layout of a workdir:
                               state, step, rng (as raw key data), non-finite counters; Orbax StandardSave
   checkpoints/<step>/data/    the data iterator's state, one small JSON file per process
                               (`process_<i>.json`, from `iterator.get_state()`)
-  checkpoints/<step>/meta/    JSON: the config, library versions, the mesh, the frozen fingerprint
+  checkpoints/<step>/meta/    JSON: the config, library versions, the mesh, the frozen fingerprint, the guard's
+                              state (flamingo_jax.guard) and a checksum of every array of state/ (checksums)
   frozen/manifest.json        where every frozen subtree comes from and its sha256 (params_fingerprint):
                               {"source": "pretrained", "path", "sha256" (the converted checkpoint's)} for
                               subtrees loaded through config.pretrained, {"source": "workdir", "sha256"}
@@ -19,6 +20,16 @@ one is committed: the newest `checkpoint_keep` plus every `checkpoint_keep_every
 
 Restoring targets the CURRENT trainer's state (shapes, dtypes and shardings), so a run may resume on a
 different mesh than the one that saved it.
+
+Verified: Orbax stores no checksum of the data (its zarr3 layout puts a crc32c on the shard index only, and
+the default zarr2 layout none; zstd frames carry no content checksum), so a flipped byte in a data file can
+restore "intact" with a changed value. Each save therefore records two 32-bit sums of every array's words in
+the meta item (`checksums`): computed on device (one read of the state, no copy), independent of the mesh,
+checked after every restore; a mismatch is damage (moved aside, the previous step restored).
+
+Storage: a failed asynchronous save is raised by check_errors() (the trainer calls it every step) as one
+CheckpointError naming the path, the cause and the fix; a save is refused when the filesystem has less free
+space than the checkpoint needs, with a warning beforehand when it has less than three times that.
 """
 
 from __future__ import annotations
@@ -27,13 +38,16 @@ import dataclasses
 import datetime
 import json
 import logging as pylogging
+import errno
 import os
+import re
 import shutil
 import signal
 import time
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -48,7 +62,76 @@ FROZEN_FORMAT = "flamingo_jax.frozen/1"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: frozen weights that differ, a config that no longer fits, or no
-    intact step checkpoint left."""
+    intact step checkpoint left; or a save that failed."""
+
+
+class ChecksumMismatch(RuntimeError):
+    """A restored array whose checksum differs from the one recorded at save: the files changed (damage)."""
+
+
+def one_line(e: BaseException, limit: int = 400) -> str:
+    """An exception as one readable line: its type and first sentence, without TensorStore's bracketed
+    [source locations=...] / [tensorstore_spec=...] / pybind reprs, cut at a word under `limit` characters."""
+    text = re.sub(r"\[(source locations|tensorstore_spec|tensorstore_[a-z_]+)='.*?'\]", "", str(e), flags=re.S)
+    text = re.sub(r"<[^<>]{0,200} object at 0x[0-9a-f]+>", "<object>", text)
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checksums of the step checkpoints' arrays.
+
+
+def _words(x: jax.Array) -> jax.Array:
+    """The array's bits as uint32 words (2- and 1-byte elements widened, 8-byte ones split in two)."""
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    size = np.dtype(x.dtype).itemsize
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
+    if size in unsigned:
+        return jax.lax.bitcast_convert_type(x, unsigned[size]).astype(jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)  # 8 bytes: a trailing axis of 2 words
+
+
+def _checksum(x: jax.Array) -> jax.Array:
+    """uint32[2]: the sum of the words and the sum of (2i+1) x word i (mod 2^32, i the row-major index).
+
+    Fletcher's idea (J. Fletcher, "An Arithmetic Checksum for Serial Transmissions", IEEE Trans. Commun.
+    1982): a plain sum plus a position-weighted one. Every weight is odd, hence invertible mod 2^32, so any
+    change confined to one word is always detected; swapped words change the weighted sum. Sums of integers
+    mod 2^32 do not depend on the order of the additions, so the value is the same on every mesh and shards
+    reduce where they are (the index comes from iotas over the array's own shape: no reshape, no gather)."""
+    w = _words(x)
+    index = jnp.zeros(w.shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(w.ndim)):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis) * jnp.uint32(stride % 2**32)
+        stride *= w.shape[axis]
+    return jnp.stack([jnp.sum(w, dtype=jnp.uint32), jnp.sum(w * (2 * index + 1), dtype=jnp.uint32)])
+
+
+_checksums_jit = jax.jit(lambda tree: jax.tree.map(_checksum, tree))
+
+
+def checksums(tree: Any) -> dict[str, str]:
+    """{leaf path: 16 hex digits} of every array of `tree` (see _checksum)."""
+    sums = jax.device_get(jax.tree.map(_host, _checksums_jit(tree)))
+    flat = jax.tree_util.tree_flatten_with_path(sums)[0]
+    return {jax.tree_util.keystr(k): "%08x%08x" % (int(v[0]), int(v[1])) for k, v in flat}
+
+
+def verify_checksums(tree: Any, recorded: Mapping[str, str] | None) -> None:
+    """ChecksumMismatch naming the arrays whose checksum differs from `recorded` (None: nothing recorded,
+    a checkpoint written before checksums existed: accepted)."""
+    if not recorded:
+        return
+    got = checksums(tree)
+    bad = sorted(k for k in set(got) | set(recorded) if got.get(k) != recorded.get(k))
+    if bad:
+        raise ChecksumMismatch(f"checksum mismatch in {len(bad)} of {len(recorded)} arrays (e.g. {bad[:3]}): "
+                               f"the files changed after they were written")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -244,6 +327,17 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
+CHECKSUM_ALGORITHM = "flamingo_jax.checkpoint.checksums/1: uint32 sum and (2i+1)-weighted sum of the words"
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
 def versions() -> dict:
     from importlib import metadata
     out = {}
@@ -314,22 +408,82 @@ class Checkpoints:
                 "frozen": self.frozen_manifest or {}, "frozen_fingerprint": (self.frozen_manifest or {}).get(
                     "fingerprint", ""), "time": datetime.datetime.now(datetime.timezone.utc).isoformat()}
 
-    def save(self, step: int, state: dict, data_state: Any) -> bool:
-        """Starts an asynchronous save of `state` at `step` (returns once the arrays are on host)."""
+    def save(self, step: int, state: dict, data_state: Any, guard: dict | None = None) -> bool:
+        """Starts an asynchronous save of `state` at `step` (returns once the arrays are on host), with the
+        checksums of its arrays and `guard` (flamingo_jax.guard.Guard.state_dict) in the meta item."""
         if step in self.manager.all_steps():
             return False
-        args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(_storable(state)),
-                                     DATA: DataStateSave(data_state),
-                                     META: ocp.args.JsonSave(self.metadata(step))})
-        self.manager.save(step, args=args, force=True)
+        self.wait()  # the previous save's failure, if any, is reported before this one starts
+        self.check_errors()
+        storable = _storable(state)
+        self._check_space(step, storable)
+        meta = {**self.metadata(step), "guard": guard or {},
+                "checksums": {"algorithm": CHECKSUM_ALGORITHM, "arrays": checksums(storable)}}
+        args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(storable), DATA: DataStateSave(data_state),
+                                     META: ocp.args.JsonSave(meta)})
+        self.pending_step = step
+        try:
+            self.manager.save(step, args=args, force=True)
+        except Exception as e:  # noqa: BLE001 - a synchronous failure (e.g. creating the directory)
+            raise CheckpointError(self._failure(step, e)) from None
         self.last_save_time = time.monotonic()
         return True
 
+    def _check_space(self, step: int, storable: dict) -> None:
+        """CheckpointError when the filesystem says it has less free space than the checkpoint needs; a
+        warning when it has less than three times that (the next saves will not fit for long)."""
+        need = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(storable))
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            free = shutil.disk_usage(self.directory).free
+        except OSError:  # the filesystem cannot say (e.g. some object stores)
+            return
+        if free < need * 1.05 + (1 << 20):
+            raise CheckpointError(
+                f"not enough free space to save checkpoint {step} in {self.directory}: it needs about "
+                f"{_size(need)}, {_size(free)} are free; free some space or move --workdir, then rerun the "
+                f"same command (the last checkpoint, step {self._last_step()}, is untouched)")
+        if free < 3 * need:
+            logging.warning("only %s free in %s: room for %d more checkpoints of %s", _size(free), self.directory,
+                            free // max(need, 1), _size(need))
+
+    def _last_step(self) -> str:
+        steps = [s for s in self.manager.all_steps() if s != getattr(self, "pending_step", None)]
+        return str(max(steps)) if steps else "none"
+
+    def _failure(self, step: int, e: BaseException) -> str:
+        path = os.path.join(self.directory, str(step))
+        text = str(e)
+        if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in text or "ENOSPC" in text:
+            fix = "the disk is full: free some space or move --workdir"
+        elif isinstance(e, PermissionError) or "Permission denied" in text:
+            fix = f"{self.directory} is not writable: fix its permissions or move --workdir"
+        else:
+            fix = "check the storage under --workdir"
+        return (f"saving checkpoint {step} to {path} failed ({one_line(e)}); {fix}, then rerun the same command "
+                f"to resume from the last checkpoint, step {self._last_step()} (untouched)")
+
+    def check_errors(self) -> None:
+        """CheckpointError (one line: the path, the cause, the fix) if an asynchronous save failed."""
+        try:
+            self.manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001 - whatever the background save raised
+            self.failed = True
+            raise CheckpointError(self._failure(getattr(self, "pending_step", -1), e)) from None
+
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            self.failed = True
+            raise CheckpointError(self._failure(getattr(self, "pending_step", -1), e)) from None
 
     def close(self) -> None:
-        self.manager.close()
+        try:
+            self.manager.close()
+        except Exception:  # noqa: BLE001 - already reported by check_errors / wait
+            if not getattr(self, "failed", False):
+                raise
 
     # -- restoring ---------------------------------------------------------------------------------------
 
@@ -356,11 +510,12 @@ class Checkpoints:
                     META: ocp.args.JsonRestore()}))
                 meta = out[META]
                 self._check_meta(s, meta)
+                verify_checksums(out[STATE], (meta.get("checksums") or {}).get("arrays"))
             except CheckpointError:
                 raise
             except Exception as e:  # noqa: BLE001 - any failure to read means a damaged checkpoint
-                logging.warning("checkpoint %d in %s is damaged (%s: %s); trying an older one", s,
-                                self.directory, type(e).__name__, str(e)[:300])
+                logging.warning("checkpoint %d in %s is damaged (%s); trying an older one", s, self.directory,
+                                one_line(e))
                 damaged.append(s)
                 continue
             if damaged:
@@ -368,6 +523,8 @@ class Checkpoints:
                 logging.warning("resuming from step %d: damaged newer checkpoints %s were moved to %s", s,
                                 damaged, os.path.join(self.workdir, "checkpoints_damaged"))
             state = {**out[STATE], "rng": jax.random.wrap_key_data(out[STATE]["rng"], impl=impl)}
+            if "nonfinite_run" in state:  # a resume starts with no streak (healthy checkpoints hold 0 anyway)
+                state["nonfinite_run"] = state["nonfinite_run"] * 0
             return Restored(step=s, state=state, data_state=out[DATA], meta=meta)
         raise CheckpointError(f"no intact checkpoint in {self.directory}: steps {damaged} all failed to restore "
                               f"(see the warnings); move them away to start over")

@@ -11,7 +11,7 @@ from typing import Any
 
 import ml_collections
 
-from flamingo_jax import optim
+from flamingo_jax import guard, optim
 from flamingo_jax.models import lm_config, model_config, resampler_config, vision_config, xattn_config
 
 # Paper Tables 4-5: frozen LM shapes and the cross-attention interval (every n-th block from the first).
@@ -106,7 +106,7 @@ def add_training(config: ml_collections.ConfigDict, data: ml_collections.ConfigD
     config.data = data
     config.microbatches = ml_collections.ConfigDict({name: 1 for name in data.datasets})
     config.loss = ml_collections.ConfigDict(dict(normalization="sequence"))
-    config.max_nonfinite_steps = 10
+    config.guard = guard.guard_config()  # health check, loss spikes, rollback (flamingo_jax.guard)
     config.pretrained = ml_collections.ConfigDict(dict(vision="", lm=""))
     config.checkpoint_every = 1000
     config.checkpoint_every_minutes = 0.0

@@ -51,7 +51,7 @@ import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from flamingo_jax import checkpoint, sharding
+from flamingo_jax import checkpoint, guard, sharding
 from flamingo_jax.progress import Progress
 from flamingo_jax.train import (MODEL_INPUTS, MetricsLog, TrainingError, initial_state, make_data_iterator,
                                 make_step, mesh_and_model)
@@ -301,7 +301,7 @@ def _train(configs: list, workdirs: list[str], preempt: checkpoint.Preemption) -
                     last[k] = scalars
                 progress.show(loss=" ".join(f"{s['loss']:.4g}" for s in last))
                 runs = np.asarray(jax.device_get(batch.state["nonfinite_run"]))
-                bad = [k for k in range(n) if runs[k] >= base.max_nonfinite_steps]
+                bad = [k for k in range(n) if runs[k] >= guard.resolve(base).max_bad_steps]
                 if bad:
                     raise TrainingError(
                         f"{int(runs[bad[0]])} non-finite steps in a row at step {i + 1} in "

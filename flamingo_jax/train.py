@@ -31,7 +31,7 @@ import optax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from flamingo_jax import checkpoint, models, optim, sharding
+from flamingo_jax import checkpoint, guard as guard_lib, models, optim, sharding
 from flamingo_jax.progress import Progress
 from flamingo_jax.train_step import MODEL_INPUTS, check_normalization, init_state, make_train_step
 
@@ -174,7 +174,8 @@ def make_step(config: ml_collections.ConfigDict, model: nn.Module, tx: Any, sche
     with the mixture's weights and microbatches)."""
     weights = {n: config.data.datasets[n].weight for n in config.data.mixture}
     micro = {n: config.microbatches.get(n, 1) for n in config.data.mixture}
-    return make_train_step(model, tx, schedule, weights, micro, config.loss.normalization)
+    return make_train_step(model, tx, schedule, weights, micro, config.loss.normalization,
+                           max_update_ratio=float(guard_lib.resolve(config).max_update_ratio))
 
 
 @dataclass
@@ -197,14 +198,14 @@ class Trainer:
         state_sh = jax.tree.map(lambda x: x.sharding, state)
         frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
         step = make_step(config, model, init.tx, init.schedule)
-        step_fn = jax.jit(step, in_shardings=(state_sh, frozen_sh, None),
+        step_fn = jax.jit(step, in_shardings=(state_sh, frozen_sh, None, sharding.replicated(mesh)),
                           out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
         return cls(config, mesh, model, state, frozen, step_fn, init.schedule)
 
-    def train_step(self, batches: dict) -> dict:
-        """One update from process-local numpy batches; returns device metrics."""
+    def train_step(self, batches: dict, lr_scale: float = 1.0) -> dict:
+        """One update from process-local numpy batches (learning rate x lr_scale); returns device metrics."""
         batches = to_global(batches, self.mesh)
-        self.state, metrics = self.compiled_step(batches)(self.state, self.frozen, batches)
+        self.state, metrics = self.compiled_step(batches)(self.state, self.frozen, batches, np.float32(lr_scale))
         return metrics
 
     def param_norm(self) -> jax.Array:
@@ -224,7 +225,7 @@ class Trainer:
         key = tuple(sorted(batches))
         cache = self.__dict__.setdefault("_compiled", {})
         if key not in cache:
-            cache[key] = self.step_fn.lower(self.state, self.frozen, batches).compile()
+            cache[key] = self.step_fn.lower(self.state, self.frozen, batches, np.float32(1.0)).compile()
             if jax.process_count() > 1:
                 from jax._src import distributed
 
@@ -244,6 +245,12 @@ class MetricsLog:
         self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.primary else None
         self.progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=self.writer)
 
+    def restart_progress(self, total_steps: int) -> None:
+        """A new progress reporter (after a rollback the steps go back: clu's expects them to grow)."""
+        from clu import periodic_actions
+
+        self.progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=self.writer)
+
     def write(self, step: int, scalars: dict) -> None:
         self.writer.write_scalars(step, scalars)
         if self.jsonl:
@@ -256,10 +263,40 @@ class MetricsLog:
             self.jsonl.close()
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """The config errors a user can make, found before anything is built or written: ValueError, one line."""
+    if config is None:
+        raise ValueError("no config: pass --config experiments/<name>.py[:arg]")
+
+    def positive(name: str, value, zero_ok: bool = False) -> None:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (value == 0 and not zero_ok):
+            raise ValueError(f"config.{name} must be {'>= 0' if zero_ok else '> 0'}, not {value!r}")
+
+    positive("total_steps", config.total_steps)
+    positive("log_every", config.log_every)
+    positive("checkpoint_every", config.get("checkpoint_every", 0), zero_ok=True)
+    positive("checkpoint_every_minutes", config.get("checkpoint_every_minutes", 0.0), zero_ok=True)
+    positive("checkpoint_keep", config.get("checkpoint_keep", 3))
+    positive("checkpoint_keep_every", config.get("checkpoint_keep_every", 0), zero_ok=True)
+    positive("optimizer.lr", config.optimizer.lr, zero_ok=True)
+    check_normalization(config.loss.normalization)
+    guard_lib.check(guard_lib.resolve(config))
+    for name in config.data.mixture:
+        if name not in config.data.datasets:
+            raise ValueError(f"config.data.mixture names {name!r}, which config.data.datasets lacks")
+        positive(f"data.datasets.{name}.batch_size", config.data.datasets[name].batch_size)
+    for name, path in config.pretrained.items():
+        if path and not os.path.exists(path):
+            raise ValueError(f"config.pretrained.{name}: {path} does not exist (convert one with "
+                             f"python -m flamingo_jax.convert, or set it to '' to initialise randomly)")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs config.total_steps updates, resuming from workdir's newest intact checkpoint; returns the last
     logged scalars. SIGTERM / SIGINT finish the current step, save a checkpoint and return early (the
-    scalars then hold `preempted_at_step`)."""
+    scalars then hold `preempted_at_step`). Unhealthy steps (flamingo_jax.guard) are never saved; a streak or
+    a loss spike stops the run with TrainingError, or rolls it back when config.guard.rollback is set."""
+    check_config(config)  # before the workdir exists
     os.makedirs(workdir, exist_ok=True)
     preempt = checkpoint.Preemption()  # from the start: a signal while compiling still ends with a save
     try:
@@ -273,60 +310,132 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preempt: checkpoint.
     data = make_data_iterator(config, jax.process_index(), jax.process_count())
     ckpt = checkpoint.Checkpoints(workdir, config, trainer.mesh)
     trainer.frozen, ckpt.frozen_manifest = checkpoint.prepare_frozen(workdir, config, trainer.frozen)
+    guard = guard_lib.Guard(guard_lib.resolve(config))
     restored = ckpt.restore(trainer.state)
     if restored is not None:
         trainer.state = restored.state
         data.set_state(restored.data_state)
+        guard.load(restored.meta.get("guard"))
         logging.info("resumed from step %d of %s", restored.step, ckpt.directory)
     start = int(trainer.state["step"])
     log = MetricsLog(workdir, config.total_steps)
     last: dict = {}
     tick, tick_step = time.perf_counter(), start
     saved = start if restored is not None else -1
+    if restored is None and guard.c.rollback:  # something to roll back to, even before the first save
+        ckpt.save(start, trainer.state, data.get_state(), guard.state_dict())
+        saved = start
     # One stdout line at every log step and at least every 10 s (process 0; config.progress=False: none).
     progress = Progress("[train] step", config.total_steps, start=start,
                         enabled=bool(config.get("progress", True)) and jax.process_index() == 0)
+
+    def say(message: str) -> None:
+        logging.warning(message)
+        if jax.process_index() == 0:
+            print(message, flush=True)
+
+    def save(at: int, why: str) -> None:
+        nonlocal saved
+        if guard.healthy:
+            ckpt.save(at, trainer.state, data.get_state(), guard.state_dict())
+            saved = at
+        else:  # skipped or spiking steps are never checkpointed: the last saved step stays the healthy one
+            logging.warning("step %d: %s checkpoint not written: the run is unhealthy (%d skipped updates in a "
+                            "row, %d loss spikes in a row)", at, why, guard.streak, guard.spike_run)
+
     try:
-        for step in range(start, config.total_steps):
+        step = start
+        while step < config.total_steps:
             if preempt.flag and saved == step:  # signalled before any new step: nothing to add
                 break
-            metrics = trainer.train_step(next(data))
-            log.progress(step + 1)
+            ckpt.check_errors()  # a failed asynchronous save stops the run before more unsaved work
+            metrics = trainer.train_step(next(data), guard.lr_scale(step))
+            step += 1
+            # The guard reads a few scalars every step (it waits for the step; the data of the next one is
+            # prepared after): skipped updates, spikes and rollbacks are decided on exact per-step values.
+            trouble = guard.observe({k: v.item() for k, v in
+                                     jax.device_get({k: metrics[k] for k in guard_lib.METRICS}).items()})
+            log.progress(step)
             progress.count()
-            if (step + 1) % config.log_every == 0 or step + 1 == config.total_steps:
+            if step % config.log_every == 0 or step == config.total_steps or trouble:
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 scalars["param_norm"] = float(trainer.param_norm())
                 now = time.perf_counter()
-                scalars["steps_per_sec"] = (step + 1 - tick_step) / (now - tick)
-                tick, tick_step = now, step + 1
-                log.write(step + 1, scalars)
+                scalars["steps_per_sec"] = (step - tick_step) / (now - tick)
+                tick, tick_step = now, step
+                log.write(step, scalars)
                 last = scalars
                 progress.show(loss=scalars["loss"])
-                if int(trainer.state["nonfinite_run"]) >= config.max_nonfinite_steps:
-                    raise TrainingError(
-                        f"{int(trainer.state['nonfinite_run'])} non-finite steps in a row at step {step + 1} "
-                        f"(none reached the params): lower optimizer.lr or check the data")
             elif progress.due():
                 progress.show(loss=float(metrics["loss"]))
-            if preempt.reached(step + 1):
-                ckpt.save(step + 1, trainer.state, data.get_state())
-                saved = step + 1
+            if trouble:
+                what = guard.describe(step)
+                if not guard.can_roll_back():
+                    ckpt.wait()
+                    steps = ckpt.steps()
+                    where = (f"the last healthy checkpoint is step {steps[-1]} in {ckpt.directory}: rerun with a "
+                             f"lower optimizer.lr (or guard.rollback=True) to resume from it" if steps else
+                             "no checkpoint was written: rerun with a lower optimizer.lr")
+                    if guard.c.rollback:
+                        what += f"; guard.max_rollbacks={guard.c.max_rollbacks} rollbacks were used up"
+                    raise TrainingError(f"{what}; nothing was saved after step {max(saved, 0)}; {where}")
+                step = _roll_back(trainer, data, ckpt, guard, log, step, what, say)
+                saved = tick_step = step
+                tick = time.perf_counter()
+                continue
+            if preempt.reached(step):
+                save(step, preempt.signal_name or "preemption")
                 break
-            if ckpt.due(step + 1) or step + 1 == config.total_steps:
-                ckpt.save(step + 1, trainer.state, data.get_state())
-                saved = step + 1
+            if ckpt.due(step) or step == config.total_steps:
+                save(step, "scheduled")
         if preempt.flag:
             ckpt.wait()
-            message = (f"{preempt.signal_name}: saved the checkpoint of step {saved} in {ckpt.directory}; "
-                       f"run the same command to resume")
-            logging.warning(message)
-            if jax.process_index() == 0:
-                print(message, flush=True)
+            if saved == step:
+                message = (f"{preempt.signal_name}: saved the checkpoint of step {saved} in {ckpt.directory}; "
+                           f"run the same command to resume")
+            else:
+                message = (f"{preempt.signal_name}: stopped at step {step} without saving it (the run was "
+                           f"unhealthy); the last checkpoint is step {saved} in {ckpt.directory}; run the same "
+                           f"command to resume from it")
+            say(message)
             last = {**last, "preempted_at_step": float(saved)}
+        elif not guard.healthy:
+            say(f"finished at step {step} while unhealthy ({guard.streak} skipped updates in a row, "
+                f"{guard.spike_run} loss spikes in a row): its checkpoint was not written; the last is step "
+                f"{saved}")
+        ckpt.wait()  # the last save's failure is an error of this run
     finally:
         ckpt.close()  # waits for the last asynchronous save
         log.close()
     return last
+
+
+def _roll_back(trainer: "Trainer", data: Any, ckpt: checkpoint.Checkpoints, guard: guard_lib.Guard,
+               log: MetricsLog, step: int, what: str, say) -> int:
+    """Back to the newest healthy checkpoint (every checkpoint is: unhealthy steps are never saved), then
+    skip guard.skip_batches batches and lower the learning rate for guard.lr_factor_steps steps. Logged to
+    metrics.jsonl and TensorBoard at `step` (rollback: the count, rollback_to_step, skipped_batches,
+    lr_factor). Returns the step the run goes on from."""
+    ckpt.wait()
+    restored = ckpt.restore(trainer.state)
+    if restored is None:  # not reached: a rollback run saves its first step before training
+        raise TrainingError(f"{what}; no checkpoint to roll back to in {ckpt.directory}")
+    trainer.state = restored.state
+    data.set_state(restored.data_state)
+    guard.load(restored.meta.get("guard"), rollbacks=guard.rollbacks + 1)
+    c = guard.c
+    for _ in range(int(c.skip_batches)):
+        next(data)
+    if int(c.lr_factor_steps) and float(c.lr_factor) != 1.0:
+        guard.lr_until = restored.step + int(c.lr_factor_steps)
+    log.restart_progress(trainer.config.total_steps)
+    log.write(step, {"rollback": float(guard.rollbacks), "rollback_to_step": float(restored.step),
+                     "skipped_batches": float(c.skip_batches),
+                     "lr_factor": float(c.lr_factor) if guard.lr_until > restored.step else 1.0})
+    say(f"rollback {guard.rollbacks}/{c.max_rollbacks}: {what}; restored step {restored.step}, skipped "
+        f"{c.skip_batches} batches, learning rate x {guard.lr_scale(restored.step):g} until step "
+        f"{max(guard.lr_until, restored.step)}")
+    return restored.step
 
 
 def initialize_distributed(f: dict) -> None:
@@ -343,9 +452,15 @@ def initialize_distributed(f: dict) -> None:
 
 def main(argv, f: dict):
     del argv
-    initialize_distributed(f)
     if not f["workdir"].value:
-        raise app.UsageError("--workdir is required")
+        raise SystemExit("error: --workdir is required")
+    if f["config"].value is None:
+        raise SystemExit("error: --config is required (e.g. --config experiments/tiny.py)")
+    try:
+        check_config(f["config"].value)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    initialize_distributed(f)
     try:
         last = train(f["config"].value, f["workdir"].value)
     except (sharding.MeshError, TrainingError, checkpoint.CheckpointError) as e:
