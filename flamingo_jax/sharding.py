@@ -74,10 +74,11 @@ def dcn_shape(mesh_config: ml_collections.ConfigDict | dict, sizes: Sequence[int
 
 
 def _granules(devices: Sequence[Any]) -> tuple[str, int]:
-    """How the devices split across the slow network: ('slice_index', n) on multi-slice TPU, else
-    ('process_index', number of processes)."""
-    if hasattr(devices[0], "slice_index"):
-        return "slice_index", len({d.slice_index for d in devices})
+    """How the devices split across the slow network: ('slice_index', n) when they span several slices
+    (multi-slice TPU), else ('process_index', number of processes)."""
+    slices = {getattr(d, "slice_index", 0) for d in devices}
+    if len(slices) > 1:
+        return "slice_index", len(slices)
     return "process_index", len({d.process_index for d in devices})
 
 
@@ -113,7 +114,8 @@ def make_mesh(mesh_config: ml_collections.ConfigDict | dict, devices: Sequence[A
     attr, n = _granules(devices)
     if n != math.prod(dcn):
         raise MeshError(f"config.mesh.dcn {dict(zip(MESH_AXES, dcn))} asks for {math.prod(dcn)} slices but the "
-                        f"{len(devices)} devices span {n} ({attr.split('_')[0]}es): set config.mesh.dcn to match")
+                        f"{len(devices)} devices span {n} {'slices' if attr == 'slice_index' else 'processes'}: set config.mesh.dcn "
+                        f"to match")
     try:
         grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=attr == "process_index",
                                                     allow_split_physical_axes=split)

@@ -5,8 +5,12 @@ laptop CPU and paper-size configs on a pod: params are initialised from shapes s
 shardings (jax.eval_shape -> shardings -> jit(init, out_shardings)), the step is jitted with explicit
 shardings and the train state is donated.
 
-Multi-host: run the same command in every process with --coordinator_address, --num_processes and
---process_id (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); only process 0 writes logs.
+Multi-host (flamingo_jax.cluster): under SLURM (srun), Open MPI (mpirun), on Cloud TPU pod slices and on
+Kubernetes run the same command in every process with no flags: JAX's own cluster detection finds the
+coordinator, the process count and the index. Elsewhere give --coordinator_address, --num_processes and
+--process_id (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); --nocluster_detection keeps a
+detected cluster's processes apart. A process that dies makes the others exit non-zero within
+--heartbeat_timeout seconds (plus the coordination service's polling). Only process 0 writes logs.
 Logs: TensorBoard event files in DIR (clu metric writers) and DIR/metrics.jsonl, one JSON object per log step
 (a resumed run appends, so a step may appear twice: the later line is the one of the surviving run).
 Checkpoints (flamingo_jax.checkpoint): DIR/checkpoints/<step>, DIR/frozen; a run whose DIR holds checkpoints
@@ -31,7 +35,7 @@ import optax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from flamingo_jax import checkpoint, guard as guard_lib, models, optim, sharding
+from flamingo_jax import checkpoint, cluster, guard as guard_lib, models, optim, sharding
 from flamingo_jax.progress import Progress
 from flamingo_jax.train_step import MODEL_INPUTS, check_normalization, init_state, make_train_step
 
@@ -46,6 +50,11 @@ def define_flags() -> dict:
         coordinator=flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host)"),
         num_processes=flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)"),
         process_id=flags.DEFINE_integer("process_id", None, "this process's index (multi-host)"),
+        cluster_detection=flags.DEFINE_bool("cluster_detection", True, "start jax.distributed by itself in a "
+                                            "SLURM / Open MPI / Cloud TPU / Kubernetes job (flamingo_jax.cluster)"),
+        heartbeat_timeout=flags.DEFINE_integer("heartbeat_timeout", cluster.HEARTBEAT_TIMEOUT_S,
+                                               "seconds without heartbeats after which a process counts as dead "
+                                               "and the others stop (multi-host)"),
     )
 
 
@@ -226,11 +235,7 @@ class Trainer:
         cache = self.__dict__.setdefault("_compiled", {})
         if key not in cache:
             cache[key] = self.step_fn.lower(self.state, self.frozen, batches, np.float32(1.0)).compile()
-            if jax.process_count() > 1:
-                from jax._src import distributed
-
-                distributed.global_state.client.wait_at_barrier(f"flamingo_jax_compiled_{'_'.join(key)}",
-                                                                timeout_in_ms=3_600_000)
+            cluster.barrier(f"flamingo_jax_compiled_{'_'.join(key)}")
         return cache[key]
 
 
@@ -438,16 +443,11 @@ def _roll_back(trainer: "Trainer", data: Any, ckpt: checkpoint.Checkpoints, guar
     return restored.step
 
 
-def initialize_distributed(f: dict) -> None:
-    """jax.distributed from flags or JAX_* environment variables, when more than one process is asked for."""
-    num = f["num_processes"].value or int(os.environ.get("JAX_NUM_PROCESSES", "1"))
-    if num <= 1:
-        return
-    jax.distributed.initialize(
-        coordinator_address=f["coordinator"].value or os.environ["JAX_COORDINATOR_ADDRESS"],
-        num_processes=num,
-        process_id=(f["process_id"].value if f["process_id"].value is not None
-                    else int(os.environ["JAX_PROCESS_ID"])))
+def initialize_distributed(f: dict) -> str | None:
+    """jax.distributed from the flags, the JAX_* environment variables or a detected cluster
+    (flamingo_jax.cluster.initialize); None when this is the only process."""
+    return cluster.initialize(f["coordinator"].value, f["num_processes"].value, f["process_id"].value,
+                              auto=f["cluster_detection"].value, heartbeat_timeout_s=f["heartbeat_timeout"].value)
 
 
 def main(argv, f: dict):
