@@ -72,7 +72,7 @@ class ChecksumMismatch(RuntimeError):
 def one_line(e: BaseException, limit: int = 400) -> str:
     """An exception as one readable line: its type and first sentence, without TensorStore's bracketed
     [source locations=...] / [tensorstore_spec=...] / pybind reprs, cut at a word under `limit` characters."""
-    text = re.sub(r"\[(source locations|tensorstore_spec|tensorstore_[a-z_]+)='.*?'\]", "", str(e), flags=re.S)
+    text = re.sub(r"\[(source locations|tensorstore_[a-z_]+)(\[\d+\])?='.*?'\]", "", str(e), flags=re.S)
     text = re.sub(r"<[^<>]{0,200} object at 0x[0-9a-f]+>", "<object>", text)
     text = " ".join(text.split())
     if len(text) > limit:
@@ -86,6 +86,8 @@ def one_line(e: BaseException, limit: int = 400) -> str:
 
 def _words(x: jax.Array) -> jax.Array:
     """The array's bits as uint32 words (2- and 1-byte elements widened, 8-byte ones split in two)."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
     if x.dtype == jnp.bool_:
         x = x.astype(jnp.uint8)
     size = np.dtype(x.dtype).itemsize
@@ -349,6 +351,39 @@ def versions() -> dict:
     return out
 
 
+class _OrbaxFailures(pylogging.Filter):
+    """Keeps the exception of the last failed background save that Orbax logged (logging.exception in its
+    finalize thread), and keeps those tracebacks (one per failed array write) off the console: the trainer
+    reports the failure once, as one line (Checkpoints.check_errors)."""
+
+    def __init__(self):
+        super().__init__()
+        self.last: BaseException | None = None
+        self.logger = pylogging.getLogger("absl")
+        self.logger.addFilter(self)
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and "orbax" in (record.pathname or ""):
+            self.last = _root_cause(record.exc_info[1])
+            return False
+        return True
+
+    def remove(self) -> None:
+        self.logger.removeFilter(self)
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The innermost exception of a chain (ENOSPC rather than the wrappers around it)."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        nxt = e.__cause__ or e.__context__
+        if nxt is None:
+            break
+        e = nxt
+    return e
+
+
 @dataclasses.dataclass
 class Restored:
     step: int
@@ -361,7 +396,8 @@ class Checkpoints:
     """The workdir's step checkpoints (see the module docstring). Cadence from the config:
 
     checkpoint_every (steps; 0 = never by steps), checkpoint_every_minutes (0 = off), checkpoint_keep (the
-    newest K are kept), checkpoint_keep_every (every N-th step is kept for good; 0 = none), checkpoint_async.
+    newest K are kept), checkpoint_keep_every (every N-th step is kept for good; 0 = none), checkpoint_async,
+    checkpoint_checksums (record and verify the arrays' checksums; default True).
     """
 
     def __init__(self, workdir: str, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
@@ -382,6 +418,10 @@ class Checkpoints:
         self.manager = self._open()
         self.last_save_time = time.monotonic()
         self.frozen_manifest: dict | None = None
+        self.pending_step: int | None = None
+        self.failed = False
+        self.verify = bool(config.get("checkpoint_checksums", True))
+        self._failures = _OrbaxFailures()
 
     def _open(self) -> ocp.CheckpointManager:
         return ocp.CheckpointManager(self.directory, options=self.options,
@@ -417,8 +457,9 @@ class Checkpoints:
         self.check_errors()
         storable = _storable(state)
         self._check_space(step, storable)
-        meta = {**self.metadata(step), "guard": guard or {},
-                "checksums": {"algorithm": CHECKSUM_ALGORITHM, "arrays": checksums(storable)}}
+        meta = {**self.metadata(step), "guard": guard or {}}
+        if self.verify:
+            meta["checksums"] = {"algorithm": CHECKSUM_ALGORITHM, "arrays": checksums(storable)}
         args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(storable), DATA: DataStateSave(data_state),
                                      META: ocp.args.JsonSave(meta)})
         self.pending_step = step
@@ -438,7 +479,7 @@ class Checkpoints:
             free = shutil.disk_usage(self.directory).free
         except OSError:  # the filesystem cannot say (e.g. some object stores)
             return
-        if free < need * 1.05 + (1 << 20):
+        if free < need * 1.05 + (64 << 10):  # the arrays, plus room for the small metadata files
             raise CheckpointError(
                 f"not enough free space to save checkpoint {step} in {self.directory}: it needs about "
                 f"{_size(need)}, {_size(free)} are free; free some space or move --workdir, then rerun the "
@@ -447,8 +488,11 @@ class Checkpoints:
             logging.warning("only %s free in %s: room for %d more checkpoints of %s", _size(free), self.directory,
                             free // max(need, 1), _size(need))
 
-    def _last_step(self) -> str:
-        steps = [s for s in self.manager.all_steps() if s != getattr(self, "pending_step", None)]
+    def _last_step(self, failed: int | None = None) -> str:
+        """The newest step on disk under its final name, but the one being (or failing to be) saved."""
+        failed = self.pending_step if failed is None else failed
+        steps = [s for s in self.manager.all_steps()
+                 if s != failed and os.path.isdir(os.path.join(self.directory, str(s)))]
         return str(max(steps)) if steps else "none"
 
     def _failure(self, step: int, e: BaseException) -> str:
@@ -461,22 +505,38 @@ class Checkpoints:
         else:
             fix = "check the storage under --workdir"
         return (f"saving checkpoint {step} to {path} failed ({one_line(e)}); {fix}, then rerun the same command "
-                f"to resume from the last checkpoint, step {self._last_step()} (untouched)")
+                f"to resume from the last checkpoint, step {self._last_step(step)} (untouched)")
 
     def check_errors(self) -> None:
-        """CheckpointError (one line: the path, the cause, the fix) if an asynchronous save failed."""
+        """CheckpointError (one line: the path, the cause, the fix) if an asynchronous save failed; cheap
+        (no waiting), called by the trainer after every step.
+
+        Orbax's CheckpointManager catches a failed background save itself (its finalize thread logs the
+        traceback and skips the step), so a failure is what it leaves behind: a save no longer in progress
+        whose step directory never appeared under its final name. The cause is the exception Orbax logged
+        (captured by _OrbaxFailures, which also keeps its traceback off the console)."""
+        pending = getattr(self, "pending_step", None)
         try:
             self.manager.check_for_errors()
         except Exception as e:  # noqa: BLE001 - whatever the background save raised
             self.failed = True
-            raise CheckpointError(self._failure(getattr(self, "pending_step", -1), e)) from None
+            raise CheckpointError(self._failure(-1 if pending is None else pending, e)) from None
+        if pending is None or self.manager.is_saving_in_progress():
+            return
+        self.pending_step = None
+        if not os.path.isdir(os.path.join(self.directory, str(pending))):
+            self.failed = True
+            cause = self._failures.last or RuntimeError("the save ended without writing the step directory")
+            raise CheckpointError(self._failure(pending, cause))
 
     def wait(self) -> None:
+        """Waits for the asynchronous save; CheckpointError if it failed."""
         try:
             self.manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001
             self.failed = True
             raise CheckpointError(self._failure(getattr(self, "pending_step", -1), e)) from None
+        self.check_errors()
 
     def close(self) -> None:
         try:
@@ -484,6 +544,8 @@ class Checkpoints:
         except Exception:  # noqa: BLE001 - already reported by check_errors / wait
             if not getattr(self, "failed", False):
                 raise
+        finally:
+            self._failures.remove()
 
     # -- restoring ---------------------------------------------------------------------------------------
 
@@ -510,7 +572,8 @@ class Checkpoints:
                     META: ocp.args.JsonRestore()}))
                 meta = out[META]
                 self._check_meta(s, meta)
-                verify_checksums(out[STATE], (meta.get("checksums") or {}).get("arrays"))
+                if self.verify:
+                    verify_checksums(out[STATE], (meta.get("checksums") or {}).get("arrays"))
             except CheckpointError:
                 raise
             except Exception as e:  # noqa: BLE001 - any failure to read means a damaged checkpoint

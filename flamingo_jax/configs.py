@@ -113,6 +113,7 @@ def add_training(config: ml_collections.ConfigDict, data: ml_collections.ConfigD
     config.checkpoint_keep = 3
     config.checkpoint_keep_every = 0
     config.checkpoint_async = True
+    config.checkpoint_checksums = True  # per-array checksums saved with each step, verified on restore
     return config
 
 

@@ -470,5 +470,22 @@ def main(argv, f: dict):
         print(json.dumps({"final": last}))
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with the errors a user can cause (an unknown --config.<field>, a value of the
+    wrong type, an unreadable config file) as one line on stderr and exit status 1, before anything runs."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        raise SystemExit(f"error: {' '.join(str(e).split())}") from None
+    except (AttributeError, KeyError) as e:  # ml_collections: an override of a field the config lacks
+        name = str(e).strip("\"'")
+        given = [a.split("=")[0] for a in argv if a.startswith("--config.") and name in a]
+        raise SystemExit(f"error: {', '.join(given) or name}: the config has no field {name!r} (configs are "
+                         f"locked: check the spelling against the experiment file)") from None
+    except Exception as e:  # noqa: BLE001 - e.g. the config file raised, or its get_config(arg) did
+        from flamingo_jax.checkpoint import one_line
+        raise SystemExit(f"error: the config could not be loaded ({one_line(e)})") from None
+
+
 if __name__ == "__main__":
-    app.run(functools.partial(main, f=define_flags()))
+    app.run(functools.partial(main, f=define_flags()), flags_parser=parse_flags)
