@@ -263,9 +263,16 @@ class MetricsLog:
             self.jsonl.flush()
 
     def close(self) -> None:
-        self.writer.flush()
+        """Flushes and closes both (a full disk here is reported by the caller, not again)."""
+        try:
+            self.writer.close()
+        except Exception:  # noqa: BLE001 - e.g. ENOSPC while flushing; the run's error says what failed
+            logging.warning("closing the TensorBoard writer failed", exc_info=False)
         if self.jsonl:
-            self.jsonl.close()
+            try:
+                self.jsonl.close()
+            except OSError:
+                pass
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -339,6 +346,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preempt: checkpoint.
         if jax.process_index() == 0:
             print(message, flush=True)
 
+    def write_log(at: int, scalars: dict) -> None:
+        try:
+            log.write(at, scalars)
+        except OSError as e:  # the log's disk is full or gone: a failed save in flight is the better report
+            ckpt.wait()
+            raise TrainingError(f"writing the logs in {workdir} failed at step {at} ({checkpoint.one_line(e)}); "
+                                f"free some space (or fix --workdir), then rerun the same command to resume "
+                                f"from the last checkpoint, step {max(saved, 0)}") from None
+
     def save(at: int, why: str) -> None:
         nonlocal saved
         if guard.healthy:
@@ -368,7 +384,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preempt: checkpoint.
                 now = time.perf_counter()
                 scalars["steps_per_sec"] = (step - tick_step) / (now - tick)
                 tick, tick_step = now, step
-                log.write(step, scalars)
+                write_log(step, scalars)
                 last = scalars
                 progress.show(loss=scalars["loss"])
             elif progress.due():
@@ -384,7 +400,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preempt: checkpoint.
                     if guard.c.rollback:
                         what += f"; guard.max_rollbacks={guard.c.max_rollbacks} rollbacks were used up"
                     raise TrainingError(f"{what}; nothing was saved after step {max(saved, 0)}; {where}")
-                step = _roll_back(trainer, data, ckpt, guard, log, step, what, say)
+                step = _roll_back(trainer, data, ckpt, guard, log, write_log, step, what, say)
                 saved = tick_step = step
                 tick = time.perf_counter()
                 continue
@@ -416,7 +432,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preempt: checkpoint.
 
 
 def _roll_back(trainer: "Trainer", data: Any, ckpt: checkpoint.Checkpoints, guard: guard_lib.Guard,
-               log: MetricsLog, step: int, what: str, say) -> int:
+               log: MetricsLog, write_log, step: int, what: str, say) -> int:
     """Back to the newest healthy checkpoint (every checkpoint is: unhealthy steps are never saved), then
     skip guard.skip_batches batches and lower the learning rate for guard.lr_factor_steps steps. Logged to
     metrics.jsonl and TensorBoard at `step` (rollback: the count, rollback_to_step, skipped_batches,
@@ -434,7 +450,7 @@ def _roll_back(trainer: "Trainer", data: Any, ckpt: checkpoint.Checkpoints, guar
     if int(c.lr_factor_steps) and float(c.lr_factor) != 1.0:
         guard.lr_until = restored.step + int(c.lr_factor_steps)
     log.restart_progress(trainer.config.total_steps)
-    log.write(step, {"rollback": float(guard.rollbacks), "rollback_to_step": float(restored.step),
+    write_log(step, {"rollback": float(guard.rollbacks), "rollback_to_step": float(restored.step),
                      "skipped_batches": float(c.skip_batches),
                      "lr_factor": float(c.lr_factor) if guard.lr_until > restored.step else 1.0})
     say(f"rollback {guard.rollbacks}/{c.max_rollbacks}: {what}; restored step {restored.step}, skipped "
