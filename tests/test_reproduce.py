@@ -99,7 +99,7 @@ def test_report_json_matches_report_md(run):
     workdir, config, stages, _ = run
     with open(os.path.join(workdir, "report.json")) as f:
         rep = json.load(f)
-    assert set(rep) == {"scores", "overall", "seconds", "config", "checkpoint_step"}
+    assert set(rep) == {"scores", "overall", "seconds", "config", "checkpoint_step", "rices"}
     assert rep["config"] == TINY
     assert rep["checkpoint_step"] == config.total_steps  # the newest checkpoint: the last step's
     shots = [str(s) for s in SHOTS]
@@ -123,6 +123,18 @@ def test_report_json_matches_report_md(run):
         assert {s: row[f"{s}-shot"] for s in shots} == {s: _cell(rep["scores"][task][s]) for s in shots}, task
     assert rows[-1]["task (DEV analogue)"] == "**overall**"
     assert {s: rows[-1][f"{s}-shot"] for s in shots} == {s: _cell(rep["overall"][s]) for s in shots}
+    # RICES at the largest shot count, beside random selection, from the evaluated cells
+    top = str(max(SHOTS))
+    assert rep["rices"]["shots"] == top and set(rep["rices"]["scores"]) == set(config.data.eval_sets)
+    with open(os.path.join(workdir, "train", "eval", "results.json")) as f:
+        cells = json.load(f)["cells"].values()
+    for task, v in rep["rices"]["scores"].items():
+        measured = [100.0 * c["score"] for c in cells if c["task"] == task and c["selection"] == "rices"
+                    and str(c["shots"]) == top]
+        assert measured == [pytest.approx(v)], task
+    rices_rows = _table(report, "| task | random | RICES |")
+    assert {r["task"]: r["RICES"] for r in rices_rows[:-1]} == {t: _cell(v) for t, v in rep["rices"]["scores"].items()}
+    assert rices_rows[-1]["RICES"] == _cell(rep["rices"]["overall"])
     times = {r["stage"]: r["seconds"] for r in _table(report, "| stage | seconds |")}
     assert times == {**{n: f"{rep['seconds'][n]:.0f}" for n in timed},
                      "**total (before the report)**": f"{rep['seconds']['total']:.0f}"}

@@ -5,7 +5,8 @@ config fields (`pretrain_config`):
   model         the tower's config: a vision_config or an lm_config (exactly what config.model.<kind> holds)
   data          config.data (flamingo_jax.data.config); the stage reads datasets.clip or datasets.text
   dataset       'clip' | 'text'
-  steps, batch_size (0 = the dataset's batch_size), seed
+  steps, batch_size (0 = the dataset's batch_size: the LM default, so an experiment sets its LM context and
+                batch in data.datasets.text), seed
   lr, warmup_steps, weight_decay (on matrices only), b1, b2, clip_norm
   log_every, save_every (steps between resumable train-state saves; 0 = only at the end)
   text          vision only: the text tower (width, layers, heads, embed_dim, max_len)
@@ -44,7 +45,7 @@ def pretrain_config(kind: str, model: ml_collections.ConfigDict, data: ml_collec
         raise ValueError(f"pretraining kind must be 'vision' or 'lm', got {kind!r}")
     c = ml_collections.ConfigDict(dict(
         kind=kind, model=model, data=data, dataset="clip" if kind == "vision" else "text",
-        steps=400, batch_size=64 if kind == "vision" else 16, seed=0, lr=1e-3, warmup_steps=20,
+        steps=400, batch_size=64 if kind == "vision" else 0, seed=0, lr=1e-3, warmup_steps=20,
         weight_decay=0.1 if kind == "vision" else 0.01, b1=0.9, b2=0.98 if kind == "vision" else 0.95,
         clip_norm=1.0, log_every=20, save_every=100,
         text=ml_collections.ConfigDict(dict(width=64, layers=2, heads=4, embed_dim=64, max_len=64)),
