@@ -80,7 +80,9 @@ def test_sequence_objective_matches_a_hand_computation(setup):
     want_loss, want_grads = jax.value_and_grad(objective)(trainable)
     applied, metrics = _applied_update(model, trainable, frozen, batches, "sequence")
     np.testing.assert_allclose(metrics["loss"], want_loss, rtol=1e-5)
-    _assert_trees_close(applied, want_grads)
+    # atol 5e-6: the step's compiled program (with the health check's reductions over the gradient and the
+    # update) orders fp32 sums differently from the hand computation: seen 1.4e-6 on gradients up to ~2e-2
+    _assert_trees_close(applied, want_grads, atol=5e-6)
     for m in ("a", "b"):
         d = dataset_gradients(trainable, frozen, model, batches[m], KEY, 1, "sequence")
         loss_m, grads_m = jax.value_and_grad(_sequence_objective, argnums=1)(model, trainable, frozen, batches[m])
