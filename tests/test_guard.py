@@ -364,3 +364,45 @@ def test_cli_errors_are_one_line_fast_and_create_nothing(tmp_path, args, expecte
     assert expected in lines[0]
     assert not workdir.exists()
     assert took < 10, took
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The guard's host logic: loss spikes, its state in checkpoints.
+
+
+def test_a_loss_spike_is_k_times_the_running_median_for_n_steps_and_makes_the_run_unhealthy():
+    from flamingo_jax import guard as guard_lib
+
+    g = guard_lib.Guard(guard_lib.guard_config(spike_factor=2.0, spike_steps=3, spike_window=10,
+                                               spike_min_history=5))
+    ok = dict(skipped=0, skipped_run=0, update_norm=0.1, update_ratio=1e-3)
+    for loss in (10.0, 9.0, 11.0, 10.0, 9.5, 10.5):
+        assert g.observe({**ok, "loss": loss}) == "" and g.healthy
+    assert g.observe({**ok, "loss": 25.0}) == "" and not g.healthy  # one spike: not yet trouble, not saved
+    assert g.observe({**ok, "loss": 10.0}) == "" and g.healthy      # back: the spike run resets
+    assert [g.observe({**ok, "loss": 30.0}) for _ in range(3)] == ["", "", "spike"]
+    assert "loss spike at step 9" in g.describe(9) and "median 10" in g.describe(9)
+    # the spikes never entered the median's window; a checkpoint's guard state brings back the same decisions
+    assert max(g.state_dict()["losses"]) == 11.0
+    h = guard_lib.Guard(g.c)
+    h.load(g.state_dict(), rollbacks=2)
+    assert h.healthy and h.rollbacks == 2 and list(h.losses) == list(g.losses)
+    h.lr_until = 12
+    assert h.lr_scale(11) == g.c.lr_factor and h.lr_scale(12) == 1.0
+
+
+def test_a_streak_is_trouble_at_max_bad_steps_and_says_why():
+    from flamingo_jax import guard as guard_lib
+    from flamingo_jax.train_step import SKIP_NONFINITE_GRADS, SKIP_UPDATE_TOO_LARGE
+
+    g = guard_lib.Guard(guard_lib.guard_config(max_bad_steps=2))
+    bad = dict(loss=5.0, skipped=SKIP_UPDATE_TOO_LARGE, update_norm=4e9, update_ratio=8e7)
+    assert g.observe({**bad, "skipped_run": 1}) == "" and not g.healthy
+    assert g.observe({**bad, "skipped_run": 2}) == "streak"
+    assert "2 updates in a row were skipped" in g.describe(7) and "guard.max_update_ratio=1" in g.describe(7)
+    g.observe({**bad, "skipped": SKIP_NONFINITE_GRADS, "loss": float("nan"), "skipped_run": 3})
+    assert "the loss or the gradient was not finite" in g.describe(8)
+    with pytest.raises(ValueError, match="guard.max_bad_steps"):
+        guard_lib.check(guard_lib.guard_config(max_bad_steps=0))
+    with pytest.raises(ValueError, match="guard.spike_factor"):
+        guard_lib.check(guard_lib.guard_config(spike_factor=0.5))
