@@ -104,39 +104,95 @@ class Decoder:
     """Jitted encode / generate / rank for one Flamingo model (params are an argument, not captured).
 
     model: the Flamingo module (flamingo_jax.models.build(config.model)). pad_id pads prompts and finished
-    rows; it is never attended to (token_mask)."""
+    rows; it is never attended to (token_mask).
 
-    def __init__(self, model: nn.Module, pad_id: int = 0):
+    On a mesh (`mesh` and the params' `param_shardings`, e.g. flamingo_jax.sharding.tree_shardings): every
+    function is jitted with explicit in and out shardings, params as given, the batch (prompts, images,
+    visual tokens, results) split over the (data, fsdp) axes, the KV cache constrained to the same batch split,
+    candidates replicated. Host inputs move by explicit jax.device_put into those shardings and results come
+    back by the caller's jax.device_get, so decoding runs under JAX_TRANSFER_GUARD=disallow. Batch sizes must
+    divide data * fsdp. Without a mesh: one device, the arrays' default placement."""
+
+    def __init__(self, model: nn.Module, pad_id: int = 0, mesh: Any = None, param_shardings: Any = None):
         self.model = model
         self.pad_id = pad_id
-        self._encode = jax.jit(lambda p, images: model.apply({"params": p}, images, method="encode"))
-        self._generate = jax.jit(self._generate_impl, static_argnames=("gen",))
-        self._rank = jax.jit(self._rank_impl)
-        self._vision = jax.jit(lambda p, x: model.apply({"params": p}, x, method=lambda m, x: m.vision(x)))
+        self.mesh = mesh
+        vision = lambda p, x: model.apply({"params": p}, x, method=lambda m, x: m.vision(x))  # noqa: E731
+        pooled = lambda p, x: vision(p, x).astype(jnp.float32).mean(axis=1)  # noqa: E731
+        encode = lambda p, images: model.apply({"params": p}, images, method="encode")  # noqa: E731
+        if mesh is None:
+            self._encode = jax.jit(encode)
+            self._generate = jax.jit(self._generate_positional, static_argnums=5)
+            self._rank = jax.jit(self._rank_impl)
+            self._vision = jax.jit(pooled)
+            return
+        if param_shardings is None:
+            raise ValueError("a Decoder on a mesh needs the params' shardings (param_shardings)")
+        from flamingo_jax import sharding
+
+        b = lambda ndim: sharding.batch_sharding(mesh, ndim)  # noqa: E731
+        rep = sharding.replicated(mesh)
+        ps = param_shardings
+        self._encode = jax.jit(encode, in_shardings=(ps, b(6)), out_shardings=b(4))
+        self._generate = jax.jit(self._generate_positional, static_argnums=5,
+                                 in_shardings=(ps, b(2), b(2), b(4), b(2)),
+                                 out_shardings=dict(tokens=b(3), scores=b(2), lengths=b(2)))
+        self._rank = jax.jit(self._rank_impl, in_shardings=(ps, b(2), b(2), b(4), b(2), rep, rep),
+                             out_shardings=b(2))
+        self._vision = jax.jit(pooled, in_shardings=(ps, b(4)), out_shardings=b(2))
+
+    def _put(self, x, ndim: int | None = None):
+        """An explicit host -> device transfer: batch-split (ndim given) or replicated on the mesh, the default
+        device without one; device arrays stay where they are."""
+        if isinstance(x, jax.Array):
+            return x
+        x = np.asarray(x)
+        if self.mesh is None:
+            return jax.device_put(x)
+        from flamingo_jax import sharding
+
+        return jax.device_put(x, sharding.batch_sharding(self.mesh, x.ndim) if ndim else sharding.replicated(self.mesh))
+
+    def _constrain(self, cache, axes):
+        """The KV cache split over (data, fsdp) along each leaf's batch axis (on a mesh, where it divides)."""
+        if self.mesh is None:
+            return cache
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        from flamingo_jax import sharding
+
+        n = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+
+        def one(x, a):
+            if x.shape[a] % n:
+                return x
+            spec = P(*[sharding.BATCH_AXES if i == a else None for i in range(x.ndim)])
+            return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
+
+        return _map_batch(cache, axes, one)
 
     # ------------------------------------------------------------------ public
     def encode(self, params, images: jax.Array) -> jax.Array:
         """images float32[B, T, F, H, W, C] -> visual [B, T, K, D] (once per prompt)."""
-        return self._encode(params, images)
+        return self._encode(params, self._put(images, 6))
 
     def vision_features(self, params, images: jax.Array) -> jax.Array:
         """Frozen vision-encoder features, mean-pooled over tokens: float32[N, H, W, C] -> [N, Dv] (RICES)."""
-        return self._vision(params, images).astype(jnp.float32).mean(axis=1)
+        return self._vision(params, self._put(images, 4))
 
     def generate(self, params, tokens, token_mask, visual, image_mask, gen: GenerationConfig) -> dict:
         """Left-padded prompts int32[B, L] -> {'tokens': int32[B, K, N], 'scores': f32[B, K] (best first),
         'lengths': int32[B, K]} with K = gen.num_beams (1 for greedy) and N = gen.max_new_tokens; scores
         are the length-normalised log-likelihoods (see the module docstring); tokens past a hypothesis'
         length are pad_id (the stop token is included in the length)."""
-        return self._generate(params, jnp.asarray(tokens), jnp.asarray(token_mask), visual,
-                              jnp.asarray(image_mask), gen=gen)
+        return self._generate(params, self._put(tokens, 2), self._put(token_mask, 2), self._put(visual, 4),
+                              self._put(image_mask, 2), gen)
 
     def rank(self, params, tokens, token_mask, visual, image_mask, candidates, candidate_mask) -> jax.Array:
         """Log-likelihood float32[B, C] of each candidate continuation int32[C, Lc] (right-padded,
         candidate_mask) after each left-padded prompt int32[B, L]: one prefill, then one batched forward of
         all candidates from the cached prompt."""
-        return self._rank(params, jnp.asarray(tokens), jnp.asarray(token_mask), visual, jnp.asarray(image_mask),
-                          jnp.asarray(candidates), jnp.asarray(candidate_mask))
+        return self._rank(params, self._put(tokens, 2), self._put(token_mask, 2), self._put(visual, 4),
+                          self._put(image_mask, 2), self._put(candidates), self._put(candidate_mask))
 
     # ------------------------------------------------------------------ internals
     def _decode(self, params, tokens, visual, image_mask, token_mask, cache, media_index=None):
@@ -161,8 +217,13 @@ class Decoder:
     def _prefill(self, params, tokens, token_mask, visual, image_mask, extra: int):
         b, l = tokens.shape
         cache = self.model.apply({"params": params}, b, l + extra, method="init_cache")
+        if self.mesh is not None:
+            cache = self._constrain(cache, _batch_axes(self.model, params, l + extra))
         logits, cache = self._decode(params, tokens, visual, image_mask, token_mask, cache)
         return jax.nn.log_softmax(logits[:, -1].astype(jnp.float32)), cache
+
+    def _generate_positional(self, params, tokens, token_mask, visual, image_mask, gen: GenerationConfig):
+        return self._generate_impl(params, tokens, token_mask, visual, image_mask, gen=gen)
 
     def _generate_impl(self, params, tokens, token_mask, visual, image_mask, *, gen: GenerationConfig):
         n = gen.max_new_tokens
@@ -212,7 +273,7 @@ class Decoder:
         b, vocab = logp.shape
         k, n, alpha = gen.num_beams, gen.max_new_tokens, gen.length_penalty
         rep = lambda x: jnp.repeat(x, k, axis=0)  # noqa: E731  row i -> rows i*k .. i*k+k-1
-        cache = _map_batch(cache, axes, lambda x, a: jnp.repeat(x, k, axis=a))
+        cache = self._constrain(_map_batch(cache, axes, lambda x, a: jnp.repeat(x, k, axis=a)), axes)
         visual, image_mask = rep(visual), rep(image_mask)
         media = None if media is None else rep(media)
         logp = rep(logp).reshape(b, k, vocab)
@@ -285,7 +346,7 @@ class Decoder:
         rows_mask = jnp.tile(cand_mask, (b, 1))
         visual, image_mask, media = self._step_media(visual, image_mask, cache)
         media = None if media is None else jnp.repeat(jnp.broadcast_to(media, (b, lc)), c, axis=0)
-        cache = _map_batch(cache, axes, lambda x, a: jnp.repeat(x, c, axis=a))
+        cache = self._constrain(_map_batch(cache, axes, lambda x, a: jnp.repeat(x, c, axis=a)), axes)
         logits, _ = self._decode(params, rows_tokens, jnp.repeat(visual, c, axis=0),
                                  jnp.repeat(image_mask, c, axis=0), rows_mask, cache, media)
         logp = jax.nn.log_softmax(logits.astype(jnp.float32))  # [B*C, Lc, V]
@@ -298,9 +359,11 @@ class Decoder:
 _DECODERS: dict[tuple[str, int], Decoder] = {}
 
 
-def decoder_for(model: nn.Module, pad_id: int = 0) -> Decoder:
-    """A shared Decoder per (model config, pad id): its jitted functions (and compiles) are reused."""
-    key = (model.config.to_json_best_effort(sort_keys=True), pad_id)
+def decoder_for(model: nn.Module, pad_id: int = 0, mesh: Any = None, param_shardings: Any = None) -> Decoder:
+    """A shared Decoder per (model config, pad id, mesh and param shardings): its jitted functions (and
+    compiles) are reused."""
+    key = (model.config.to_json_best_effort(sort_keys=True), pad_id, mesh,
+           None if param_shardings is None else tuple(jax.tree.leaves(param_shardings)))
     if key not in _DECODERS:
-        _DECODERS[key] = Decoder(model, pad_id)
+        _DECODERS[key] = Decoder(model, pad_id, mesh, param_shardings)
     return _DECODERS[key]

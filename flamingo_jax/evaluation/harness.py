@@ -93,7 +93,9 @@ class EvalData:
 
 @dataclasses.dataclass
 class Evaluator:
-    """Runs cells for one model and params. cache_dir: where RICES features are cached."""
+    """Runs cells for one model and params. cache_dir: where RICES features are cached. mesh: the params'
+    mesh, when they are sharded (decoding.Decoder then runs every batch split over the mesh; batch_size must
+    divide data * fsdp); results come back by explicit jax.device_get."""
 
     model: Any
     params: Any
@@ -103,10 +105,12 @@ class Evaluator:
     length_penalty: float = 0.0
     cache_dir: str = ""
     progress: bool = True
+    mesh: Any = None
 
     def __post_init__(self):
         v = self.data.vocab
-        self.decoder = decoding.decoder_for(self.model, pad_id=v.pad_id)
+        shardings = None if self.mesh is None else jax.tree.map(lambda x: x.sharding, self.params)
+        self.decoder = decoding.decoder_for(self.model, pad_id=v.pad_id, mesh=self.mesh, param_shardings=shardings)
         self._vision_hash: str | None = None
 
     # ------------------------------------------------------------------ selection
@@ -119,7 +123,7 @@ class Evaluator:
             n = self.batch_size * f  # fixed shape: pad to a full batch
             flat = np.zeros((n, *media.shape[2:]), np.float32)
             flat[:b * f] = media.reshape(b * f, *media.shape[2:])
-            feats = np.asarray(self.decoder.vision_features(self.params, flat))[:b * f]
+            feats = jax.device_get(self.decoder.vision_features(self.params, flat))[:b * f]
             out.append(feats.reshape(b, f, -1).mean(axis=1))
         return rices.normalize(np.concatenate(out))
 
@@ -187,7 +191,7 @@ class Evaluator:
         if kind in CLOSE_ENDED:
             cands = prompts.candidate_tokens(vocab, kind)
             ctoks, cmask = decoding.right_pad(cands, max(map(len, cands)), vocab.pad_id)
-            ll = np.asarray(self.decoder.rank(self.params, toks, tmask, visual, image_mask, ctoks, cmask))[:n]
+            ll = jax.device_get(self.decoder.rank(self.params, toks, tmask, visual, image_mask, ctoks, cmask))[:n]
             return [dict(id=r["id"], index=i, prediction=prompts.CLASS_NAMES[int(np.argmax(l))],
                          score=float(l[1] - l[0])) for i, r, l in zip(idx, recs, ll)]
         max_new = OPEN_ENDED[kind][0]
