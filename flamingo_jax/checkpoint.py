@@ -337,7 +337,7 @@ def prepare_frozen(workdir: str, config: ml_collections.ConfigDict, frozen: dict
         try:
             restored = ocp.StandardCheckpointer().restore(os.path.join(root, "params"), target)
         except Exception as e:  # noqa: BLE001 - any failure to read is a damaged store
-            raise CheckpointError(f"{root}/params cannot be read ({type(e).__name__}: {e}); {fix}") from None
+            raise CheckpointError(f"{root}/params cannot be read ({one_line(e)}); {fix}") from None
         for k in stored:
             got = fingerprint(restored[k])
             if got != recorded[k]["sha256"]:

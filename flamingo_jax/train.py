@@ -265,7 +265,7 @@ class MetricsLog:
     def close(self) -> None:
         """Flushes and closes both (a full disk here is reported by the caller, not again)."""
         try:
-            self.writer.close()
+            getattr(self.writer, "close", self.writer.flush)()
         except Exception:  # noqa: BLE001 - e.g. ENOSPC while flushing; the run's error says what failed
             logging.warning("closing the TensorBoard writer failed", exc_info=False)
         if self.jsonl:
@@ -309,6 +309,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     scalars then hold `preempted_at_step`). Unhealthy steps (flamingo_jax.guard) are never saved; a streak or
     a loss spike stops the run with TrainingError, or rolls it back when config.guard.rollback is set."""
     check_config(config)  # before the workdir exists
+    mesh_and_model(config)  # a mesh or a batch that does not fit the devices: also before anything is written
     os.makedirs(workdir, exist_ok=True)
     preempt = checkpoint.Preemption()  # from the start: a signal while compiling still ends with a save
     try:

@@ -350,6 +350,7 @@ def test_the_damage_warning_is_one_readable_line():
     (["--config.checkpoint_every=-1"], "config.checkpoint_every must be >= 0"),
     (["--config.total_steps=many"], "--config.total_steps=many"),
     (["--config.guard.max_bad_steps=0"], "guard.max_bad_steps must be >= 1"),
+    (["--config.mesh.data=3"], "config.mesh"),
 ])
 def test_cli_errors_are_one_line_fast_and_create_nothing(tmp_path, args, expected):
     workdir = tmp_path / "never"
