@@ -147,6 +147,17 @@ def test_lr_1e9_with_rollback_restores_lowers_the_lr_skips_data_and_finishes_det
     _assert_equal(_trainable(a, 20), _trainable(b, 20))
 
 
+def test_a_fresh_run_at_lr_1e9_rolls_back_to_its_first_state_or_says_it_has_no_checkpoint(healthy, tmp_path):
+    with pytest.raises(TrainingError, match="no checkpoint was written: rerun with a lower optimizer.lr"):
+        train(_config(20, lr=1e9, max_bad_steps=3), str(tmp_path / "off"))
+    assert not (tmp_path / "off" / "checkpoints").exists() or _steps(tmp_path / "off") == []
+    on = tmp_path / "on"  # with rollback the run saves its first state, so there is one to go back to
+    train(_config(12, lr=1e9, rollback=True, max_bad_steps=3, lr_factor=1e-12, lr_factor_steps=100), str(on))
+    rollbacks = [r for r in _rows(on) if "rollback" in r]
+    assert len(rollbacks) == 1 and rollbacks[0]["rollback_to_step"] == 0
+    assert _steps(on)[-1] == 12 and _norm(_trainable(on, 12)) < 100
+
+
 def test_rollbacks_are_limited(healthy, tmp_path):
     base, _ = healthy
     workdir = _copy(base, tmp_path)
