@@ -78,13 +78,11 @@ def test_params_tool_prints_integer_counts():
 
 
 def test_every_experiment_trains_the_papers_per_sequence_objective_by_default():
-    # paper Section 3.3, Equation 2; 'token' (the per-token mean) is the override. The world-scale experiments
-    # use the token mean by a measured choice (experiments/world.py), and take the paper's as `loss=sequence`.
-    for name in ("tiny", "flamingo_3b", "flamingo_9b", "flamingo_80b"):
+    # paper Section 3.3, Equation 2; 'token' (the per-token mean) is the override
+    for name in ("tiny", "world", "flamingo_3b", "flamingo_9b", "flamingo_80b"):
         assert load_experiment(name).loss.normalization == "sequence", name
-    assert load_experiment("world").loss.normalization == "token"
-    assert load_experiment("world", "loss=sequence").loss.normalization == "sequence"
-    assert load_experiment("ablations").base.loss.normalization == "token"
+    assert load_experiment("world", "loss=token").loss.normalization == "token"
+    assert load_experiment("ablations").base.loss.normalization == "sequence"
     config = load_experiment("tiny")
     config.loss.normalization = "token"  # the command line's --config.loss.normalization=token
     with pytest.raises(AttributeError):
