@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import ml_collections
 
+from flamingo_jax.configs import seeded  # noqa: F401  (ablate.seeded: a row's seed k)
+
 # The world's analogues of the DEV benchmarks (flamingo_jax.data.eval_sets) -> the paper's column names.
 WORLD_TO_DEV = {"captions": "coco", "knowledge_vqa": "okvqa", "vqa": "vqav2", "video_qa": "msvdqa",
                 "video_captions": "vatex"}
@@ -144,16 +146,6 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(module)
     return module.get_config(arg or None)
-
-
-def seeded(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
-    """The config of seed index `seed`: model init and data order both shift."""
-    config = copy.deepcopy(config)
-    with config.unlocked():
-        config.seed = int(config.seed) + seed
-        config.data.seed = int(config.data.seed) + seed
-    config.lock()
-    return config
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

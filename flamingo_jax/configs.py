@@ -7,6 +7,7 @@ An experiment file exposes `get_config(arg=None)`; sweepable knobs come from the
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import ml_collections
@@ -143,5 +144,15 @@ def paper_experiment(size: str, arg: str | None = None) -> ml_collections.Config
 
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Locks a config so that setting an unknown field raises."""
+    config.lock()
+    return config
+
+
+def seeded(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+    """The config of seed index `seed`: model init and data order both shift (a copy; `config` is kept)."""
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        config.seed = int(config.seed) + seed
+        config.data.seed = int(config.data.seed) + seed
     config.lock()
     return config

@@ -9,7 +9,7 @@ state, rng, step and non-finite counters) are stacked on a leading axis, their N
 jax.vmap(step) is jitted once: one compiled step (and one dispatch per update) serves N runs, and XLA:CPU
 works on N-times-larger ops, whose fixed costs dominate at world sizes (benchmarks/seed_batch.py).
 
-Seed k batched is seed k alone: its config is `ablate.seeded(config, k)` (config.seed and config.data.seed
+Seed k batched is seed k alone: its config is `configs.seeded(config, k)` (config.seed and config.data.seed
 shifted by k), its state comes from `train.initial_state` of that config, its data from
 `train.make_data_iterator` of that config, and the update is `train.make_step`'s, vmapped (tests/
 test_seed_batch.py: every trainable leaf within 1e-5 after a few steps, the same logged losses).
@@ -51,7 +51,7 @@ import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from flamingo_jax import checkpoint, guard, sharding
+from flamingo_jax import checkpoint, configs, guard, sharding
 from flamingo_jax.progress import Progress
 from flamingo_jax.train import (MODEL_INPUTS, MetricsLog, TrainingError, initial_state, make_data_iterator,
                                 make_step, mesh_and_model)
@@ -65,10 +65,8 @@ class SeedBatchError(ValueError):
 
 
 def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
-    """The config of seed index `seed` (flamingo_jax.ablate.seeded: model init and data order both shift)."""
-    from flamingo_jax.ablate import seeded
-
-    return seeded(config, seed)
+    """The config of seed index `seed` (flamingo_jax.configs.seeded: model init and data order both shift)."""
+    return configs.seeded(config, seed)
 
 
 def _without_seeds(config: ml_collections.ConfigDict) -> dict:
@@ -190,7 +188,7 @@ class SeedBatch:
 
 
 def train_seeds(config: ml_collections.ConfigDict, workdirs: Sequence[str], seeds: Sequence[int]) -> list[dict]:
-    """Trains seed `seeds[i]` of `config` (ablate.seeded) into workdirs[i], all in one batched program;
+    """Trains seed `seeds[i]` of `config` (configs.seeded) into workdirs[i], all in one batched program;
     returns every seed's last logged scalars (see train_configs)."""
     if len(workdirs) != len(seeds):
         raise ValueError(f"{len(seeds)} seeds for {len(workdirs)} workdirs")
