@@ -21,32 +21,19 @@ def main():
     ap.add_argument("--max_queries", type=int, default=8)
     ap.add_argument("--num_beams", type=int, default=2)
     args = ap.parse_args()
-    import flax.linen as nn
     import jax
-    import jax.numpy as jnp
-    import ml_collections
     import numpy as np
 
     assert jax.config.jax_transfer_guard == "disallow", "run with JAX_TRANSFER_GUARD=disallow"
-    from flamingo_jax import models, sharding
-    from flamingo_jax.data.testing import tiny_config, tiny_vocab
+    from flamingo_jax import sharding
     from flamingo_jax.evaluation import decoding, harness, prompts
     from flamingo_jax.train import dummy_inputs
     with jax.transfer_guard("allow"):
         import tiny  # makes a key at import
 
-    data = tiny_config()
-    vocab = tiny_vocab()
-    model_cfg = tiny.tiny_model_config(num_layers=1, max_frames=4)
-    model_cfg.lm.vocab_size = vocab.base_size
-    model_cfg.image_token_id, model_cfg.eoc_token_id = vocab.image_id, vocab.eoc_id
-    model_cfg.vision.image_size = data.image_size
-    model = models.build(model_cfg)
     with jax.transfer_guard("allow"):  # host params of the tests' world model (gates 0.5), then placed explicitly
-        s = data.image_size
-        _, host, _ = tiny.init_params(model_cfg, jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 1, 1, s, s, 3)),
-                                      jnp.ones((1, 1), bool))
-        host = jax.device_get(tiny.set_gates(host, 0.5))
+        model_cfg, data, vocab, model, host = tiny.world_eval_model()
+        host = jax.device_get(host)
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs(model_cfg)))["params"]
     shots = [int(x) for x in args.shots.split(",")]
     out = {}
@@ -73,7 +60,7 @@ def main():
         toks = rng.integers(3, vocab.base_size - 8, (8, 32)).astype(np.int32)
         toks[:, 5] = vocab.image_id
         tmask = np.ones((8, 32), bool)
-        images = rng.random((8, 1, 1, s, s, 3), dtype=np.float32)
+        images = rng.random((8, 1, 1, data.image_size, data.image_size, 3), dtype=np.float32)
         visual = ev.decoder.encode(params, images)
         ll = ev.decoder.rank(params, toks, tmask, visual, np.ones((8, 1), bool), ctoks, cmask)
         run["rank_sharding"] = str(ll.sharding.spec)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from flamingo_jax import evaluate
-from flamingo_jax.data.testing import tiny_config, tiny_vocab
 from flamingo_jax.evaluation import harness, prompts, rices
 import tiny
 
@@ -77,17 +76,9 @@ def test_rices_selects_most_similar_last_and_caches(tmp_path):
 
 @pytest.fixture(scope="module")
 def world_model():
-    data = tiny_config()
-    vocab = tiny_vocab()
-    model_cfg = tiny.tiny_model_config(num_layers=1, max_frames=4)
-    model_cfg.lm.vocab_size = vocab.base_size
-    model_cfg.image_token_id, model_cfg.eoc_token_id = vocab.image_id, vocab.eoc_id
-    model_cfg.vision.image_size = data.image_size
+    model_cfg, data, vocab, _, params = tiny.world_eval_model()
     config = ml_collections.ConfigDict(dict(model=model_cfg, data=data, seed=0))
-    s = data.image_size
-    model, params, _ = tiny.init_params(model_cfg, jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 1, 1, s, s, 3)),
-                                        jnp.ones((1, 1), bool))
-    return config, tiny.set_gates(params, 0.5), vocab
+    return config, params, vocab
 
 
 def test_evaluate_end_to_end_caches_cells_and_shards_agree(world_model, tmp_path, monkeypatch):

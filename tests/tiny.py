@@ -79,3 +79,20 @@ def tiny_train_config(mixture=("m3w", "align"), total_steps: int = 3, mesh=(-1, 
     config.log_every = 1
     config.mesh.data, config.mesh.fsdp, config.mesh.model = mesh
     return config
+
+
+def world_eval_model():
+    """The evaluation tests' model of the tiny world: (model config, data config, vocab, module, params with every
+    gate at 0.5, so that cross-attention changes the outputs)."""
+    from flamingo_jax.data.testing import tiny_config, tiny_vocab
+
+    data = tiny_config()
+    vocab = tiny_vocab()
+    model_cfg = tiny_model_config(num_layers=1, max_frames=4)
+    model_cfg.lm.vocab_size = vocab.base_size
+    model_cfg.image_token_id, model_cfg.eoc_token_id = vocab.image_id, vocab.eoc_id
+    model_cfg.vision.image_size = data.image_size
+    s = data.image_size
+    model, params, _ = init_params(model_cfg, jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 1, 1, s, s, 3)),
+                                   jnp.ones((1, 1), bool))
+    return model_cfg, data, vocab, model, set_gates(params, 0.5)
