@@ -35,10 +35,14 @@ ICL = dict(m3w_len=256, m3w_images=5, lm_len=1024, lm_batch=4, text_sections=12,
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    icl = bool(arg) and "icl=true" in arg.replace(" ", "").lower()
-    recipe = ICL if icl else SHORT
-    a = configs.parse_arg(arg, steps=600, lm_layers=4, warmup=30, lr=1e-3, scale=0.5, batch=4, icl=False, loss="sequence",
-                          **recipe)
+    def parse(recipe: dict) -> ml_collections.ConfigDict:
+        return configs.parse_arg(arg, steps=600, lm_layers=4, warmup=30, lr=1e-3, scale=0.5, batch=4, icl=False,
+                                 loss="sequence", **recipe)
+
+    a = parse(SHORT)
+    icl = bool(a.icl)
+    if icl:  # the in-context recipe's defaults, under the same explicit knobs
+        a = parse(ICL)
     tiny = _load_tiny()
     with tiny.unlocked():
         tiny.model.lm.num_layers = a.lm_layers
