@@ -48,7 +48,10 @@ def _config(total_steps: int, lr: float = 1e-3, **guard):
 
 
 def _rows(workdir: Path) -> list[dict]:
-    return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    """metrics.jsonl's rows; a last line without its newline is a write the full disk cut short, not a row."""
+    text = (workdir / "metrics.jsonl").read_text()
+    complete = text if text.endswith("\n") or not text else text[:text.rfind("\n") + 1]
+    return [json.loads(l) for l in complete.splitlines()]
 
 
 def _steps(workdir: Path) -> list[int]:
