@@ -31,6 +31,7 @@ TEST = [
     "pytest==9.2.0",
     "pytest-xdist==3.8.0",
     "dill==0.4.1",  # tfds.testing
+    "scikit-learn==1.9.1",  # independent references for the evaluation metrics (ndcg_score, average_precision_score)
     # Parity tests against PyTorch references. OpenFlamingo itself (open-flamingo 2.0.1 and
     # open_clip_torch 2.24.0) is installed with --no-deps by scripts/install.sh: its declared
     # dependencies pull torchvision, which has no CPU build here.
