@@ -4,12 +4,20 @@ Mesh axes: `data` (pure data parallelism), `fsdp` (data parallelism with paramet
 and `model` (Megatron-style tensor parallelism). Batches shard over (data, fsdp). Parameters map their
 logical axis names (flamingo_jax.models.layers) through RULES; a dimension that the mesh axis does not divide
 stays replicated rather than failing, so tiny models run on any mesh.
+
+Activations: the models name the axes of their main activations (`constrain(x, ("act_batch", "act_length",
+"act_embed"))`, MaxText's and t5x's nn.with_logical_constraint) and ACTIVATION_RULES maps those names, so XLA
+does not have to guess the layout of the residual stream, attention heads, FFW hidden, visual features and
+latents. The constraints apply only inside `activation_sharding(mesh)` (entered by the jitted functions of
+the trainer and the planner while they trace); elsewhere `constrain` returns its input unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Sequence
+import threading
+from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -38,6 +46,21 @@ RULES: tuple[tuple[str, str | None], ...] = (
     ("conv_w", None),
     ("conv_in", None),
     ("conv_out", None),
+)
+
+# Activation logical name -> mesh axes, beside the param rules (activation names are distinct from param
+# names because the same width is laid out differently: the `embed` rows of a weight shard over fsdp, while
+# the residual stream's width stays whole). Megatron-style tensor parallelism: the batch is split over the
+# data-parallel axes; the residual stream is replicated over `model`, each model shard computing its heads
+# and FFW columns (split over `model` like their weights) from all of it; no sequence parallelism.
+ACTIVATION_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("act_batch", BATCH_AXES),  # examples (images x frames for the vision tower, B x T for the resampler)
+    ("act_length", None),  # text tokens, patches, visual tokens of all a sample's images
+    ("act_embed", None),  # model width of the LM, cross-attention, resampler and vision tower
+    ("act_heads", "model"),  # query heads
+    ("act_kv_heads", "model"),  # key / value heads
+    ("act_mlp", "model"),  # FFW hidden width
+    ("act_latents", None),  # the resampler's latent queries
 )
 
 
@@ -161,6 +184,61 @@ def tree_shardings(boxed_tree: Any, mesh: Mesh, rules=RULES) -> Any:
             return NamedSharding(mesh, spec_for(x.names, value.shape, mesh, rules))
         return NamedSharding(mesh, P())
     return jax.tree.map(one, boxed_tree, is_leaf=_is_box)
+
+
+_ACTIVE = threading.local()  # the mesh of the innermost activation_sharding on this thread (None: off)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh | None, rules=ACTIVATION_RULES) -> Iterator[None]:
+    """Turns the models' activation constraints on for `mesh` (off again on exit; None: off within).
+
+    Enter it inside the function that jit traces (see `with_activation_sharding`): the constraints become
+    part of that trace, never of a cached trace made elsewhere."""
+    previous = getattr(_ACTIVE, "mesh", None)
+    _ACTIVE.mesh = mesh
+    try:
+        with nn.logical_axis_rules(tuple(rules)):
+            yield
+    finally:
+        _ACTIVE.mesh = previous
+
+
+def with_activation_sharding(fn: Callable, mesh: Mesh | None) -> Callable:
+    """fn that runs (and so traces) inside activation_sharding(mesh); fn itself when mesh is None."""
+    if mesh is None:
+        return fn
+
+    def wrapped(*args, **kwargs):
+        with activation_sharding(mesh):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """x with its layout fixed by the activation rules for its logical axis `names` (one per dim).
+
+    A no-op outside activation_sharding. A dim that its mesh axes do not divide is left to XLA
+    (PartitionSpec.UNCONSTRAINED) rather than failing, as the param rules replicate it (tiny models, batch
+    1 at decoding)."""
+    mesh = getattr(_ACTIVE, "mesh", None)
+    if mesh is None:
+        return x
+    if len(names) != x.ndim:
+        raise ValueError(f"constrain: names {tuple(names)} do not name an array of shape {x.shape}")
+    table = dict(nn.get_logical_axis_rules())
+    fixed = []
+    for name, dim in zip(names, x.shape):
+        axes = table.get(name) if name is not None else None
+        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        fixed.append(P.UNCONSTRAINED if dim % math.prod(mesh.shape[a] for a in axes) else name)
+    return nn.with_logical_constraint(x, tuple(fixed), mesh=mesh)
+
+
+def activation_spec(names: Sequence[str | None], rules=ACTIVATION_RULES) -> P:
+    """The PartitionSpec the activation rules give logical `names` (dims that divide), for tests and docs."""
+    return P(*nn.logical_to_mesh_axes(tuple(names), tuple(rules)))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:

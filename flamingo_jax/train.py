@@ -206,7 +206,8 @@ class Trainer:
         state, frozen = init.state, init.frozen
         state_sh = jax.tree.map(lambda x: x.sharding, state)
         frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
-        step = make_step(config, model, init.tx, init.schedule)
+        # Traced inside activation_sharding: the models' activation constraints take the mesh's layout.
+        step = sharding.with_activation_sharding(make_step(config, model, init.tx, init.schedule), mesh)
         step_fn = jax.jit(step, in_shardings=(state_sh, frozen_sh, None, sharding.replicated(mesh)),
                           out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
         return cls(config, mesh, model, state, frozen, step_fn, init.schedule)

@@ -8,11 +8,14 @@ exact rather than approximate.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from flamingo_jax.models.layers import Dense, Dtype
+from flamingo_jax.sharding import constrain
 
 LARGE_NEGATIVE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
@@ -50,6 +53,71 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
         return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
     out = jnp.einsum("bgrqk,bkgd->bqgrd", weights.reshape(b, g, h // g, lq, k.shape[1]), v)
     return out.reshape(b, lq, h, dh)
+
+
+def _grouped_scores(q: jax.Array, k: jax.Array, scale: float) -> jax.Array:
+    """q [P, Q, H, Dh], k [P, S, G, Dh] -> float32 scores [P, H, Q, S] (grouped key/value heads as above)."""
+    p, lq, h, dh = q.shape
+    g = k.shape[2]
+    if g == h:
+        return jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    qg = q.reshape(p, lq, g, h // g, dh)
+    s = jnp.einsum("bqgrd,bkgd->bgrqk", qg, k, preferred_element_type=jnp.float32) * scale
+    return s.reshape(p, h, lq, k.shape[1])
+
+
+def _grouped_values(w: jax.Array, v: jax.Array) -> jax.Array:
+    """w [P, H, Q, S], v [P, S, G, Dh] -> [P, Q, H, Dh]."""
+    p, h, lq, s = w.shape
+    g = v.shape[2]
+    if g == h:
+        return jnp.einsum("bhqk,bkhd->bqhd", w, v)
+    out = jnp.einsum("bgrqk,bkgd->bqgrd", w.reshape(p, g, h // g, lq, s), v)
+    return out.reshape(p, lq, h, v.shape[-1])
+
+
+def multi_part_attention(q: jax.Array, parts, scale: float | None = None) -> jax.Array:
+    """Softmax attention over the concatenation of several key/value sets, without building it.
+
+    q: [N, Lq, H, Dh]. parts: a sequence of (k, v, mask, bias) with k, v: [P, S, G, Dh] where P divides N and
+    query row r reads key row r // (N // P): a prefix cached once for P prompts serves the N // P beams or
+    candidates of each prompt (their rows contiguous) without being copied N // P times. mask (bool) and
+    bias (float) are broadcastable to [P, H, (N // P) * Lq, S], the queries of one key row flattened
+    row-major, or None. Returns [N, Lq, H, Dh]; it equals dot_product_attention over the keys of every part
+    concatenated (up to fp32 rounding: the parts' softmax statistics are merged as in flash attention), rows
+    with no visible key anywhere giving zeros."""
+    n, lq, h, dh = q.shape
+    scale = dh**-0.5 if scale is None else scale
+    parts = [part for part in parts if part[0].shape[1] > 0]  # an empty part (no images) adds nothing
+
+    def to_rows(x, p):  # [P, H, R*Lq] -> [N, Lq, H]
+        return x.transpose(0, 2, 1).reshape(n, lq, h)
+
+    def to_groups(x, p):  # [N, Lq, H] -> [P, H, R*Lq]
+        return x.reshape(p, (n // p) * lq, h).transpose(0, 2, 1)
+
+    scores, row_max = [], []
+    for k, v, mask, bias in parts:
+        p = k.shape[0]
+        if n % p:
+            raise ValueError(f"{n} query rows do not split into groups over {p} key rows")
+        s = _grouped_scores(q.reshape(p, (n // p) * lq, h, dh), k.astype(q.dtype), scale)
+        if bias is not None:
+            s = s + bias.astype(jnp.float32)
+        if mask is not None:
+            s = jnp.where(mask, s, LARGE_NEGATIVE)
+        scores.append(s)
+        row_max.append(to_rows(jnp.max(s, axis=-1), p))
+    m = jax.lax.stop_gradient(functools.reduce(jnp.maximum, row_max))  # [N, Lq, H]
+    total, out = 0.0, 0.0
+    for (k, v, _, _), s in zip(parts, scores):
+        p = k.shape[0]
+        e = jnp.exp(s - to_groups(m, p)[..., None])
+        total = total + to_rows(jnp.sum(e, axis=-1), p)
+        out = out + _grouped_values(e.astype(v.dtype), v.astype(q.dtype)).reshape(n, lq, h, dh).astype(jnp.float32)
+    visible = m > LARGE_NEGATIVE / 2  # all keys masked: every score is LARGE_NEGATIVE, so is the max
+    out = jnp.where(visible[..., None], out / jnp.where(visible, total, 1.0)[..., None], 0.0)
+    return out.astype(q.dtype)
 
 
 def rotary_embedding(x: jax.Array, positions: jax.Array, *, theta: float = 10000.0,
@@ -92,6 +160,11 @@ class MultiHeadAttention(nn.Module):
     x: [B, Lq, Din]; context: [B, Lk, Dctx] (self-attention when None). With `cache` (self-attention
     only) the new keys/values are written at `cache_index` and attention runs over the whole cache:
     cache = {'k': [B, S, G, Dh], 'v': [B, S, G, Dh]}. Returns (y [B, Lq, Dout], new_cache or None).
+
+    Decoding (flamingo_jax.evaluation.decoding): `kv_only=True` returns just the projected (k, v) of the
+    context (the visual tokens' cross-attention keys/values, projected once per prompt); `kv=(k, v)` uses
+    such projections instead of projecting `context`; `prefix={'k', 'v': [P, S, G, Dh], 'mask', 'bias'}` is
+    a cached prefix attended before the own keys, shared by groups of rows (see multi_part_attention).
     """
 
     num_heads: int
@@ -108,25 +181,40 @@ class MultiHeadAttention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array | None = None, *, mask: jax.Array | None = None,
                  bias: jax.Array | None = None, positions: jax.Array | None = None,
-                 cache: dict | None = None, cache_index: jax.Array | None = None):
+                 cache: dict | None = None, cache_index: jax.Array | None = None, prefix: dict | None = None,
+                 kv: tuple[jax.Array, jax.Array] | None = None, kv_only: bool = False):
         g = self.num_kv_heads or self.num_heads
         kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
         kv_in = x if context is None else context
-        q = Dense((self.num_heads, self.head_dim), ("embed", "heads", "head_dim"), name="query", **kw)(x)
-        k = Dense((g, self.head_dim), ("embed", "kv_heads", "head_dim"), name="key", **kw)(kv_in)
-        v = Dense((g, self.head_dim), ("embed", "kv_heads", "head_dim"), name="value", **kw)(kv_in)
+        if not kv_only:
+            q = Dense((self.num_heads, self.head_dim), ("embed", "heads", "head_dim"), name="query", **kw)(x)
+        if kv is None:
+            k = Dense((g, self.head_dim), ("embed", "kv_heads", "head_dim"), name="key", **kw)(kv_in)
+            v = Dense((g, self.head_dim), ("embed", "kv_heads", "head_dim"), name="value", **kw)(kv_in)
+        else:
+            k, v = kv
+        if kv_only:
+            return k, v
         if self.rope_theta is not None:
             if positions is None:
                 raise ValueError("rotary attention needs positions")
             q = rotary_embedding(q, positions, theta=self.rope_theta, rotary_dim=self.rotary_dim)
             k = rotary_embedding(k, positions, theta=self.rope_theta, rotary_dim=self.rotary_dim)
+        # Heads follow their projections' `model` split (Megatron): attention needs no communication.
+        q = constrain(q, ("act_batch", "act_length", "act_heads", None))
+        k = constrain(k, ("act_batch", "act_length", "act_kv_heads", None))
+        v = constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
         new_cache = None
         if cache is not None:
             idx = (0, cache_index, 0, 0)
             k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), idx)
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), idx)
             new_cache = {"k": k, "v": v}
-        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, bias, self.scale)
+        if prefix is None:
+            out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, bias, self.scale)
+        else:
+            out = multi_part_attention(q, [(prefix["k"], prefix["v"], prefix["mask"], prefix.get("bias")),
+                                           (k, v, mask, bias)], self.scale)
         y = Dense(self.out_features or x.shape[-1], ("heads", "head_dim", "embed"), in_dims=2,
                   name="out", **kw)(out)
-        return y, new_cache
+        return constrain(y, ("act_batch", "act_length", "act_embed")), new_cache

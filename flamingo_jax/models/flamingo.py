@@ -27,6 +27,7 @@ from flamingo_jax.models.lm import DecoderLM
 from flamingo_jax.models.resampler import build_resampler, resampler_width
 from flamingo_jax.models.vision import build_vision, vision_output_dim
 from flamingo_jax.models.xattn import CrossAttentionStack, default_media_index, media_mask, placement
+from flamingo_jax.sharding import constrain
 
 
 class NewTokens(nn.Module):
@@ -95,9 +96,11 @@ class Flamingo(nn.Module):
     def encode(self, images: jax.Array) -> jax.Array:
         """images float32[B, T, F, H, W, C] -> visual tokens [B, T, num_latents, Dr]."""
         b, t, f, hh, ww, ch = images.shape
-        feats = self.vision(images.reshape(b * t * f, hh, ww, ch))  # [B*T*F, S, Dv]
+        # B-major flattening keeps each example's images on the devices that hold the example.
+        flat = constrain(images.reshape(b * t * f, hh, ww, ch), ("act_batch", None, None, None))
+        feats = constrain(self.vision(flat), ("act_batch", "act_length", "act_embed"))  # [B*T*F, S, Dv]
         feats = feats.reshape(b * t, f, *feats.shape[1:])
-        latents = self.resampler(feats)  # [B*T, K, Dr]
+        latents = constrain(self.resampler(feats), ("act_batch", "act_latents", "act_embed"))  # [B*T, K, Dr]
         return latents.reshape(b, t, *latents.shape[1:])
 
     # ---------------------------------------------------------------- text side
@@ -120,9 +123,9 @@ class Flamingo(nn.Module):
         positions, self_mask, bias, meta = self.lm.attention_inputs(
             token_mask, l, b, None if cache is None else cache["lm"])
         t, k = visual.shape[1], visual.shape[2]
-        visual_flat = visual.reshape(b, t * k, visual.shape[-1])
+        visual_flat = constrain(visual.reshape(b, t * k, visual.shape[-1]), ("act_batch", "act_length", "act_embed"))
         xmask = media_mask(media_index, image_mask, k, c.xattn.mask)
-        h = self.lm.embed_tokens(tokens, positions, self.new_tokens.embedding)
+        h = constrain(self.lm.embed_tokens(tokens, positions, self.new_tokens.embedding), ("act_batch", "act_length", "act_embed"))
         attn = dict(positions=positions, mask=self_mask, bias=bias,
                     cache_index=None if cache is None else cache["lm"]["index"])
         lm_layers = None if cache is None else cache["lm"]["layers"]
@@ -134,7 +137,7 @@ class Flamingo(nn.Module):
             h, lm_layers = self._run_scanned(h, visual_flat, xmask, attn, lm_layers)
         else:
             h, lm_layers = self._run_unrolled(h, visual_flat, xmask, attn, lm_layers)
-        base, hn = self.lm.logits(h)
+        base, hn = self.lm.logits(constrain(h, ("act_batch", "act_length", "act_embed")))
         extra = jnp.dot(hn.reshape(b * l, -1), self.new_tokens.output_rows().astype(hn.dtype))
         logits = jnp.concatenate([base, extra.reshape(b, l, -1).astype(jnp.float32)], axis=-1)
         if cache is None:

@@ -22,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flamingo_jax.sharding import constrain  # sharding imports nothing of the models
+
 Dtype = jnp.dtype
 Initializer = Callable[..., jax.Array]
 
@@ -191,4 +193,6 @@ class FeedForward(nn.Module):
             h = activation(self.act)(Dense(self.hidden, ("embed", "mlp"), name="wg", **kw)(x)) * h
         else:
             h = activation(self.act)(h)
+        if h.ndim == 3:  # [B, L, hidden]: split like wi's columns over `model` (Megatron)
+            h = constrain(h, ("act_batch", "act_length", "act_mlp"))
         return Dense(d, ("mlp", "embed"), name="wo", **kw)(h)

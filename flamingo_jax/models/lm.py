@@ -25,6 +25,9 @@ import ml_collections
 from flamingo_jax.models import stack
 from flamingo_jax.models.attention import MultiHeadAttention, alibi_bias
 from flamingo_jax.models.layers import Dense, Dtype, FeedForward, logical, norm
+from flamingo_jax.sharding import constrain
+
+RESIDUAL = ("act_batch", "act_length", "act_embed")  # the residual stream h [B, L, D]
 
 FAMILIES = ("chinchilla", "llama", "gpt2", "opt", "mpt", "neox")
 
@@ -94,11 +97,11 @@ class DecoderBlock(nn.Module):
         if c.parallel_residual:
             if mid is not None:
                 raise ValueError("a mid-block cross-attention needs a sequential (not parallel) residual")
-            return h + a + mlp(norm(c.norm, name="mlp_norm", **nkw)(h)), new_cache
-        h = h + a
+            return constrain(h + a + mlp(norm(c.norm, name="mlp_norm", **nkw)(h)), RESIDUAL), new_cache
+        h = constrain(h + a, RESIDUAL)
         if mid is not None:
             h = mid(h)
-        return h + mlp(norm(c.norm, name="mlp_norm", **nkw)(h)), new_cache
+        return constrain(h + mlp(norm(c.norm, name="mlp_norm", **nkw)(h)), RESIDUAL), new_cache
 
 
 def dummy_block_inputs(c: ml_collections.ConfigDict, dtype: Dtype) -> tuple[tuple, dict]:

@@ -22,6 +22,7 @@ import numpy as np
 from flamingo_jax.models.attention import MultiHeadAttention, dot_product_attention
 from flamingo_jax.models.layers import (Dense, DenseKernel, Dtype, FeedForward, NormParams, logical, norm, project,
                                       standardize)
+from flamingo_jax.sharding import constrain
 
 KINDS = ("perceiver", "transformer", "mlp")
 
@@ -184,6 +185,7 @@ class AttentionResampler(nn.Module):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = flatten_features(self, features, c, self.dtype, self.param_dtype)  # [N, F*S, d]
+        x = constrain(x, ("act_batch", "act_length", "act_embed"))
         n, d = x.shape[0], x.shape[-1]
         latents = self.param("latents", logical(nn.initializers.normal(1.0), ("latents", "embed")),
                              (c.num_latents, d), self.param_dtype)
@@ -201,7 +203,7 @@ class AttentionResampler(nn.Module):
             z = jnp.broadcast_to(z, (n, *z.shape[1:]))  # depth 0
         if c.final_norm:
             z = norm("layernorm", eps=c.norm_eps, name="final_norm", **kw)(z)
-        return z
+        return constrain(z, ("act_batch", "act_latents", "act_embed"))
 
 
 def pooling_matrix(num_in: int, num_out: int) -> np.ndarray:

@@ -21,6 +21,7 @@ import ml_collections
 from flamingo_jax.models import stack
 from flamingo_jax.models.attention import MultiHeadAttention
 from flamingo_jax.models.layers import Dtype, FeedForward, logical, norm
+from flamingo_jax.sharding import constrain
 
 KINDS = ("gated", "vanilla", "grafting")
 MASKS = ("previous", "all_previous")
@@ -131,11 +132,11 @@ class GatedCrossAttentionBlock(nn.Module):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         a = CrossAttention(c, self.num_heads, self.head_dim, name="xattn", **kw)(y, visual, mask)
-        y = y + _gate(self, "attn_gate", c.gating, self.dtype) * a
+        y = constrain(y + _gate(self, "attn_gate", c.gating, self.dtype) * a, ("act_batch", "act_length", "act_embed"))
         if self.dense:
             h = norm("layernorm", eps=c.norm_eps, name="ffw_norm", **kw)(y)
             f = FeedForward(c.ffw_mult * y.shape[-1], act=c.act, use_bias=c.use_bias, name="ffw", **kw)(h)
-            y = y + _gate(self, "ffw_gate", c.gating, self.dtype) * f
+            y = constrain(y + _gate(self, "ffw_gate", c.gating, self.dtype) * f, ("act_batch", "act_length", "act_embed"))
         return y
 
 

@@ -278,7 +278,8 @@ def plan(config: Any, mesh_sizes: Mapping[str, int], target: Target, *, devices:
                   for name, f in batches.items()}
     weights = {n: config.data.datasets[n].weight for n in config.data.mixture}
     micro = {n: config.microbatches.get(n, 1) for n in config.data.mixture}
-    step = make_train_step(model, tx, schedule, weights, micro, config.loss.normalization)
+    step = sharding.with_activation_sharding(
+        make_train_step(model, tx, schedule, weights, micro, config.loss.normalization), mesh)
     jitted = jax.jit(step, in_shardings=(state_sh, frozen_sh, None), out_shardings=(state_sh, rep),
                      donate_argnums=0)
     t0 = time.perf_counter()
