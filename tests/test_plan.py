@@ -113,3 +113,44 @@ def test_bad_target_is_one_line_error(config_file):
                        timeout=120)
     assert r.returncode != 0
     assert "unknown --target 'tpu:v9:2x2'" in r.stderr.strip().splitlines()[-1]
+
+
+# Generation from prompts of two lengths on (data 2, fsdp 2, model 2): the KV cache's bytes as the config predicts.
+GENERATE = textwrap.dedent("""
+    import importlib.util, json, sys
+    import jax.numpy as jnp
+    from flamingo_jax.models.lm import head_dim
+    from flamingo_jax.tools import plan as P
+
+    spec = importlib.util.spec_from_file_location("cfg", sys.argv[1])
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    config = mod.get_config()
+    mesh = dict(data=2, fsdp=2, model=2)
+    runs = [P.plan_generate(config, mesh, P.parse_target("cpu"), prompt_len=n, new_tokens=8, num_images=5)
+            for n in (32, 96)]
+    lm = config.model.lm
+    per_slot = (2 * lm.num_layers * ((lm.num_kv_heads or lm.num_heads) // 2) * head_dim(lm)
+                * jnp.dtype(config.model.dtype).itemsize + 1)  # k and v of every layer + key_mask, per row
+    print(json.dumps(dict(runs=runs, per_slot=per_slot)))
+""")
+
+
+def test_generate_plan_holds_the_kv_cache(config_file):
+    env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    r = subprocess.run([sys.executable, "-c", GENERATE, config_file], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = _last_json(r.stdout)
+    short, long = res["runs"]
+    assert short["mode"] == "generate" and short["global_batch"] == 4 and short["cache_len"] == 40
+    assert long["cache_len"] == 104 and long["params_bytes"] == short["params_bytes"]
+    # 64 more slots: the cache grows by rows/device x slots x per-slot bytes (kv heads split over model) ...
+    growth = (4 // 4) * 64 * res["per_slot"]
+    assert long["kv_cache_bytes"] - short["kv_cache_bytes"] == growth
+    # ... and so do the compiled programs: the step takes the cache as an argument (donated, returned), the
+    # prefill returns it, and the peak holds it.
+    assert long["step"]["argument_bytes"] - short["step"]["argument_bytes"] == growth
+    assert long["step"]["alias_bytes"] - short["step"]["alias_bytes"] == growth
+    assert long["prefill"]["output_bytes"] - short["prefill"]["output_bytes"] == growth
+    assert long["peak_bytes"] - short["peak_bytes"] >= growth
+    assert short["step"]["argument_bytes"] >= short["kv_cache_bytes"] and short["verdict"] == "fits"

@@ -1,8 +1,15 @@
-"""Ahead-of-time memory plan of the sharded train step for a target machine; nothing is allocated.
+"""Ahead-of-time memory plan of the sharded train step, or of generation, for a target machine; nothing is
+allocated.
 
   python -m flamingo_jax.tools.plan --config experiments/flamingo_80b.py --mesh data=8,fsdp=4,model=8 \
       --target {cpu,tpu:v5e:16x16,tpu:v5p:4x8x8,gpu:h100:32x8,...} [--batch m3w=64,align=128] \
       [--memory_gb 16] [--headroom 0.1] [--config.a.b=value ...]
+  python -m flamingo_jax.tools.plan --mode generate --config ... --mesh ... --target ... \
+      [--gen_batch N] [--prompt_len L] [--images 33] [--new_tokens 20]
+
+--mode generate plans greedy generation from a 32-shot prompt (plan_generate): the prefill of the prompt
+(images encoded, KV cache filled) and one decoding step, params only (no optimizer state), and reports the
+KV cache's per-device bytes beside the programs' peaks.
 
 Builds the step exactly as the trainer does (flamingo_jax.train.Trainer.create) but from abstract shapes:
 params and optimizer state come from jax.eval_shape, every input is a ShapeDtypeStruct carrying its
@@ -236,10 +243,7 @@ def plan(config: Any, mesh_sizes: Mapping[str, int], target: Target, *, devices:
          batch_overrides: Mapping[str, int] | None = None, datasets: Sequence[str] = (),
          memory_bytes: int | None = None, headroom: float = 0.1, gpu_target_config: str = "") -> dict:
     """Compiles the train step of `config` for `target` on `mesh_sizes` and returns the memory plan."""
-    import flax.linen as nn
     import jax
-
-    import jax.numpy as jnp
 
     from flamingo_jax import models, optim, sharding
     from flamingo_jax.train_step import init_state, make_train_step
@@ -255,12 +259,7 @@ def plan(config: Any, mesh_sizes: Mapping[str, int], target: Target, *, devices:
 
     model = models.build(config.model)
     rng = jax.random.key(config.seed)
-    size = config.model.vision.image_size  # the smallest inputs that trace the model (flamingo_jax.train)
-    dummy = (jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, 1, 1, size, size, 3), jnp.float32),
-             jnp.ones((1, 1), bool))
-    boxed = jax.eval_shape(lambda r: model.init(r, *dummy), rng)["params"]
-    param_sh = sharding.tree_shardings(boxed, mesh)
-    params = nn.meta.unbox(boxed)
+    params, param_sh = _abstract_params(config, model, mesh)
     trainable, frozen = optim.partition(params, config.trainable)
     trainable_sh, frozen_sh = optim.partition(param_sh, config.trainable)
     tx, schedule = optim.make_optimizer(config.optimizer, trainable, config.total_steps)
@@ -285,6 +284,146 @@ def plan(config: Any, mesh_sizes: Mapping[str, int], target: Target, *, devices:
     t0 = time.perf_counter()
     lowered = jitted.lower(sds(state, state_sh), sds(frozen, frozen_sh), batch_args)
     lower_s = time.perf_counter() - t0
+    compiled, error, compile_s = _compile(lowered, target)
+
+    trainable_b = per_device_bytes(state["trainable"], state_sh["trainable"])
+    frozen_b = per_device_bytes(frozen, frozen_sh)
+    opt_b = per_device_bytes(state["opt_state"], state_sh["opt_state"])
+    batch_b = per_device_bytes(batch_args, jax.tree.map(lambda x: x.sharding, batch_args))
+    out = dict(
+        mode="train", target=target_name(target), mesh=dict(mesh_sizes), devices=count,
+        platform=devices[0].platform, device_kind=getattr(devices[0], "device_kind", ""),
+        global_batch={n: f["tokens"][0][0] for n, f in batches.items()},
+        params_bytes=trainable_b + frozen_b, trainable_params_bytes=trainable_b, frozen_params_bytes=frozen_b,
+        optimizer_state_bytes=opt_b, batch_bytes=batch_b,
+    )
+    out.update(_memory(compiled, error))
+    return _finish(out, target, count, memory_bytes, headroom, lower_s, compile_s, t_start)
+
+
+def cache_shardings(cache: Any, batch_axes: Any, mesh: Any) -> Any:
+    """Shardings of a decoding cache: each leaf's batch axis (`batch_axes`, None for none) over (data, fsdp)
+    and, on [..., S, G, Dh] key/value leaves, the key/value heads G over `model`, as their projections are
+    split (the attention layers' act_kv_heads constraint); axes that do not divide stay replicated."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from flamingo_jax import sharding
+
+    def one(x, a):
+        spec = [None] * x.ndim
+        if a is not None and x.shape[a] % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0:
+            spec[a] = sharding.BATCH_AXES
+        if a is not None and x.ndim >= a + 4 and x.shape[-2] % mesh.shape["model"] == 0:
+            spec[-2] = "model"
+        return NamedSharding(mesh, P(*spec))
+
+    return jax.tree.map(one, cache, batch_axes)
+
+
+def plan_generate(config: Any, mesh_sizes: Mapping[str, int], target: Target, *,
+                  devices: Sequence[Any] | None = None, batch: int | None = None, prompt_len: int | None = None,
+                  num_images: int = 33, new_tokens: int = 20, memory_bytes: int | None = None,
+                  headroom: float = 0.1, gpu_target_config: str = "") -> dict:
+    """Compiles greedy generation from a few-shot prompt for `target` and returns its memory plan.
+
+    Two programs, as evaluation runs them (flamingo_jax.evaluation.decoding): the prefill (encode the
+    prompt's `num_images` images, make the KV cache of prompt_len + new_tokens slots, run the prompt through
+    it) and one decoding step (one token per row attending to the cache, the cache donated and returned).
+    Params are all frozen at evaluation: no optimizer state. The batch (default: data * fsdp, one prompt per
+    data-parallel group) is split over (data, fsdp); the cache as `cache_shardings`. The peak is the larger
+    of the two programs' peaks. Defaults: the paper's 32-shot prompts (Section 3, Table 1: up to 32 shots;
+    33 images with the query) in the LM's context, prompt_len = lm.max_len - new_tokens."""
+    import jax
+    import jax.numpy as jnp
+
+    from flamingo_jax import models, sharding
+    from flamingo_jax.evaluation.decoding import _batch_axes
+
+    t_start = time.perf_counter()
+    count = math.prod(mesh_sizes[a] for a in sharding.MESH_AXES)
+    if devices is None:
+        devices = target_devices(target, count, gpu_target_config)
+    mesh = sharding.make_mesh(dict(mesh_sizes), list(devices)[:count])
+    c = config.model
+    b = int(batch or mesh.shape["data"] * mesh.shape["fsdp"])
+    sharding.batch_size_divides(b, mesh, "generate")
+    length = int(prompt_len or c.lm.max_len - new_tokens)
+    slots = length + int(new_tokens)
+    model = models.build(c)
+    params, param_sh = _abstract_params(config, model, mesh)
+    axes = _batch_axes(model, params, slots)
+    cache = jax.eval_shape(lambda p: model.apply({"params": p}, b, slots, method="init_cache"), params)
+    cache_sh = cache_shardings(cache, axes, mesh)
+    s = c.vision.image_size
+    bs = lambda n: sharding.batch_sharding(mesh, n)  # noqa: E731
+    sds = jax.ShapeDtypeStruct
+    images = sds((b, num_images, 1, s, s, 3), jnp.float32, sharding=bs(6))
+    image_mask = sds((b, num_images), jnp.bool_, sharding=bs(2))
+    tokens = sds((b, length), jnp.int32, sharding=bs(2))
+
+    def prefill(p, tok, imgs, mask):
+        visual = model.apply({"params": p}, imgs, method="encode")
+        empty = jax.lax.with_sharding_constraint(
+            model.apply({"params": p}, b, slots, method="init_cache"), cache_sh)
+        logits, new = model.apply({"params": p}, tok, visual, mask, None, jnp.ones(tok.shape, bool), empty,
+                                  method="decode")
+        return jax.nn.log_softmax(logits[:, -1]), visual, new
+
+    def step(p, tok, visual, cache_):
+        # After the prompt a token sees only the last image (the 'previous' mask): image 1 of a 1-image input.
+        one = jnp.ones((b, 1), bool)
+        logits, new = model.apply({"params": p}, tok, visual, one, one.astype(jnp.int32), one, cache_,
+                                  method="decode")
+        return jax.nn.log_softmax(logits[:, -1]), new
+
+    k, d = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, method="encode"), params,
+                          sds((1, 1, 1, s, s, 3), jnp.float32)).shape[-2:]
+    p_args = jax.tree.map(lambda x, sh: sds(x.shape, x.dtype, sharding=sh), params, param_sh)
+    c_args = jax.tree.map(lambda x, sh: sds(x.shape, x.dtype, sharding=sh), cache, cache_sh)
+    t0 = time.perf_counter()
+    lowered = [
+        jax.jit(sharding.with_activation_sharding(prefill, mesh), out_shardings=(bs(2), bs(4), cache_sh)
+                ).lower(p_args, tokens, images, image_mask),
+        jax.jit(sharding.with_activation_sharding(step, mesh), out_shardings=(bs(2), cache_sh), donate_argnums=3
+                ).lower(p_args, sds((b, 1), jnp.int32, sharding=bs(2)),
+                        sds((b, 1, k, d), jnp.dtype(c.dtype), sharding=bs(4)), c_args),
+    ]
+    lower_s = time.perf_counter() - t0
+    out = dict(mode="generate", target=target_name(target), mesh=dict(mesh_sizes), devices=count,
+               platform=devices[0].platform, device_kind=getattr(devices[0], "device_kind", ""),
+               global_batch=b, prompt_len=length, images=num_images, new_tokens=int(new_tokens), cache_len=slots,
+               params_bytes=per_device_bytes(params, param_sh), kv_cache_bytes=per_device_bytes(cache, cache_sh),
+               kv_cache_total_bytes=sum(_bytes(x) for x in jax.tree.leaves(cache)))
+    compile_s = 0.0
+    for name, low in zip(("prefill", "step"), lowered):
+        compiled, error, seconds = _compile(low, target)
+        compile_s += seconds
+        out[name] = _memory(compiled, error)
+    peaks = [out[n]["peak_bytes"] for n in ("prefill", "step")]
+    out["peak_bytes"] = None if None in peaks else max(peaks)
+    if out["peak_bytes"] is None:
+        out["compile_error"] = next(out[n]["compile_error"] for n in ("prefill", "step") if out[n]["peak_bytes"] is None)
+    return _finish(out, target, count, memory_bytes, headroom, lower_s, compile_s, t_start)
+
+
+def _abstract_params(config: Any, model: Any, mesh: Any) -> tuple[Any, Any]:
+    """(params as ShapeDtypeStructs, their NamedShardings): the model's init traced, nothing allocated."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from flamingo_jax import sharding
+
+    size = config.model.vision.image_size  # the smallest inputs that trace the model (flamingo_jax.train)
+    dummy = (jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, 1, 1, size, size, 3), jnp.float32),
+             jnp.ones((1, 1), bool))
+    boxed = jax.eval_shape(lambda r: model.init(r, *dummy), jax.random.key(config.seed))["params"]
+    return nn.meta.unbox(boxed), sharding.tree_shardings(boxed, mesh)
+
+
+def _compile(lowered: Any, target: Target) -> tuple[Any, str | None, float]:
+    """(compiled or None, the one-line RESOURCE_EXHAUSTED error or None, seconds)."""
     t0 = time.perf_counter()
     # The plan never runs the program: on CPU skip LLVM's optimisations (half the compile time; buffer
     # assignment, hence every figure below, is unchanged).
@@ -297,45 +436,37 @@ def plan(config: Any, mesh_sizes: Mapping[str, int], target: Target, *, devices:
         compiled, error = None, str(e).splitlines()[0][:300]
     else:
         error = None
-    compile_s = time.perf_counter() - t0
+    return compiled, error, time.perf_counter() - t0
 
-    trainable_b = per_device_bytes(state["trainable"], state_sh["trainable"])
-    frozen_b = per_device_bytes(frozen, frozen_sh)
-    opt_b = per_device_bytes(state["opt_state"], state_sh["opt_state"])
-    batch_b = per_device_bytes(batch_args, jax.tree.map(lambda x: x.sharding, batch_args))
+
+def _memory(compiled: Any, error: str | None) -> dict:
+    """The compiled program's per-device memory analysis and its peak (None when it did not compile)."""
+    if compiled is None:
+        return dict(peak_bytes=None, compile_error=error)
+    m = compiled.memory_analysis()
+    arg, outp, alias, temp = (int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
+                              int(m.alias_size_in_bytes), int(m.temp_size_in_bytes))
+    # Live at once: the arguments, the outputs not aliased to (donated) arguments, the temporaries.
+    # XLA's own peak figure is reported beside it (on CPU it leaves out most temporaries).
+    xla_peak = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
+    return dict(argument_bytes=arg, output_bytes=outp, alias_bytes=alias, temp_bytes=temp,
+                generated_code_bytes=int(m.generated_code_size_in_bytes), xla_peak_bytes=xla_peak,
+                peak_bytes=max(arg + outp - alias + temp, xla_peak))
+
+
+def _finish(out: dict, target: Target, count: int, memory_bytes: int | None, headroom: float, lower_s: float,
+            compile_s: float, t_start: float) -> dict:
+    """out with the budget, the verdict against it less `headroom`, and the timings."""
     budget = memory_bytes or target.memory_bytes
     if budget is None:  # cpu without --memory_gb: the host's RAM shared by the forced devices
         budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // count
     usable = int(budget * (1.0 - headroom))
-    out = dict(
-        target=target_name(target), mesh=dict(mesh_sizes), devices=count, platform=devices[0].platform,
-        device_kind=getattr(devices[0], "device_kind", ""),
-        global_batch={n: f["tokens"][0][0] for n, f in batches.items()},
-        params_bytes=trainable_b + frozen_b, trainable_params_bytes=trainable_b, frozen_params_bytes=frozen_b,
-        optimizer_state_bytes=opt_b, batch_bytes=batch_b,
-    )
-    if compiled is not None:
-        m = compiled.memory_analysis()
-        arg, outp, alias, temp = (int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
-                                  int(m.alias_size_in_bytes), int(m.temp_size_in_bytes))
-        # Live at once: the arguments, the outputs not aliased to (donated) arguments, the temporaries.
-        # XLA's own peak figure is reported beside it (on CPU it leaves out most temporaries).
-        xla_peak = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
-        peak = max(arg + outp - alias + temp, xla_peak)
-        out.update(argument_bytes=arg, output_bytes=outp, alias_bytes=alias, temp_bytes=temp,
-                   generated_code_bytes=int(m.generated_code_size_in_bytes), xla_peak_bytes=xla_peak,
-                   peak_bytes=peak)
-        fits = peak <= usable
-    else:
-        out.update(peak_bytes=None, compile_error=error)
-        fits = False
+    peak = out["peak_bytes"]
     out.update(
         memory_bytes=int(budget), usable_bytes=usable, headroom=headroom,
-        peak_gib=None if out["peak_bytes"] is None else round(out["peak_bytes"] / GIB, 3),
-        memory_gib=round(budget / GIB, 3),
-        verdict="fits" if fits else "does not fit",
-        lower_s=round(lower_s, 2), compile_s=round(compile_s, 2),
-        total_s=round(time.perf_counter() - t_start, 2),
+        peak_gib=None if peak is None else round(peak / GIB, 3), memory_gib=round(budget / GIB, 3),
+        verdict="fits" if peak is not None and peak <= usable else "does not fit",
+        lower_s=round(lower_s, 2), compile_s=round(compile_s, 2), total_s=round(time.perf_counter() - t_start, 2),
     )
     if target.kind == "cpu":
         out["note"] = "forced CPU devices: state sizes exact, XLA:CPU temporaries overstate accelerators'"
@@ -402,6 +533,13 @@ def _define_flags() -> dict:
         memory_gb=flags.DEFINE_float("memory_gb", 0.0, "per-device memory in GiB (default: the target's)"),
         headroom=flags.DEFINE_float("headroom", 0.1, "fraction of device memory kept free"),
         gpu_target_config=flags.DEFINE_string("gpu_target_config", "", "GpuTargetConfigProto text file"),
+        mode=flags.DEFINE_enum("mode", "train", ["train", "generate"], "plan the train step or generation"),
+        gen_batch=flags.DEFINE_integer("gen_batch", 0, "generate: global batch of prompts (default data*fsdp)"),
+        prompt_len=flags.DEFINE_integer("prompt_len", 0, "generate: prompt tokens (default lm.max_len - "
+                                        "new_tokens)"),
+        images=flags.DEFINE_integer("images", 33, "generate: images per prompt (32 shots + the query)"),
+        new_tokens=flags.DEFINE_integer("new_tokens", 20, "generate: tokens generated (KV cache slots after "
+                                        "the prompt)"),
     )
 
 
@@ -413,11 +551,15 @@ def main(argv: Sequence[str], f: dict) -> None:
     try:
         if f["config"].value is None:
             raise PlanError("--config is required (e.g. experiments/flamingo_80b.py)")
-        out = plan(f["config"].value, parse_mesh(f["mesh"].value), parse_target(f["target"].value),
-                   batch_overrides=parse_batch(f["batch"].value),
-                   datasets=[d for d in f["datasets"].value.split(",") if d],
-                   memory_bytes=int(f["memory_gb"].value * GIB) if f["memory_gb"].value else None,
-                   headroom=f["headroom"].value, gpu_target_config=f["gpu_target_config"].value)
+        common = dict(memory_bytes=int(f["memory_gb"].value * GIB) if f["memory_gb"].value else None,
+                      headroom=f["headroom"].value, gpu_target_config=f["gpu_target_config"].value)
+        args = (f["config"].value, parse_mesh(f["mesh"].value), parse_target(f["target"].value))
+        if f["mode"].value == "generate":
+            out = plan_generate(*args, batch=f["gen_batch"].value or None, prompt_len=f["prompt_len"].value or None,
+                                num_images=f["images"].value, new_tokens=f["new_tokens"].value, **common)
+        else:
+            out = plan(*args, batch_overrides=parse_batch(f["batch"].value),
+                       datasets=[d for d in f["datasets"].value.split(",") if d], **common)
     except (PlanError, sharding.MeshError) as e:
         raise SystemExit(f"error: {e}") from None
     print(json.dumps(out))
