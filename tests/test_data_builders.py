@@ -32,7 +32,7 @@ class FlamingoWorldVideoTrainTest(tfds.testing.DatasetBuilderTestCase):
 
 class FlamingoWorldImageEvalTest(tfds.testing.DatasetBuilderTestCase):
   DATASET_CLASS = _WORLD
-  BUILDER_CONFIG_NAMES_TO_TEST = ['tiny-captions', 'tiny-vqa', 'tiny-knowledge_vqa']
+  BUILDER_CONFIG_NAMES_TO_TEST = ['tiny-captions', 'tiny-vqa', 'tiny-knowledge_vqa', 'tiny-creature_kind']
   SPLITS = {'train': 8, 'test': 4}
 
 

@@ -126,10 +126,13 @@ def test_counting_answers_use_digits_while_training_text_spells_numbers():
 def test_images_and_videos(world):
   img = _decode(world.record('captions', 'test', 0)['image'])
   assert img.shape == (32, 32, 3) and img.std() > 5
-  rec = world.record('video_qa', 'test', 1)
-  frames = [_decode(f).astype(int) for f in rec['frames']]
-  assert len(frames) == CFG.video_frames and rec['fps'] == CFG.video_fps
-  assert np.abs(frames[-1] - frames[0]).sum() > 0  # something moves or changes size
+  rec = world.record('video_text', 'train', 1)
+  assert len(rec['frames']) == CFG.video_frames and rec['fps'] == CFG.video_fps  # training clips as configured
+  for subset in ('video_qa', 'video_captions'):  # evaluation clips: 10 s at 3 FPS (the paper's 30-frame protocol)
+    rec = world.record(subset, 'test', 1)
+    frames = [_decode(f).astype(int) for f in rec['frames']]
+    assert len(frames) == 30 and rec['fps'] == 3.0
+    assert np.abs(frames[-1] - frames[0]).sum() > 0  # something moves or changes size
   page = world.record('interleaved', 'train', 2)
   assert len(page['images']) == len(page['image_positions']) >= 1
   assert all(0 <= p <= len(page['texts']) for p in page['image_positions'])
@@ -142,3 +145,23 @@ def test_eval_sets_have_support_and_test_splits():
   assert len(src) == CFG.num_records('vqa', 'test') and src[0]['id'] == 'vqa-test-0'
   with pytest.raises(IndexError):
     src[len(src)]
+
+
+def test_longer_eval_videos_left_every_other_draw_unchanged(world):
+  """Rendering the evaluation videos 30 frames long changed only their frames and fps: every record's text, and
+  the media of every other subset, hash as they did before (constant computed with the code of commit b9d0fcc)."""
+  import hashlib
+  import json
+
+  enc = lambda v: v.hex() if isinstance(v, bytes) else v  # noqa: E731
+  h = hashlib.sha256()
+  for subset in ('interleaved', 'alt_text', 'long_text', 'video_text', 'text', 'clip_pairs', 'captions', 'vqa',
+                 'knowledge_vqa', 'video_qa', 'video_captions'):  # the subsets of that commit
+    for split in CFG.splits(subset):
+      for i in range(min(6, CFG.num_records(subset, split))):
+        r = world.record(subset, split, i)
+        if subset in ('video_qa', 'video_captions'):
+          r = {k: v for k, v in r.items() if k not in ('frames', 'fps')}
+        h.update(json.dumps({k: [enc(x) for x in v] if isinstance(v, list) else enc(v) for k, v in r.items()},
+                            sort_keys=True).encode())
+  assert h.hexdigest() == '2eb5dd8489216dd4157e6802a4570885e5239e4fc63937192fbf2cc3c985f604'

@@ -42,8 +42,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """The generated world; every split is a deterministic function of the config's WorldConfig."""
 
   name = 'flamingo_world'
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': 'Evaluation videos last 10 s at 3 FPS (the paper\'s 30-frame protocol); creature_kind.'}
   BUILDER_CONFIGS = ([make_config(s, generate.WorldConfig(), name=s) for s in generate.SUBSET_KINDS] +
                      [make_config(s, TINY_WORLD, name=f'tiny-{s}') for s in generate.SUBSET_KINDS])
 

@@ -15,6 +15,14 @@ whole tf.data pipeline.
   video_qa:        id, frames: list[bytes], fps: float, question: str, answers: list[str], question_type: str
   video_captions:  id, frames: list[bytes], fps: float, captions: list[str]
   classification:  id, image: bytes, text: str, label: int   (HatefulMemes)
+  image_classification:  id, image: bytes, label: int   (ImageNet-style; class names come with the eval set)
+  dialog:          id, image: bytes, caption: str, history_questions: list[str], history_answers: list[str],
+                   question: str, options: list[str], relevance: list[float] (per option; [] when not
+                   annotated), answer_index: int (-1 when unknown)   (VisDial: one round)
+  video_choice:    id, frames, fps, question: str, options: list[str], answer_index: int, question_type: str
+                   (STAR: multiple choice)
+  video_retrieval: id, frames, fps, video_id: str, class_id: int, verb: str, noun: str, annotation: int
+                   (RareAct: one annotated (clip, class) row; 1 positive, 2-4 hard negatives, 0 negative)
 """
 
 from __future__ import annotations
@@ -24,10 +32,11 @@ from typing import Any
 import numpy as np
 
 KINDS = ('interleaved', 'pair', 'video_text', 'text', 'captions', 'vqa', 'video_qa', 'video_captions',
-         'classification')
+         'classification', 'image_classification', 'dialog', 'video_choice', 'video_retrieval')
 
-_STR = ('id', 'text', 'question', 'question_type')
-_STR_LIST = ('texts', 'captions', 'answers')
+_STR = ('id', 'text', 'question', 'question_type', 'caption', 'video_id', 'verb', 'noun')
+_STR_LIST = ('texts', 'captions', 'answers', 'history_questions', 'history_answers', 'options')
+_INT = ('label', 'answer_index', 'class_id', 'annotation')
 _BYTES_LIST = ('images', 'frames')
 
 
@@ -58,6 +67,19 @@ def tfds_features(kind: str):
     spec.update(frames=tfds.features.Sequence(encoded()), fps=np.float32, captions=tfds.features.Sequence(text()))
   elif kind == 'classification':
     spec.update(image=encoded(), text=text(), label=np.int32)
+  elif kind == 'image_classification':
+    spec.update(image=encoded(), label=np.int32)
+  elif kind == 'dialog':
+    spec.update(image=encoded(), caption=text(), history_questions=tfds.features.Sequence(text()),
+                history_answers=tfds.features.Sequence(text()), question=text(),
+                options=tfds.features.Sequence(text()), relevance=tfds.features.Sequence(np.float32),
+                answer_index=np.int32)
+  elif kind == 'video_choice':
+    spec.update(frames=tfds.features.Sequence(encoded()), fps=np.float32, question=text(),
+                options=tfds.features.Sequence(text()), answer_index=np.int32, question_type=text())
+  elif kind == 'video_retrieval':
+    spec.update(frames=tfds.features.Sequence(encoded()), fps=np.float32, video_id=text(), class_id=np.int32,
+                verb=text(), noun=text(), annotation=np.int32)
   else:
     raise ValueError(f'unknown record kind {kind!r}; choose from {KINDS}')
   return tfds.features.FeaturesDict(spec)
@@ -85,6 +107,9 @@ def normalize(rec: dict[str, Any]) -> dict[str, Any]:
     out['image_positions'] = [int(p) for p in out['image_positions']]
   if 'fps' in out:
     out['fps'] = float(out['fps'])
-  if 'label' in out:
-    out['label'] = int(out['label'])
+  for k in _INT:
+    if k in out:
+      out[k] = int(out[k])
+  if 'relevance' in out:
+    out['relevance'] = [float(r) for r in out['relevance']]
   return out

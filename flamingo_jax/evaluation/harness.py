@@ -7,8 +7,12 @@
 
 Per eval-set kind (flamingo_jax.data.schema): captions and video_captions -> beam search, 20 new tokens,
 CIDEr; vqa -> beam search, 5 new tokens, VQA accuracy; video_qa -> 5 new tokens, top-1 (MSVD-QA);
-classification -> ranking "no"/"yes" by log-likelihood, ROC-AUC of ll(yes) - ll(no). Generation stops at
-`<EOC>` or EOS; `<image>` is never generated.
+classification -> ranking "no"/"yes" by log-likelihood, ROC-AUC of ll(yes) - ll(no); image_classification /
+video_retrieval -> ranking every class name of the eval set (top-1 accuracy / RareAct mWAP); dialog /
+video_choice -> ranking each record's own options (VisDial NDCG / STAR accuracy). An eval-set entry's
+`metric` overrides its kind's (iVQA accuracy, NExT-QA WUPS). Generation stops at `<EOC>` or EOS; `<image>` is
+never generated. Close-ended cells with ensemble=K average the candidates' log-likelihoods over K orders of
+the shots (the paper's prompt ensembling, Appendix A.2).
 
 Batches: queries are grouped in fixed-size batches (the last is padded with copies, dropped afterwards),
 prompts left-padded to a power-of-two bucket, media padded to shots + 1 images, so each cell compiles
@@ -26,7 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from flamingo_jax.evaluation import decoding, metrics, prompts, rices
+from flamingo_jax.evaluation import decoding, heldout_metrics, metrics, prompts, rices
 from flamingo_jax.progress import Progress
 
 OPEN_ENDED = {  # kind -> (max new tokens, metric)
@@ -35,13 +39,16 @@ OPEN_ENDED = {  # kind -> (max new tokens, metric)
     "vqa": (5, "vqa_accuracy"),
     "video_qa": (5, "top1"),
 }
-CLOSE_ENDED = {"classification": "roc_auc"}
+CLOSE_ENDED = {"classification": "roc_auc", "image_classification": "accuracy", "video_retrieval": "mwap",
+               "dialog": "ndcg", "video_choice": "accuracy"}
 # Paper / DEV names accepted for the world's analogues.
 ALIASES = {"coco": "captions", "vqav2": "vqa", "okvqa": "knowledge_vqa", "msvdqa": "video_qa",
            "msvd_qa": "video_qa", "vatex": "video_captions"}
 
 
-def metric_name(kind: str) -> str:
+def metric_name(kind: str, metric: str = "") -> str:
+    if metric:
+        return metric
     if kind in OPEN_ENDED:
         return OPEN_ENDED[kind][1]
     if kind in CLOSE_ENDED:
@@ -66,13 +73,27 @@ class EvalData:
             return task
         if ALIASES.get(task) in sets:
             return ALIASES[task]
-        raise ValueError(f"unknown eval set {task!r}; configured: {sorted(sets)}")
+        self._eval_sets.entry(self.config, task)  # a world task outside the default five, or a one-line error
+        return task
 
     def kind(self, task: str) -> str:
-        return self.config.eval_sets[task].kind
+        return self._eval_sets.entry(self.config, task).kind
+
+    def metric(self, task: str) -> str:
+        """The entry's metric, else its kind's (adapters that serve tasks without entries get the kind's)."""
+        entry = (self.config.get("eval_sets") or {}).get(task) or self._eval_sets.world_extra_eval_sets().get(task)
+        return metric_name(self.kind(task), entry.get("metric", "") if entry else "")
 
     def frames(self, task: str) -> int:
-        return int(self.config.eval_sets[task].frames) if self.kind(task).startswith("video") else 1
+        return int(self._eval_sets.entry(self.config, task).frames) if self.kind(task).startswith("video") else 1
+
+    def class_names(self, task: str) -> list[str]:
+        """The class list of a class-ranking task; RareAct's: "verb noun" per class id, from its rows."""
+        if self.kind(task) != "video_retrieval":
+            return self._eval_sets.class_names(self.config, task)
+        rows = self.source(task, "query")
+        by_id = {int(r["class_id"]): f"{r['verb']} {r['noun']}" for r in (rows[i] for i in range(len(rows)))}
+        return [by_id[k] for k in sorted(by_id)]
 
     def source(self, task: str, split: str) -> Sequence[Mapping[str, Any]]:
         if (task, split) not in self._sources:
@@ -85,7 +106,7 @@ class EvalData:
 
     def identity(self, task: str) -> dict:
         """What determines the support pool's content (the RICES cache key)."""
-        e = self.config.eval_sets[task]
+        e = self._eval_sets.entry(self.config, task)
         world = self.config.world.to_dict() if e.builder == "flamingo_world" else {}
         return dict(task=task, entry=e.to_dict(), world=world, image_size=self.config.image_size,
                     source=self.config.source, size=len(self.source(task, "support")))
@@ -106,6 +127,8 @@ class Evaluator:
     cache_dir: str = ""
     progress: bool = True
     mesh: Any = None
+    ensemble: int = 1            # close-ended: average over this many orders of the shots
+    rank_chunk: int = 64         # class-list candidates scored per Decoder.rank call
 
     def __post_init__(self):
         v = self.data.vocab
@@ -136,7 +159,9 @@ class Evaluator:
         return rices.cached_features(cache_dir, key, lambda: self._rices_features(task, pool))
 
     def _choose(self, task, shots, seed, selection, indices, queries, pool_size):
-        n = shots if shots > 0 else 2  # zero-shot: two text-only examples
+        n = shots or prompts.text_only_shots(self.data.kind(task), shots)  # zero-shot open-ended: two text-only
+        if n == 0:
+            return [[] for _ in indices]
         if selection == "random":
             return [prompts.random_support(pool_size, n, seed, q) for q in indices]
         if selection == "rices":
@@ -158,42 +183,95 @@ class Evaluator:
         prog = Progress(f"[evaluate] {task} {shots}-shot seed {seed} shard {shard[0]}/{shard[1]}:", len(mine),
                         unit="queries", enabled=self.progress, stream=sys.stderr)
         support_media: dict[int, np.ndarray] = {}
-        frames = self.data.frames(task)
+        classes = self.data.class_names(task) if kind in prompts.CLASS_LIST_KINDS else None
         outputs = []
         for start in range(0, len(mine), self.batch_size):
             idx = mine[start:start + self.batch_size]
             recs = [queries[i] for i in idx]
             chosen = self._choose(task, shots, seed, selection, idx, recs, len(pool))
-            built = [prompts.build_prompt(vocab, kind, [pool[j] for j in sup], sup, rec, text_only=shots == 0,
-                                          seed=seed, query_index=q)
-                     for q, rec, sup in zip(idx, recs, chosen)]
-            rows = [p.tokens for p in built] + [built[-1].tokens] * (self.batch_size - len(built))
-            toks, tmask = decoding.left_pad(rows, decoding.bucket(max(len(r) for r in rows), 32), vocab.pad_id)
-            t = shots + 1
-            size = self.data.config.image_size
-            images = np.zeros((self.batch_size, t, frames, size, size, 3), np.float32)
-            image_mask = np.zeros((self.batch_size, t), bool)
-            for r, (p, rec) in enumerate(zip(built, recs)):
-                for m, j in enumerate(p.support):
-                    if j not in support_media:
-                        support_media[j] = self.data.media(task, pool[j])
-                    images[r, m] = support_media[j]
-                images[r, len(p.support)] = self.data.media(task, rec)
-                image_mask[r, :len(p.support) + 1] = True
-            visual = self.decoder.encode(self.params, images)  # once per prompt
-            outputs += self._run_batch(kind, toks, tmask, visual, image_mask, idx, recs)
+            batch = (task, kind, shots, seed, idx, recs, pool, support_media, classes)
+            if kind not in CLOSE_ENDED:
+                outputs += self._run_batch(kind, *self._inputs(*batch, chosen), idx, recs)
+            else:  # prompt ensembling: the candidates' log-likelihoods averaged over orders of the shots
+                n_orders = self.ensemble if shots > 0 else 1
+                orders = [prompts.shot_orders(len(sup), n_orders, seed, q) for q, sup in zip(idx, chosen)]
+                summed = None
+                for e in range(n_orders):
+                    permuted = [[sup[i] for i in o[e]] for sup, o in zip(chosen, orders)]
+                    ll = self._rank(kind, *self._inputs(*batch, permuted), recs, classes)
+                    summed = ll if summed is None else [x + y for x, y in zip(summed, ll)]
+                outputs += self._close_outputs(kind, idx, recs, [x / n_orders for x in summed], classes)
             prog.update(len(idx))
         return outputs
 
+    def _inputs(self, task, kind, shots, seed, idx, recs, pool, support_media, classes, chosen):
+        """Left-padded prompt tokens and masks [B, L], visual tokens (encoded once per prompt) and the image
+        mask [B, shots + 1] of one batch of queries with the given support indices (in prompt order)."""
+        vocab = self.data.vocab
+        built = [prompts.build_prompt(vocab, kind, [pool[j] for j in sup], sup, rec, text_only=shots == 0,
+                                      seed=seed, query_index=q, classes=classes)
+                 for q, rec, sup in zip(idx, recs, chosen)]
+        rows = [p.tokens for p in built] + [built[-1].tokens] * (self.batch_size - len(built))
+        toks, tmask = decoding.left_pad(rows, decoding.bucket(max(len(r) for r in rows), 32), vocab.pad_id)
+        t = shots + 1
+        size = self.data.config.image_size
+        images = np.zeros((self.batch_size, t, self.data.frames(task), size, size, 3), np.float32)
+        image_mask = np.zeros((self.batch_size, t), bool)
+        for r, (p, rec) in enumerate(zip(built, recs)):
+            for m, j in enumerate(p.support):
+                if j not in support_media:
+                    support_media[j] = self.data.media(task, pool[j])
+                images[r, m] = support_media[j]
+            images[r, len(p.support)] = self.data.media(task, rec)
+            image_mask[r, :len(p.support) + 1] = True
+        visual = self.decoder.encode(self.params, images)  # once per prompt
+        return toks, tmask, visual, image_mask
+
+    def _rank(self, kind, toks, tmask, visual, image_mask, recs, classes) -> list[np.ndarray]:
+        """Log-likelihood of every candidate, per query: float[C] (C = the class list, or the record's options)."""
+        vocab = self.data.vocab
+        if kind not in prompts.OPTION_KINDS:  # one candidate list for the whole batch
+            cands = prompts.candidate_tokens(vocab, kind, classes)
+            return list(self._rank_rows(toks, tmask, visual, image_mask, cands)[:len(recs)])
+        out = []
+        for r, rec in enumerate(recs):  # each query ranks its own options: one prompt row at a time
+            cands = prompts.candidate_tokens(vocab, kind, rec["options"])
+            one = lambda x: x[r:r + 1]  # noqa: E731 (static slices: no host transfer under a mesh)
+            if self.mesh is not None:  # the batch must still split over the mesh: repeat the row
+                one = lambda x: np.repeat(x[r:r + 1], len(toks), 0) if isinstance(x, np.ndarray) else (  # noqa: E731
+                    jax.numpy.repeat(x[r:r + 1], len(toks), 0))
+            out.append(self._rank_rows(one(toks), one(tmask), one(visual), one(image_mask), cands)[0])
+        return out
+
+    def _rank_rows(self, toks, tmask, visual, image_mask, cands) -> np.ndarray:
+        """float[B, C] via Decoder.rank, rank_chunk candidates per call (padded to one shape: one compile)."""
+        vocab = self.data.vocab
+        width, chunk = max(map(len, cands)), min(self.rank_chunk, len(cands))
+        parts = []
+        for i in range(0, len(cands), chunk):
+            part = cands[i:i + chunk]
+            ctoks, cmask = decoding.right_pad(part + [part[-1]] * (chunk - len(part)), width, vocab.pad_id)
+            ll = jax.device_get(self.decoder.rank(self.params, toks, tmask, visual, image_mask, ctoks, cmask))
+            parts.append(np.asarray(ll)[:, :len(part)])
+        return np.concatenate(parts, axis=1)
+
+    def _close_outputs(self, kind, idx, recs, lls, classes) -> list[dict]:
+        res = []
+        for i, rec, ll in zip(idx, recs, lls):
+            best = int(np.argmax(ll))
+            o = dict(id=rec["id"], index=i)
+            if kind in prompts.CLASSIFICATION_KINDS:
+                o.update(prediction=prompts.CLASS_NAMES[best], score=float(ll[1] - ll[0]))
+            elif kind in ("image_classification", "video_choice"):
+                o.update(prediction=(classes or rec.get("options"))[best], choice=best)
+            else:  # dialog, video_retrieval: their metrics rank every candidate's score
+                o.update(prediction=(rec["options"] if kind == "dialog" else classes)[best],
+                         scores=[float(x) for x in ll])
+            res.append(o)
+        return res
+
     def _run_batch(self, kind, toks, tmask, visual, image_mask, idx, recs) -> list[dict]:
         vocab = self.data.vocab
-        n = len(idx)
-        if kind in CLOSE_ENDED:
-            cands = prompts.candidate_tokens(vocab, kind)
-            ctoks, cmask = decoding.right_pad(cands, max(map(len, cands)), vocab.pad_id)
-            ll = jax.device_get(self.decoder.rank(self.params, toks, tmask, visual, image_mask, ctoks, cmask))[:n]
-            return [dict(id=r["id"], index=i, prediction=prompts.CLASS_NAMES[int(np.argmax(l))],
-                         score=float(l[1] - l[0])) for i, r, l in zip(idx, recs, ll)]
         max_new = OPEN_ENDED[kind][0]
         gen = decoding.GenerationConfig(max_new_tokens=max_new, num_beams=self.num_beams,
                                         length_penalty=self.length_penalty,
@@ -208,12 +286,13 @@ class Evaluator:
 
     def score(self, task: str, outputs: Sequence[Mapping[str, Any]]) -> float:
         """The cell's metric as a fraction, from all shards' outputs."""
-        return score_outputs(self.data.kind(task), outputs, self.data.source(task, "query"))
+        return score_outputs(self.data.kind(task), outputs, self.data.source(task, "query"), self.data.metric(task))
 
 
-def score_outputs(kind: str, outputs: Sequence[Mapping[str, Any]], queries: Sequence[Mapping[str, Any]]) -> float:
+def score_outputs(kind: str, outputs: Sequence[Mapping[str, Any]], queries: Sequence[Mapping[str, Any]],
+                  metric: str = "") -> float:
     recs = {o["index"]: queries[o["index"]] for o in outputs}
-    metric = metric_name(kind)
+    metric = metric_name(kind, metric)
     if metric == "cider":
         return metrics.cider({o["id"]: o["prediction"] for o in outputs},
                              {recs[o["index"]]["id"]: recs[o["index"]]["captions"] for o in outputs})
@@ -223,4 +302,19 @@ def score_outputs(kind: str, outputs: Sequence[Mapping[str, Any]], queries: Sequ
         return metrics.top1([o["prediction"] for o in outputs], [recs[o["index"]]["answers"] for o in outputs])
     if metric == "roc_auc":
         return metrics.roc_auc([o["score"] for o in outputs], [recs[o["index"]]["label"] for o in outputs])
+    if metric == "accuracy":
+        key = "label" if kind == "image_classification" else "answer_index"
+        return heldout_metrics.accuracy([o["choice"] for o in outputs], [recs[o["index"]][key] for o in outputs])
+    if metric == "ndcg":  # rounds with dense relevance annotations only
+        rated = [o for o in outputs if recs[o["index"]].get("relevance")]
+        return heldout_metrics.ndcg([recs[o["index"]]["relevance"] for o in rated], [o["scores"] for o in rated])
+    if metric == "mwap":  # score columns follow the sorted class ids of the whole query split
+        column = {c: j for j, c in enumerate(sorted({int(queries[i]["class_id"]) for i in range(len(queries))}))}
+        rows = [dict(recs[o["index"]], class_id=column[int(recs[o["index"]]["class_id"])]) for o in outputs]
+        return heldout_metrics.rareact_mwap(np.array([o["scores"] for o in outputs]), rows)
+    if metric == "ivqa_accuracy":
+        return float(np.mean([heldout_metrics.ivqa_accuracy(o["prediction"], recs[o["index"]]["answers"])
+                              for o in outputs]))
+    if metric == "wups":
+        return float(np.mean([heldout_metrics.wups(o["prediction"], recs[o["index"]]["answers"][0]) for o in outputs]))
     raise ValueError(metric)

@@ -10,7 +10,10 @@ Subsets (kind in parentheses; record schemas in flamingo_jax/data/schema.py):
               clip_pairs (pair, contrastive vision pretraining)
   evaluation: captions (captions, COCO-like), vqa (vqa, VQAv2-like), knowledge_vqa (vqa, OKVQA-like:
               answers are facts from the text corpus), video_qa (video_qa, MSVDQA-like),
-              video_captions (video_captions, VATEX-like); 'train' split = few-shot support pool.
+              video_captions (video_captions, VATEX-like), creature_kind (image_classification,
+              ImageNet-like: one creature, which of the n_entities kinds); 'train' split = few-shot support pool.
+Evaluation videos (video_qa, video_captions) last EVAL_VIDEO_SECONDS at EVAL_VIDEO_FPS, long enough for the
+paper's inference protocol of 30 frames at 3 FPS; training clips keep video_frames at video_fps.
 
 Few-shot prompts matter: VQA answers are one word, counts are digits (the training text spells
 numbers out), knowledge answers are made-up words, so the answer format is learnt from the shots.
@@ -29,10 +32,10 @@ SUBSET_KINDS: dict[str, str] = {
     'interleaved': 'interleaved', 'alt_text': 'pair', 'long_text': 'pair', 'video_text': 'video_text',
     'text': 'text', 'clip_pairs': 'pair',
     'captions': 'captions', 'vqa': 'vqa', 'knowledge_vqa': 'vqa', 'video_qa': 'video_qa',
-    'video_captions': 'video_captions',
+    'video_captions': 'video_captions', 'creature_kind': 'image_classification',
 }
 TRAIN_SUBSETS = ('interleaved', 'alt_text', 'long_text', 'video_text', 'text', 'clip_pairs')
-EVAL_SUBSETS = ('captions', 'vqa', 'knowledge_vqa', 'video_qa', 'video_captions')
+EVAL_SUBSETS = ('captions', 'vqa', 'knowledge_vqa', 'video_qa', 'video_captions', 'creature_kind')
 _SUBSET_IDS = {name: i + 1 for i, name in enumerate(SUBSET_KINDS)}
 _SPLIT_IDS = {'train': 0, 'test': 1}
 
@@ -42,8 +45,13 @@ DEFAULT_SIZES: dict[str, dict[str, int]] = {
     'video_text': {'train': 1000}, 'text': {'train': 4000}, 'clip_pairs': {'train': 4000},
     'captions': {'train': 400, 'test': 200}, 'vqa': {'train': 400, 'test': 200},
     'knowledge_vqa': {'train': 400, 'test': 200}, 'video_qa': {'train': 200, 'test': 100},
-    'video_captions': {'train': 200, 'test': 100},
+    'video_captions': {'train': 200, 'test': 100}, 'creature_kind': {'train': 400, 'test': 200},
 }
+# The paper evaluates video on 30 frames at 3 FPS (its temporal embeddings, learnt on 8 frames, linearly
+# interpolated): evaluation clips are rendered that long. Only their pixels change with this (drawn from the
+# media stream); their text and every training record are the same draws as before.
+EVAL_VIDEO_FPS = 3.0
+EVAL_VIDEO_SECONDS = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,10 +103,11 @@ class World:
     return render.encode_png(render.render(list(scene.objs), scene.bg, self.config.image_size, self.entities,
                                            rng.rng))
 
-  def clip_frames(self, clip: scenes.Clip, rng: _MediaRng) -> list[bytes]:
+  def clip_frames(self, clip: scenes.Clip, rng: _MediaRng, n: int | None = None) -> list[bytes]:
+    """n frames (default video_frames) spanning the clip's whole motion."""
     if not rng.media:
       return []
-    size, n = self.config.image_size, self.config.video_frames
+    size, n = self.config.image_size, n or self.config.video_frames
     rng = rng.rng
     bg = render.background(clip.scene.bg, size, rng)  # static camera: one background per clip
     frames = []
@@ -184,12 +193,15 @@ class World:
     a = {'home': e.home, 'food': e.food, 'sound': e.sound}[qtype]
     return {'image': self.image(scene, mrng), 'question': q, 'answers': [a] * 10, 'question_type': qtype}
 
-  def _clip(self, rng, mrng):
+  def _clip(self, rng, mrng, evaluation: bool = True):
     clip = scenes.sample_clip(rng, self.config.n_entities)
-    return clip, {'frames': self.clip_frames(clip, mrng), 'fps': float(self.config.video_fps)}
+    if not evaluation:
+      return clip, {'frames': self.clip_frames(clip, mrng), 'fps': float(self.config.video_fps)}
+    n = int(round(EVAL_VIDEO_SECONDS * EVAL_VIDEO_FPS))
+    return clip, {'frames': self.clip_frames(clip, mrng, n), 'fps': EVAL_VIDEO_FPS}
 
   def _video_text(self, rng, mrng):
-    clip, rec = self._clip(rng, mrng)
+    clip, rec = self._clip(rng, mrng, evaluation=False)
     rec['text'] = scenes.clip_text(clip, self.entities, rng)
     return rec
 
@@ -215,6 +227,12 @@ class World:
       q, a = 'How many objects are there?', str(len(clip.scene.objs))
     rec.update(question=q, answers=[a], question_type=qtype)
     return rec
+
+  def _creature_kind(self, rng, mrng):
+    """One creature in a scene; label = its kind (an index into the world's entities, whose names are the
+    class list): the ImageNet-style close-ended task, ranked over every kind's name."""
+    scene = scenes.sample_scene(rng, self.config.n_entities, n_objects=1)
+    return {'image': self.image(scene, mrng), 'label': int(scene.objs[0].entity)}
 
   def _interleaved(self, rng, mrng):
     """A page: text segments with images between them; the describing sentence comes before or after
