@@ -165,3 +165,25 @@ def tar_pairs(tar_path: Path) -> Iterator[tuple[str, dict]]:
   for stem in sorted(set(images) | set(texts)):
     key = f'{tar_path.stem}/{stem}'
     yield key, {'id': key, 'image': images.get(stem, b''), 'text': texts.get(stem, '')}
+
+
+def frames_fps(root: Path) -> float:
+  """The rate frames were extracted at: <root>/frames_fps.txt, default 1."""
+  f = root / 'frames_fps.txt'
+  return float(f.read_text().strip()) if f.exists() else 1.0
+
+
+def segment_frames(folder: Path, fps: float, start: float | None = None, end: float | None = None) -> list[bytes]:
+  """The encoded frames of a folder extracted at `fps` whose time i / fps lies in [start, end) (the whole
+  folder without bounds); a folder that is absent gives [] (the pipeline drops the record)."""
+  files = frame_files(folder)
+  if start is not None:
+    files = [p for i, p in enumerate(files) if start <= i / fps < (end if end is not None else float('inf'))]
+  return [read_bytes(p) for p in files]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+  import csv
+
+  with open(require(path, path.name), newline='') as f:
+    return list(csv.DictReader(f))

@@ -151,4 +151,89 @@ for v in ('AbC_000010_000020', 'XyZ_000000_000010', 'QqQ_000005_000015'):
 js(r / 'vatex_training_v1.0.json', [{'videoID': v, 'enCap': [f'caption {k} of {v}' for k in range(10)], 'chCap': ['x'] * 10}
                                     for v in ('AbC_000010_000020', 'XyZ_000000_000010')])
 js(r / 'vatex_validation_v1.0.json', [{'videoID': 'QqQ_000005_000015', 'enCap': ['a person cooks'] * 10, 'chCap': ['x'] * 10}])
+# ---- the held-out benchmarks (issue 19) --------------------------------------------------------------
+def frames(folder, n):
+  for f in range(n): img(Path(folder) / f'{f:05d}.jpg')
+
+# visdial: 3-round dialogs (10 in the release), 100 answer options per round, dense relevance for one val round
+r = D / 'visdial/dummy_data'
+img(r / 'images/train2014/COCO_train2014_000000000009.jpg'); img(r / 'images/val2014/COCO_val2014_000000000011.jpg')
+img(r / 'images/VisualDialog_val2018/VisualDialog_val2018_000000185565.jpg'); img(r / 'images/VisualDialog_val2018/VisualDialog_val2018_000000284024.jpg')
+qs = ['is it sunny', 'how many people are there', 'what color is the car', 'is there a dog']
+ans = ['yes', 'no', 'two', 'red'] + [f'answer {k}' for k in range(96)]
+def rounds(pairs, shift):
+  return [{'question': q, 'answer': a, 'answer_options': [(a + k + shift) % 100 for k in range(100)], 'gt_index': (-shift) % 100}
+          for q, a in pairs]
+js(r / 'visdial_1.0_train.json', {'version': '1.0', 'split': 'train', 'data': {'questions': qs, 'answers': ans, 'dialogs': [
+  {'image_id': 9, 'caption': 'a car parked on a street', 'dialog': rounds([(0, 0), (2, 3), (1, 2)], 0)},
+  {'image_id': 11, 'caption': 'a dog in a park', 'dialog': rounds([(3, 0), (1, 1), (0, 1)], 5)}]}})
+js(r / 'visdial_1.0_val.json', {'version': '1.0', 'split': 'val', 'data': {'questions': qs, 'answers': ans, 'dialogs': [
+  {'image_id': 185565, 'caption': 'two people on a beach', 'dialog': rounds([(0, 0), (1, 2), (3, 1)], 0)},
+  {'image_id': 284024, 'caption': 'a red car', 'dialog': rounds([(2, 3), (0, 1)], 0)}]}})
+js(r / 'visdial_1.0_val_dense_annotations.json', [{'image_id': 185565, 'round_id': 2,
+   'gt_relevance': [1.0, 0.5] + [0.0] * 97 + [0.25]}])
+
+# youcook2: recipe videos with annotated segments (seconds) and their frames at 1 FPS
+r = D / 'youcook2/dummy_data'
+for v in ('GLd3aX16zBg', 'xHr8X2Wpmno'): frames(r / 'frames' / v, 8)
+(r / 'frames_fps.txt').write_text('1\n')
+js(r / 'youcookii_annotations_trainval.json', {'database': {
+  'GLd3aX16zBg': {'duration': 8.0, 'subset': 'training', 'recipe_type': '113', 'video_url': 'https://www.youtube.com/watch?v=GLd3aX16zBg',
+                  'annotations': [{'segment': [0, 3], 'id': 0, 'sentence': 'spread margarine on two slices of white bread'},
+                                  {'segment': [3, 7], 'id': 1, 'sentence': 'place a slice of cheese on the bread'}]},
+  'xHr8X2Wpmno': {'duration': 8.0, 'subset': 'validation', 'recipe_type': '101', 'video_url': 'https://www.youtube.com/watch?v=xHr8X2Wpmno',
+                  'annotations': [{'segment': [2, 6], 'id': 0, 'sentence': 'add the chopped onions to the pan'}]}}})
+
+# msrvtt-qa
+r = D / 'msrvtt_qa/dummy_data'
+for v in range(4): frames(r / f'frames/video{v}', 4)
+(r / 'frames_fps.txt').write_text('1\n')
+js(r / 'train_qa.json', [{'answer': 'cartoon', 'category_id': 3, 'id': 0, 'question': 'what is a cartoon doing?', 'video_id': 0},
+                         {'answer': 'dance', 'category_id': 3, 'id': 1, 'question': 'what are the people doing?', 'video_id': 1}])
+js(r / 'val_qa.json', [{'answer': 'man', 'category_id': 9, 'id': 2, 'question': 'who is talking?', 'video_id': 2}])
+js(r / 'test_qa.json', [{'answer': 'car', 'category_id': 4, 'id': 3, 'question': 'what is shown?', 'video_id': 3}])
+
+# ivqa: clips of longer videos, five answers each
+r = D / 'ivqa/dummy_data'
+for v in ('5sKmRk8o7YE', 'Rj3Hw1Vd9Jc', 'q8UXlB0Y2Hs'): frames(r / 'frames' / v, 8)
+(r / 'frames_fps.txt').write_text('1\n')
+hdr = 'video_id,start,end,question,answer1,answer2,answer3,answer4,answer5\n'
+(r / 'train.csv').write_text(hdr + '5sKmRk8o7YE,0,4,what is the man cutting,onion,onion,onions,onion,carrot\n'
+                                   'Rj3Hw1Vd9Jc,2,6,what tool is used,knife,knife,knife,blade,knife\n')
+(r / 'val.csv').write_text(hdr + 'q8UXlB0Y2Hs,1,5,what is in the bowl,flour,flour,flour,sugar,flour\n')
+(r / 'test.csv').write_text(hdr + 'q8UXlB0Y2Hs,3,8,what does she pour,milk,milk,water,milk,milk\n')
+
+# rareact: three (verb, noun) classes; positives, hard negatives and negatives (as in the metric test)
+r = D / 'rareact/dummy_data'
+for v in ('7frRY7aGwMU', 'aBcD3fGh1jK', 'Zz9yXw8vU7t', 'Qq1wE2rT3yU'): frames(r / 'frames' / v, 6)
+(r / 'frames_fps.txt').write_text('1\n')
+(r / 'rareact.csv').write_text('id,video_id,start,end,class_id,verb,noun,annotation\n'
+  '0,7frRY7aGwMU,0,2,0,cut,laptop,1\n1,7frRY7aGwMU,3,5,0,cut,laptop,1\n2,aBcD3fGh1jK,0,3,0,cut,laptop,0\n'
+  '3,Zz9yXw8vU7t,1,4,1,cut,bread,1\n4,Qq1wE2rT3yU,0,2,1,cut,bread,2\n5,Qq1wE2rT3yU,2,5,2,wash,laptop,1\n')
+
+# nextqa (NExT-OE): videos found through map_vid_vidorID.json
+r = D / 'nextqa/dummy_data'
+for v in ('1001/4010069381', '1002/3233088823', '1003/8783897632'): frames(r / 'frames' / v, 5)
+(r / 'frames_fps.txt').write_text('1\n')
+js(r / 'map_vid_vidorID.json', {'4010069381': '1001/4010069381', '3233088823': '1002/3233088823', '8783897632': '1003/8783897632'})
+hdr = 'video,frame_count,width,height,question,answer,qid,type\n'
+(r / 'train.csv').write_text(hdr + '4010069381,369,640,480,what are the people doing in the video,performing,9,TC\n'
+                                   '4010069381,369,640,480,why does the lady walk away,help man,3,CW\n')
+(r / 'val.csv').write_text(hdr + '3233088823,462,640,480,how is the bulldozer controlled,from the drivers cabin,3,CH\n')
+(r / 'test.csv').write_text(hdr + '8783897632,974,640,360,how many people are filmed,two,9,DC\n')
+
+# star: Charades clips, four choices (no test file here: its split is left out)
+r = D / 'star/dummy_data'
+for v in ('6H78U', 'YSKX3'): frames(r / 'frames' / v, 6)
+(r / 'frames_fps.txt').write_text('1\n')
+def star(qid, q, vid, s, e, choices, answer):
+  return {'question_id': qid, 'question': q, 'video_id': vid, 'start': s, 'end': e, 'answer': answer,
+          'choices': [{'choice_id': k, 'choice': c, 'choice_program': []} for k, c in enumerate(choices)], 'situations': {}}
+js(r / 'STAR_train.json', [star('Interaction_T1_13', 'Which object was tidied up by the person?', '6H78U', 0.5, 4.2,
+                                ['The closet/cabinet.', 'The blanket.', 'The clothes.', 'The table.'], 'The clothes.'),
+                           star('Sequence_T1_6', 'What did the person do after opening the door?', '6H78U', 1.0, 5.0,
+                                ['Sat on the bed.', 'Took the cup.', 'Closed the door.', 'Put down the book.'], 'Took the cup.')])
+js(r / 'STAR_val.json', [star('Prediction_T1_3', 'What will the person do next?', 'YSKX3', 0.0, 3.5,
+                              ['Open the laptop.', 'Eat the sandwich.', 'Throw the towel.', 'Wash the dish.'], 'Eat the sandwich.')])
+print('held-out benchmarks done')
 print('done')

@@ -77,6 +77,13 @@ TextvqaTest = _case('textvqa', {'train': 2, 'validation': 1})
 HatefulMemesTest = _case('hateful_memes', {'train': 3, 'dev_seen': 2})
 MsvdQaTest = _case('msvd_qa', {'train': 3, 'validation': 1, 'test': 1})
 VatexTest = _case('vatex', {'train': 2, 'validation': 1})
+VisdialTest = _case('visdial', {'train': 2, 'validation': 2})
+Youcook2Test = _case('youcook2', {'train': 2, 'validation': 1})
+MsrvttQaTest = _case('msrvtt_qa', {'train': 2, 'validation': 1, 'test': 1})
+IvqaTest = _case('ivqa', {'train': 2, 'validation': 1, 'test': 1})
+RareactTest = _case('rareact', {'test': 6})
+NextqaTest = _case('nextqa', {'train': 2, 'validation': 1, 'test': 1})
+StarTest = _case('star', {'train': 2, 'validation': 1})
 
 
 def _records(name, split, tmp_path, config=None):
@@ -125,3 +132,28 @@ def test_missing_manual_files_name_the_fix(tmp_path):
     builders.prepare('vqav2', data_dir=str(tmp_path / 'd'), manual_dir=str(manual))
   with pytest.raises(ValueError, match='unknown dataset builder'):
     builders.builder_class('coco')
+
+
+def test_heldout_builders_read_their_layouts(tmp_path):
+  """The seven held-out benchmarks' records as their official files lay them out."""
+  dialog = _records('visdial', 'validation', tmp_path / 'vd')
+  rnd = dialog['185565_2']  # the densely annotated round, with the round before it as history
+  assert rnd['history_questions'] == ['is it sunny'] and rnd['history_answers'] == ['yes']
+  assert rnd['question'] == 'how many people are there' and len(rnd['options']) == 100
+  assert rnd['options'][rnd['answer_index']] == 'two' and rnd['relevance'][:2] == [1.0, 0.5]
+  assert dialog['284024_2']['relevance'] == []  # not densely annotated: its last round, no relevance
+  assert _records('visdial', 'train', tmp_path / 'vt')['9_1']['image'][:2] == b'\xff\xd8'
+  cook = _records('youcook2', 'train', tmp_path / 'yc')
+  assert cook['GLd3aX16zBg_1']['captions'] == ['place a slice of cheese on the bread']
+  assert len(cook['GLd3aX16zBg_0']['frames']) == 3 and len(cook['GLd3aX16zBg_1']['frames']) == 4  # [0,3), [3,7) s
+  ivqa = _records('ivqa', 'train', tmp_path / 'iv')
+  (first,) = [r for k, r in ivqa.items() if k.startswith('5sKmRk8o7YE')]
+  assert first['answers'] == ['onion', 'onion', 'onions', 'onion', 'carrot'] and len(first['frames']) == 4
+  rare = _records('rareact', 'test', tmp_path / 'ra')
+  assert [rare[str(i)]['annotation'] for i in range(6)] == [1, 1, 0, 1, 2, 1]
+  assert rare['5']['verb'] == 'wash' and rare['5']['class_id'] == 2 and len(rare['5']['frames']) == 3
+  nxt = _records('nextqa', 'validation', tmp_path / 'nq')['3233088823_3']
+  assert nxt['answers'] == ['from the drivers cabin'] and nxt['question_type'] == 'CH' and len(nxt['frames']) == 5
+  star = _records('star', 'train', tmp_path / 'st')['Interaction_T1_13']
+  assert star['options'][star['answer_index']] == 'The clothes.' and star['question_type'] == 'Interaction'
+  assert _records('msrvtt_qa', 'test', tmp_path / 'mq')['3']['answers'] == ['car']

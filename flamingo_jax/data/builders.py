@@ -29,6 +29,8 @@ BUILDERS = {name: name for name in (
     'interleaved_generic', 'mmc4', 'image_text_pairs', 'video_text_frames',
     # evaluation sets from their official files
     'coco_karpathy', 'flickr30k', 'vqav2', 'okvqa', 'vizwiz', 'textvqa', 'hateful_memes', 'msvd_qa', 'vatex',
+    # the paper's other held-out benchmarks
+    'visdial', 'youcook2', 'msrvtt_qa', 'ivqa', 'rareact', 'nextqa', 'star',
 )}
 
 
