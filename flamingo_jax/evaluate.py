@@ -1,6 +1,12 @@
 """Few-shot evaluation: python -m flamingo_jax.evaluate --config experiments/X.py[:arg] --workdir DIR
     [--checkpoint PATH] [--tasks captions,vqa,...|coco,vqav2,...] [--shots 0,4,8,16,32]
     [--selection random|rices] [--seeds 3] [--batch_size 8] [--max_queries N] [--num_shards N --shard_index I]
+    [--ensemble K] [--protocol official|dev]
+
+--ensemble K: close-ended cells average each candidate's log-likelihood over K orders of the shots (the
+paper's prompt ensembling, Appendix A.2; it used 6); they are stored as their own rows ('<selection>-ensembleK').
+--protocol dev: support and queries carved from each eval set's training split (eval_sets.dev_protocol: 2048
+support, 1024 queries, COCO 5000), the paper's DEV protocol; 'official' uses the entries' splits.
 
 Writes DIR/eval/results.json and DIR/eval/results.md (mean +- std over seeds, in the tables' units: CIDEr
 x100, accuracy and AUC in %). Each (task, shots, seed, selection, checkpoint) cell is cached: its shards'
@@ -99,6 +105,20 @@ def cell_key(task: str, shots: int, seed: int, selection: str, checkpoint_id: st
     return f"{task}-{shots}shot-{selection}-seed{seed}-{checkpoint_id}"
 
 
+def cell_label(selection: str, ensemble: int, kind: str) -> str:
+    """A cell's selection label: close-ended cells ensembled over K orders of the shots are rows of their own."""
+    return f"{selection}-ensemble{ensemble}" if ensemble > 1 and kind in harness.CLOSE_ENDED else selection
+
+
+def summarize_run(cells: Mapping[str, Mapping[str, Any]], checkpoint_id: str, selection: str, ensemble: int = 1
+                  ) -> dict:
+    """summarize() of one run's cells: the plain ones, with its ensembled close-ended cells in their place."""
+    out = summarize(cells, checkpoint_id, selection)
+    if ensemble > 1:
+        out.update(summarize(cells, checkpoint_id, f"{selection}-ensemble{ensemble}"))
+    return out
+
+
 class Results:
     """DIR/eval/results.json: {'cells': {key: {...}}}; written atomically by shard 0."""
 
@@ -174,7 +194,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
              shots: Sequence[int] = (0, 4, 8, 16, 32), *, seeds: int = 1, selection: str = "random",
              checkpoint: str | None = None, params: Any = None, checkpoint_id: str | None = None,
              batch_size: int = 8, num_beams: int = 3, length_penalty: float = 0.0, max_queries: int = 0,
-             shard: tuple[int, int] | None = None, progress: bool = True, vocab=None,
+             shard: tuple[int, int] | None = None, progress: bool = True, vocab=None, ensemble: int = 1,
              wait_timeout_s: float = 3600.0) -> dict:
     """Runs every (task, shots, seed) cell not yet in DIR/eval/results.json; returns
     {task: {shots: mean score over seeds as a fraction}} (flamingo_jax.ablate's evaluator convention)."""
@@ -194,12 +214,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
     tasks = [data.resolve(t) for t in (tasks or list(config.data.eval_sets))]
     results = Results(workdir)
     evaluator = harness.Evaluator(models.build(config.model), params, data, batch_size=batch_size,
-                                  num_beams=num_beams, length_penalty=length_penalty,
+                                  num_beams=num_beams, length_penalty=length_penalty, ensemble=ensemble,
                                   cache_dir=os.path.join(workdir, "eval", "rices_cache"), progress=progress)
     for task in tasks:
         for n_shots in shots:
             for seed in range(seeds):
-                key = cell_key(task, n_shots, seed, selection, checkpoint_id)
+                label = cell_label(selection, ensemble, data.kind(task))
+                key = cell_key(task, n_shots, seed, label, checkpoint_id)
                 if key in results.load()["cells"]:
                     logging.info("cached: %s", key)
                     continue
@@ -213,8 +234,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
                 outputs = _gather(results, key, shard[1], wait_timeout_s)
                 score = evaluator.score(task, outputs)
                 data_ = results.load()
-                data_["cells"][key] = dict(task=task, shots=n_shots, seed=seed, selection=selection,
-                                           checkpoint=checkpoint_id, metric=harness.metric_name(data.kind(task)),
+                data_["cells"][key] = dict(task=task, shots=n_shots, seed=seed, selection=label,
+                                           checkpoint=checkpoint_id, metric=data.metric(task),
                                            score=score, queries=len(outputs), seconds=round(time.time() - t0, 1))
                 groups = sorted({(c["checkpoint"], c["selection"]) for c in data_["cells"].values()})
                 data_["summary"] = {f"{ck}/{sel}": summarize(data_["cells"], ck, sel) for ck, sel in groups}
@@ -222,9 +243,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
                 with open(os.path.join(results.dir, "results.md"), "w") as f:
                     f.write("\n".join(markdown(data_["summary"][f"{ck}/{sel}"],
                                                f"Few-shot results: {ck} ({sel} support)") for ck, sel in groups))
-                logging.info("%s: %s = %.4f", key, harness.metric_name(data.kind(task)), score)
+                logging.info("%s: %s = %.4f", key, data.metric(task), score)
     cells = results.load()["cells"]
-    summary = summarize(cells, checkpoint_id, selection)
+    summary = summarize_run(cells, checkpoint_id, selection, ensemble)
     return {t: {s: v["mean"] / TABLE_SCALE for s, v in by.items()} for t, by in summary.items() if t in tasks}
 
 
@@ -266,6 +287,9 @@ def _define_flags():
     flags.DEFINE_integer("batch_size", 8, "queries per batch")
     flags.DEFINE_integer("num_beams", 3, "beam width (1 = greedy)")
     flags.DEFINE_float("length_penalty", 0.0, "beam scores are sum log p / length ** length_penalty")
+    flags.DEFINE_integer("ensemble", 1, "close-ended tasks: average log-likelihoods over K orders of the shots")
+    flags.DEFINE_enum("protocol", "official", ["official", "dev"],
+                      "dev: support and queries carved from the training splits (the paper's DEV protocol)")
     flags.DEFINE_integer("max_queries", 0, "evaluate only the first N queries of each set (0 = all)")
     flags.DEFINE_integer("num_shards", None, "processes sharing the queries (default: jax.process_count())")
     flags.DEFINE_integer("shard_index", None, "this process's shard (default: jax.process_index())")
@@ -279,9 +303,13 @@ def main(argv):
     shard = None
     if f.num_shards is not None:
         shard = (f.shard_index or 0, f.num_shards)
+    if f.protocol == "dev":
+        from flamingo_jax.data import eval_sets
+
+        f.config.data.eval_sets = eval_sets.dev_protocol(f.config.data.eval_sets)
     out = evaluate(f.config, f.workdir, f.tasks, [int(s) for s in f.shots], seeds=f.seeds, selection=f.selection,
                    checkpoint=f.checkpoint, batch_size=f.batch_size, num_beams=f.num_beams,
-                   length_penalty=f.length_penalty, max_queries=f.max_queries, shard=shard)
+                   length_penalty=f.length_penalty, max_queries=f.max_queries, shard=shard, ensemble=f.ensemble)
     if (shard or (jax.process_index(), 1))[0] == 0:
         print(open(os.path.join(f.workdir, "eval", "results.md")).read() if out else "no cells evaluated")
         print(json.dumps({"results": out}))

@@ -169,3 +169,21 @@ def test_heldout_benchmarks_end_to_end_on_their_dummy_data(world, tmp_path, task
         assert len(outs) == 6 and all(len(o["scores"]) == 3 for o in outs)
     if task == "star":
         assert all(o["prediction"] == data.source(task, "query")[o["index"]]["options"][o["choice"]] for o in outs)
+
+
+def test_evaluate_ensemble_cells_are_rows_of_their_own(world, tmp_path):
+    import json
+
+    from flamingo_jax import evaluate
+
+    config, params, vocab = world
+    kw = dict(params=params, checkpoint_id="test", batch_size=2, num_beams=1, max_queries=2, progress=False,
+              vocab=vocab)
+    plain = evaluate.evaluate(config, str(tmp_path), ["creature_kind", "vqa"], [1], **kw)
+    ens = evaluate.evaluate(config, str(tmp_path), ["creature_kind", "vqa"], [1], ensemble=2, **kw)
+    cells = json.loads((tmp_path / "eval" / "results.json").read_text())["cells"]
+    labels = sorted((c["task"], c["selection"], c["metric"]) for c in cells.values())
+    # the open-ended cell is shared; the close-ended one is evaluated again, ensembled, under its own label
+    assert labels == [("creature_kind", "random", "accuracy"), ("creature_kind", "random-ensemble2", "accuracy"),
+                      ("vqa", "random", "vqa_accuracy")]
+    assert set(plain) == set(ens) == {"creature_kind", "vqa"} and ens["vqa"] == plain["vqa"]
