@@ -124,7 +124,7 @@ def test_dev_protocol_carves_disjoint_support_and_queries_from_train():
     assert len(eval_sets.dev_split(train, "dev_query", queries=5000)) == 2500  # at most half of a small train
     sets = eval_sets.dev_protocol(eval_sets.real_eval_sets())
     assert sets.coco.dev_queries == 5000 and sets.vqav2.dev_queries == 1024
-    assert {(e.support, e.query) for e in sets.values()} == {("dev_support", "dev_query")}
+    assert {(e.support, e.query) for e in sets.values()} == {("dev_support", "dev_query"), ("", "test")}  # RareAct
 
 
 def test_heldout_prompt_layouts():
@@ -167,6 +167,8 @@ def test_heldout_benchmarks_end_to_end_on_their_dummy_data(world, tmp_path, task
     if task == "rareact":
         assert data.class_names(task) == ["cut laptop", "cut bread", "wash laptop"]
         assert len(outs) == 6 and all(len(o["scores"]) == 3 for o in outs)
+        with pytest.raises(ValueError, match="zero-shot only"):  # no support pool to draw shots from
+            ev.predict(task, shots=1, seed=0, max_queries=2)
     if task == "star":
         assert all(o["prediction"] == data.source(task, "query")[o["index"]]["options"][o["choice"]] for o in outs)
 

@@ -42,7 +42,7 @@ def _entry(builder: str, builder_config: str, kind: str, support: str, query: st
            dev_queries: int = DEV_QUERIES) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(builder=builder, builder_config=builder_config, kind=kind,
                                         support=support, query=query, frames=frames, fps=fps, manual_dir='',
-                                        metric=metric, classes=list(classes), paper_split=paper_split or query,
+                                        metric=metric, classes=list(classes), paper_split=paper_split,
                                         dev_queries=dev_queries))
 
 
@@ -73,23 +73,23 @@ def world_extra_eval_sets() -> ml_collections.ConfigDict:
 
 def real_eval_sets() -> ml_collections.ConfigDict:
   """Entries for the real benchmarks' builders (prepared from the user's official files). query: the split
-  scored locally; paper_split: the split the paper reports (where they differ, the official answers of the
-  paper's split are not public: VQAv2 test-dev, VizWiz and TextVQA test are scored by their servers)."""
+  scored locally; paper_split: where known to differ, the split the paper reports (VQAv2 test-dev, whose
+  answers are not public: its server scores it; VATEX test, not in the builder yet)."""
   return ml_collections.ConfigDict({
-      'coco': _entry('coco_karpathy', '', 'captions', 'train', 'test', dev_queries=5000),
+      'coco': _entry('coco_karpathy', '', 'captions', 'train', 'test', dev_queries=5000, paper_split='test'),
       'flickr30k': _entry('flickr30k', '', 'captions', 'train', 'test'),
       'vqav2': _entry('vqav2', '', 'vqa', 'train', 'validation', paper_split='test-dev'),
       'okvqa': _entry('okvqa', '', 'vqa', 'train', 'validation'),
-      'vizwiz': _entry('vizwiz', '', 'vqa', 'train', 'validation', paper_split='test-dev'),
-      'textvqa': _entry('textvqa', '', 'vqa', 'train', 'validation', paper_split='test'),
-      'hateful_memes': _entry('hateful_memes', '', 'classification', 'train', 'test_seen'),
+      'vizwiz': _entry('vizwiz', '', 'vqa', 'train', 'validation'),
+      'textvqa': _entry('textvqa', '', 'vqa', 'train', 'validation'),
+      'hateful_memes': _entry('hateful_memes', '', 'classification', 'train', 'test_seen', paper_split='test_seen'),
       'msvd_qa': _video('msvd_qa', '', 'video_qa', 'train', 'test'),
       'vatex': _video('vatex', '', 'video_captions', 'train', 'validation', paper_split='test'),
       'visdial': _entry('visdial', '', 'dialog', 'train', 'validation', metric='ndcg'),
       'youcook2': _video('youcook2', '', 'video_captions', 'train', 'validation'),
       'msrvtt_qa': _video('msrvtt_qa', '', 'video_qa', 'train', 'test'),
       'ivqa': _video('ivqa', '', 'video_qa', 'train', 'test', metric='ivqa_accuracy'),
-      'rareact': _video('rareact', '', 'video_retrieval', 'test', 'test', metric='mwap'),  # zero-shot only
+      'rareact': _video('rareact', '', 'video_retrieval', '', 'test', metric='mwap'),  # zero-shot: no support
       'nextqa': _video('nextqa', '', 'video_qa', 'train', 'test', metric='wups'),
       'star': _video('star', '', 'video_choice', 'train', 'validation', metric='accuracy'),
   })
@@ -99,7 +99,8 @@ def dev_protocol(sets: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The same entries under the DEV protocol: support and queries carved from each 'train' split."""
   out = ml_collections.ConfigDict(sets.to_dict())
   for name in out:
-    out[name].support, out[name].query, out[name].paper_split = 'dev_support', 'dev_query', 'dev (from train)'
+    if out[name].support:  # sets without a training split (RareAct) stay zero-shot on their own split
+      out[name].support, out[name].query, out[name].paper_split = 'dev_support', 'dev_query', 'dev (from train)'
   return out
 
 
@@ -144,6 +145,8 @@ def eval_source(data_config: ml_collections.ConfigDict, name: str, split: str) -
   from 'train') or a literal split name."""
   e = entry(data_config, name)
   split = {'support': e.support, 'query': e.query}.get(split, split)
+  if not split:
+    raise ValueError(f'eval set {name!r} has no support pool: it is evaluated zero-shot only (--shots 0)')
   if split in ('dev_support', 'dev_query'):
     return dev_split(mixture.open_source(data_config, e, 'train'), split, int(e.get('dev_queries', DEV_QUERIES)))
   return mixture.open_source(data_config, e, split)

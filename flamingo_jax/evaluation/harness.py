@@ -176,7 +176,8 @@ class Evaluator:
         """This shard's outputs: [{'id', 'index', 'prediction'} (+ 'score' for close-ended)] in query order."""
         kind = self.data.kind(task)
         vocab = self.data.vocab
-        pool = self.data.source(task, "support")
+        # zero-shot close-ended prompts show no support example: sets without a support pool (RareAct) run too
+        pool = self.data.source(task, "support") if shots or prompts.text_only_shots(kind, 0) else []
         queries = self.data.source(task, "query")
         total = len(queries) if not max_queries else min(max_queries, len(queries))
         mine = list(range(shard[0], total, shard[1]))

@@ -500,8 +500,15 @@ def _prepare_process(argv: Sequence[str]) -> None:
         return  # reported properly by main
     if target.kind != "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")  # no local accelerator needed to compile for one
+        if target.kind == "gpu" and "xla_gpu_enable_triton_gemm" not in os.environ.get("XLA_FLAGS", ""):
+            # A deviceless compile cannot autotune Triton GEMM tiles (some dots then fail to compile):
+            # plan with cuBLAS GEMMs, which leaves the buffers to plan unchanged but for cuBLAS workspace.
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_triton_gemm=false").strip()
         os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no GCE metadata server to ask
         os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # one (compile-only) host
+        # Compile-only: no TPU is opened, so another process of this environment holding libtpu's lockfile
+        # (any JAX program started once libtpu is installed) must not stop the plan.
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
         return
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
@@ -551,7 +558,12 @@ def main(argv: Sequence[str], f: dict) -> None:
     try:
         if f["config"].value is None:
             raise PlanError("--config is required (e.g. experiments/flamingo_80b.py)")
-        common = dict(memory_bytes=int(f["memory_gb"].value * GIB) if f["memory_gb"].value else None,
+        memory = int(f["memory_gb"].value * GIB) if f["memory_gb"].value else None
+        if memory is None and f["gpu_target_config"].value:  # the GPU's own size, e.g. 79.1 GiB of an H100
+            with open(f["gpu_target_config"].value) as spec:
+                found = re.search(r"device_memory_size:\s*(\d+)", spec.read())
+            memory = int(found.group(1)) if found else None
+        common = dict(memory_bytes=memory,
                       headroom=f["headroom"].value, gpu_target_config=f["gpu_target_config"].value)
         args = (f["config"].value, parse_mesh(f["mesh"].value), parse_target(f["target"].value))
         if f["mode"].value == "generate":
