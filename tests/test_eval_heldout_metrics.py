@@ -101,3 +101,16 @@ def test_wups_thresholding_by_hand_with_a_given_similarity():
 
 def test_choice_accuracy():
     assert hm.accuracy([0, 2, 1, 3], [0, 2, 3, 3]) == 0.75
+
+
+def test_roc_auc_matches_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from flamingo_jax.evaluation import metrics
+
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        y = rng.integers(0, 2, 30)
+        y[:2] = [0, 1]
+        s = rng.integers(0, 5, 30).astype(float)  # ties count one half
+        assert metrics.roc_auc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
