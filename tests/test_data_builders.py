@@ -38,7 +38,7 @@ class FlamingoWorldImageEvalTest(tfds.testing.DatasetBuilderTestCase):
 
 class FlamingoWorldVideoEvalTest(tfds.testing.DatasetBuilderTestCase):
   DATASET_CLASS = _WORLD
-  BUILDER_CONFIG_NAMES_TO_TEST = ['tiny-video_qa', 'tiny-video_captions']
+  BUILDER_CONFIG_NAMES_TO_TEST = ['tiny-video_qa', 'tiny-video_captions', 'tiny-action_kind']
   SPLITS = {'train': 4, 'test': 2}
 
 

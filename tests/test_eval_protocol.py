@@ -78,6 +78,22 @@ def test_class_list_ranking_chunks_and_ensembling_on_creature_kind(world):
     assert 0.0 <= chunked.score("creature_kind", outs) <= 1.0
 
 
+def test_kinetics_style_video_classification_on_action_kind(world):
+    config, params, vocab = world
+    data_cfg = ml_collections.ConfigDict(config.data.to_dict())
+    data_cfg.eval_sets.action_kind = eval_sets.world_extra_eval_sets().action_kind
+    data_cfg.eval_sets.action_kind.frames = 4  # the 30-frame path is tested above; keep this one quick
+    data = harness.EvalData(data_cfg, vocab=vocab)
+    classes = data.class_names("action_kind")
+    assert classes[:2] == ["moves to the left", "moves to the right"] and len(classes) == 6
+    rec = data.source("action_kind", "query")[0]
+    assert len(rec["frames"]) == 30 and classes[rec["label"]]  # an evaluation-length clip and its action
+    ev = _evaluator(config, params, data)
+    outs = ev.predict("action_kind", shots=1, seed=0, max_queries=2)
+    assert all(o["prediction"] == classes[o["choice"]] for o in outs)
+    assert 0.0 <= ev.score("action_kind", outs) <= 1.0
+
+
 def test_prompt_ensembling_averages_log_likelihoods_over_shot_orders(world):
     config, params, vocab = world
     data = _MemesData(config, vocab)

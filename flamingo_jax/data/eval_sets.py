@@ -30,7 +30,7 @@ import numpy as np
 from flamingo_jax.data import images as img_lib
 from flamingo_jax.data import mixture
 
-VIDEO_KINDS = ('video_qa', 'video_captions', 'video_choice', 'video_retrieval')
+VIDEO_KINDS = ('video_qa', 'video_captions', 'video_choice', 'video_retrieval', 'video_classification')
 VIDEO_FRAMES, VIDEO_FPS = 30, 3.0  # the paper's video evaluation: 30 frames at 3 FPS
 DEV_SUPPORT = 2048                 # the DEV protocol's support pool, carved from the training split
 DEV_QUERIES = 1024                 # and its queries (COCO: 5000)
@@ -63,11 +63,13 @@ def world_eval_sets() -> ml_collections.ConfigDict:
 
 def world_extra_eval_sets() -> ml_collections.ConfigDict:
   """World tasks beyond the DEV analogues (not in the default config, so reproduce and ablate keep the five):
-  creature_kind, ImageNet-style classification ranked over every creature kind's name (the class names are
-  the world's entities, filled in by class_names())."""
+  creature_kind, ImageNet-style classification ranked over every creature kind's name, and action_kind,
+  Kinetics-style video classification ranked over the 6 action phrases (class names from class_names())."""
   return ml_collections.ConfigDict({
       'creature_kind': _entry('flamingo_world', 'creature_kind', 'image_classification', 'train', 'test',
                               metric='accuracy'),
+      'action_kind': _video('flamingo_world', 'action_kind', 'video_classification', 'train', 'test',
+                            metric='accuracy'),
   })
 
 
@@ -154,7 +156,7 @@ def eval_source(data_config: ml_collections.ConfigDict, name: str, split: str) -
 
 def class_names(data_config: ml_collections.ConfigDict, name: str) -> list[str]:
   """The class list a classification eval set is ranked over: the entry's classes, else the world's creature
-  kinds (label k = entity k)."""
+  kinds (label k = entity k) or, for action_kind, its action phrases (label k = the k-th action)."""
   e = entry(data_config, name)
   if e.get('classes'):
     return list(e.classes)
@@ -162,6 +164,8 @@ def class_names(data_config: ml_collections.ConfigDict, name: str) -> list[str]:
     from flamingo_jax.data import config as config_lib
     from flamingo_jax.data.world import lexicon
 
+    if e.builder_config == 'action_kind':
+      return list(lexicon.ACTIONS.values())
     w = config_lib.world_config(data_config)
     return [ent.name for ent in lexicon.make_entities(w.seed, w.n_entities)]
   raise ValueError(f'eval set {name!r} ranks over classes: give them as its entry\'s `classes`')

@@ -16,6 +16,7 @@ whole tf.data pipeline.
   video_captions:  id, frames: list[bytes], fps: float, captions: list[str]
   classification:  id, image: bytes, text: str, label: int   (HatefulMemes)
   image_classification:  id, image: bytes, label: int   (ImageNet-style; class names come with the eval set)
+  video_classification:  id, frames, fps, label: int     (Kinetics-style)
   dialog:          id, image: bytes, caption: str, history_questions: list[str], history_answers: list[str],
                    question: str, options: list[str], relevance: list[float] (per option; [] when not
                    annotated), answer_index: int (-1 when unknown)   (VisDial: one round)
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 
 KINDS = ('interleaved', 'pair', 'video_text', 'text', 'captions', 'vqa', 'video_qa', 'video_captions',
-         'classification', 'image_classification', 'dialog', 'video_choice', 'video_retrieval')
+         'classification', 'image_classification', 'video_classification', 'dialog', 'video_choice', 'video_retrieval')
 
 _STR = ('id', 'text', 'question', 'question_type', 'caption', 'video_id', 'verb', 'noun')
 _STR_LIST = ('texts', 'captions', 'answers', 'history_questions', 'history_answers', 'options')
@@ -69,6 +70,8 @@ def tfds_features(kind: str):
     spec.update(image=encoded(), text=text(), label=np.int32)
   elif kind == 'image_classification':
     spec.update(image=encoded(), label=np.int32)
+  elif kind == 'video_classification':
+    spec.update(frames=tfds.features.Sequence(encoded()), fps=np.float32, label=np.int32)
   elif kind == 'dialog':
     spec.update(image=encoded(), caption=text(), history_questions=tfds.features.Sequence(text()),
                 history_answers=tfds.features.Sequence(text()), question=text(),

@@ -39,8 +39,8 @@ OPEN_ENDED = {  # kind -> (max new tokens, metric)
     "vqa": (5, "vqa_accuracy"),
     "video_qa": (5, "top1"),
 }
-CLOSE_ENDED = {"classification": "roc_auc", "image_classification": "accuracy", "video_retrieval": "mwap",
-               "dialog": "ndcg", "video_choice": "accuracy"}
+CLOSE_ENDED = {"classification": "roc_auc", "image_classification": "accuracy", "video_classification": "accuracy",
+               "video_retrieval": "mwap", "dialog": "ndcg", "video_choice": "accuracy"}
 # Paper / DEV names accepted for the world's analogues.
 ALIASES = {"coco": "captions", "vqav2": "vqa", "okvqa": "knowledge_vqa", "msvdqa": "video_qa",
            "msvd_qa": "video_qa", "vatex": "video_captions"}
@@ -263,7 +263,7 @@ class Evaluator:
             o = dict(id=rec["id"], index=i)
             if kind in prompts.CLASSIFICATION_KINDS:
                 o.update(prediction=prompts.CLASS_NAMES[best], score=float(ll[1] - ll[0]))
-            elif kind in ("image_classification", "video_choice"):
+            elif kind in ("image_classification", "video_classification", "video_choice"):
                 o.update(prediction=(classes or rec.get("options"))[best], choice=best)
             else:  # dialog, video_retrieval: their metrics rank every candidate's score
                 o.update(prediction=(rec["options"] if kind == "dialog" else classes)[best],
@@ -304,7 +304,7 @@ def score_outputs(kind: str, outputs: Sequence[Mapping[str, Any]], queries: Sequ
     if metric == "roc_auc":
         return metrics.roc_auc([o["score"] for o in outputs], [recs[o["index"]]["label"] for o in outputs])
     if metric == "accuracy":
-        key = "label" if kind == "image_classification" else "answer_index"
+        key = "answer_index" if kind == "video_choice" else "label"
         return heldout_metrics.accuracy([o["choice"] for o in outputs], [recs[o["index"]][key] for o in outputs])
     if metric == "ndcg":  # rounds with dense relevance annotations only
         rated = [o for o in outputs if recs[o["index"]].get("relevance")]

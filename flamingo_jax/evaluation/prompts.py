@@ -4,7 +4,8 @@
     vqa, video_qa              <image>Question: {question} Answer: {answer}<EOC>
     classification (memes)     <image>is an image with written: "{text}" on it. Is it hateful? Answer: {yes|no}<EOC>
     image_classification,      <image>Output: {class name}<EOC>        (ImageNet / Kinetics style: every class
-    video_retrieval            name is a candidate; RareAct's class name is "{verb} {noun}")
+    video_classification,      name is a candidate; RareAct's class name is "{verb} {noun}")
+    video_retrieval
     dialog (VisDial)           <image>Caption: {caption}. Question: {q1} Answer: {a1}. ... Question: {q} Answer: {option}<EOC>
     video_choice (STAR)        <image>Question: {question} Answer: {option}<EOC>
 
@@ -34,7 +35,7 @@ CAPTION_KINDS = ("captions", "video_captions")
 QA_KINDS = ("vqa", "video_qa")
 CLASSIFICATION_KINDS = ("classification",)
 CLASS_NAMES = ("no", "yes")  # label 0 / 1
-CLASS_LIST_KINDS = ("image_classification", "video_retrieval")  # ranked over the eval set's class names
+CLASS_LIST_KINDS = ("image_classification", "video_classification", "video_retrieval")  # ranked over the eval set's class names
 OPTION_KINDS = ("dialog", "video_choice")  # ranked over each record's own options
 CLOSE_ENDED_KINDS = CLASSIFICATION_KINDS + CLASS_LIST_KINDS + OPTION_KINDS
 

@@ -11,7 +11,8 @@ Subsets (kind in parentheses; record schemas in flamingo_jax/data/schema.py):
   evaluation: captions (captions, COCO-like), vqa (vqa, VQAv2-like), knowledge_vqa (vqa, OKVQA-like:
               answers are facts from the text corpus), video_qa (video_qa, MSVDQA-like),
               video_captions (video_captions, VATEX-like), creature_kind (image_classification,
-              ImageNet-like: one creature, which of the n_entities kinds); 'train' split = few-shot support pool.
+              ImageNet-like: one creature, which of the n_entities kinds), action_kind (video_classification,
+              Kinetics-like: which of the 6 actions a clip shows); 'train' split = few-shot support pool.
 Evaluation videos (video_qa, video_captions) last EVAL_VIDEO_SECONDS at EVAL_VIDEO_FPS, long enough for the
 paper's inference protocol of 30 frames at 3 FPS; training clips keep video_frames at video_fps.
 
@@ -33,9 +34,11 @@ SUBSET_KINDS: dict[str, str] = {
     'text': 'text', 'clip_pairs': 'pair',
     'captions': 'captions', 'vqa': 'vqa', 'knowledge_vqa': 'vqa', 'video_qa': 'video_qa',
     'video_captions': 'video_captions', 'creature_kind': 'image_classification',
+    'action_kind': 'video_classification',
 }
 TRAIN_SUBSETS = ('interleaved', 'alt_text', 'long_text', 'video_text', 'text', 'clip_pairs')
-EVAL_SUBSETS = ('captions', 'vqa', 'knowledge_vqa', 'video_qa', 'video_captions', 'creature_kind')
+EVAL_SUBSETS = ('captions', 'vqa', 'knowledge_vqa', 'video_qa', 'video_captions', 'creature_kind',
+                'action_kind')
 _SUBSET_IDS = {name: i + 1 for i, name in enumerate(SUBSET_KINDS)}
 _SPLIT_IDS = {'train': 0, 'test': 1}
 
@@ -46,6 +49,7 @@ DEFAULT_SIZES: dict[str, dict[str, int]] = {
     'captions': {'train': 400, 'test': 200}, 'vqa': {'train': 400, 'test': 200},
     'knowledge_vqa': {'train': 400, 'test': 200}, 'video_qa': {'train': 200, 'test': 100},
     'video_captions': {'train': 200, 'test': 100}, 'creature_kind': {'train': 400, 'test': 200},
+    'action_kind': {'train': 200, 'test': 100},
 }
 # The paper evaluates video on 30 frames at 3 FPS (its temporal embeddings, learnt on 8 frames, linearly
 # interpolated): evaluation clips are rendered that long. Only their pixels change with this (drawn from the
@@ -233,6 +237,13 @@ class World:
     class list): the ImageNet-style close-ended task, ranked over every kind's name."""
     scene = scenes.sample_scene(rng, self.config.n_entities, n_objects=1)
     return {'image': self.image(scene, mrng), 'label': int(scene.objs[0].entity)}
+
+  def _action_kind(self, rng, mrng):
+    """An evaluation-length clip; label = its action (an index into lexicon.ACTIONS, whose phrases are the class
+    list): the Kinetics-style close-ended task."""
+    clip, rec = self._clip(rng, mrng)
+    rec['label'] = list(lexicon.ACTIONS).index(clip.action)
+    return rec
 
   def _interleaved(self, rng, mrng):
     """A page: text segments with images between them; the describing sentence comes before or after
