@@ -18,9 +18,16 @@ last step the alive beams finish unstopped. The search stops early once no alive
 finished one (exact for length_penalty >= 0, since log-probs are <= 0). With K >= (allowed tokens) **
 (max_new_tokens - 1) it is an exhaustive search (tests/test_eval_decoding.py checks that).
 
-Cost: the prompt is prefilled once per prompt (not per beam) and its cache repeated to the beams; after the
-prompt, every step cross-attends to the LAST prompt image only (what the 'previous' mask lets new tokens
-see), so the visual keys/values of the other images are not re-projected at every step (see _step_media).
+Caches. A prompt is prefilled once into a *prefix* (a dict, see Flamingo.decode): every LM layer's keys/values, the
+key mask, the positions and image count, and the cross-attention keys/values of the visual tokens that the
+tokens after the prompt may see (under the 'previous' mask only the last image's), projected ONCE per prompt
+(Flamingo.visual_kv) and never again at a decode step. Beams and candidates do not copy the prefix: their
+rows (contiguous per prompt) attend to the shared prefix plus a small cache of their own tokens
+(models.attention.multi_part_attention), so beam search reorders only the generated tokens' cache. Few-shot
+prompts that share their shots: prefill the shots once (`prefill`, P = 1) and `extend` it with each query's
+own tokens and images; generate_from / rank_from then run on the result. Ranking scores the candidates in
+chunks (lax.map) against the cached prefix, each candidate's last token never run (its output predicts
+nothing).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ class GenerationConfig:
     length_penalty: float = 0.0
     stop_ids: tuple[int, ...] = ()
     banned_ids: tuple[int, ...] = ()
+    min_new_tokens: int = 0     # stop tokens are impossible before this many tokens (HuggingFace's meaning)
 
 
 def bucket(n: int, minimum: int = 16) -> int:
@@ -111,15 +119,25 @@ class Decoder:
     visual tokens, results) split over the (data, fsdp) axes, the KV cache constrained to the same batch split,
     candidates replicated. Host inputs move by explicit jax.device_put into those shardings and results come
     back by the caller's jax.device_get, so decoding runs under JAX_TRANSFER_GUARD=disallow. Batch sizes must
-    divide data * fsdp. Without a mesh: one device, the arrays' default placement."""
+    divide data * fsdp. Without a mesh: one device, the arrays' default placement. (prefill / extend /
+    generate_from / rank_from are jitted without explicit shardings: their prefix arrays stay where the
+    previous call put them.)
 
-    def __init__(self, model: nn.Module, pad_id: int = 0, mesh: Any = None, param_shardings: Any = None):
+    rank_chunk: candidates scored per batch in rank / rank_from (rows = prompts x rank_chunk)."""
+
+    def __init__(self, model: nn.Module, pad_id: int = 0, mesh: Any = None, param_shardings: Any = None,
+                 rank_chunk: int = 128):
         self.model = model
         self.pad_id = pad_id
         self.mesh = mesh
+        self.rank_chunk = rank_chunk
         vision = lambda p, x: model.apply({"params": p}, x, method=lambda m, x: m.vision(x))  # noqa: E731
         pooled = lambda p, x: vision(p, x).astype(jnp.float32).mean(axis=1)  # noqa: E731
         encode = lambda p, images: model.apply({"params": p}, images, method="encode")  # noqa: E731
+        self._prefill_j = jax.jit(self._prefill)
+        self._extend_j = jax.jit(self._extend)
+        self._generate_from_j = jax.jit(self._generate_from, static_argnums=2)
+        self._rank_from_j = jax.jit(self._rank_from)
         if mesh is None:
             self._encode = jax.jit(encode)
             self._generate = jax.jit(self._generate_positional, static_argnums=5)
@@ -189,71 +207,161 @@ class Decoder:
 
     def rank(self, params, tokens, token_mask, visual, image_mask, candidates, candidate_mask) -> jax.Array:
         """Log-likelihood float32[B, C] of each candidate continuation int32[C, Lc] (right-padded,
-        candidate_mask) after each left-padded prompt int32[B, L]: one prefill, then one batched forward of
-        all candidates from the cached prompt."""
+        candidate_mask) after each left-padded prompt int32[B, L]: one prefill, then the candidates in
+        chunks of rank_chunk, each chunk one batched forward on the cached prompt (not copied per candidate)."""
         return self._rank(params, self._put(tokens, 2), self._put(token_mask, 2), self._put(visual, 4),
                           self._put(image_mask, 2), self._put(candidates), self._put(candidate_mask))
 
+    def prefill(self, params, tokens, token_mask, visual, image_mask) -> dict:
+        """Runs left-padded prompts int32[P, L] (visual [P, T, K, D]) once -> their prefix (a dict pytree, see
+        Flamingo.decode) with 'logp' float32[P, V], the next token's log-probabilities."""
+        return self._prefill_j(params, self._put(tokens, 2), self._put(token_mask, 2), self._put(visual, 4),
+                               self._put(image_mask, 2))
+
+    def extend(self, params, prefix: dict, tokens, token_mask, visual, image_mask) -> dict:
+        """A prefix of P prompts (e.g. the shots, P = 1) continued by N = R * P rows int32[N, L] (left-padded;
+        row r continues prompt r // R; visual [N, T, K, D]: each row's own images, numbered after the
+        prefix's) -> the prefix of the N longer prompts. The shared part was run once, not N times."""
+        return self._extend_j(params, prefix, self._put(tokens, 2), self._put(token_mask, 2),
+                              self._put(visual, 4), self._put(image_mask, 2))
+
+    def generate_from(self, params, prefix: dict, gen: GenerationConfig) -> dict:
+        """generate() continuing a prefix (prefill / extend)."""
+        return self._generate_from_j(params, prefix, gen)
+
+    def rank_from(self, params, prefix: dict, candidates, candidate_mask) -> jax.Array:
+        """rank() of the candidates after a prefix (prefill / extend): float32[P, C]."""
+        return self._rank_from_j(params, prefix, self._put(candidates), self._put(candidate_mask))
+
     # ------------------------------------------------------------------ internals
-    def _decode(self, params, tokens, visual, image_mask, token_mask, cache, media_index=None):
-        return self.model.apply({"params": params}, tokens, visual, image_mask, media_index, token_mask, cache,
-                                method="decode")
+    def _apply(self, params, *args, **kwargs):
+        return self.model.apply({"params": params}, *args, **kwargs)
 
-    def _step_media(self, visual, image_mask, cache):
-        """The visual input of the tokens after the prompt: (visual, image_mask, media index or None).
+    def _no_images(self, prefix: dict, rows: int):
+        """(visual, image_mask, visual_kv) of rows that bring no images of their own: zero-size arrays (the
+        continuations see only the prefix's cached visual keys/values)."""
+        x, _, m, h, dh = prefix["xkv"]["k"].shape
+        empty = jnp.zeros((x, rows, 0, h, dh), prefix["xkv"]["k"].dtype)
+        return jnp.zeros((rows, 0, 1, 1)), jnp.zeros((rows, 0), bool), dict(k=empty, v=empty)
 
-        New tokens only see the LAST prompt image under the 'previous' mask (spec section 6), so each step
-        attends to (and projects) that image's tokens only, passed as image 1 with an explicit media index,
-        instead of re-projecting every prompt image at every step: T times less cross-attention work, exactly
-        the same result (masked visual tokens contribute exact zeros)."""
-        if self.model.config.xattn.mask != "previous":
-            return visual, image_mask, None
-        count = cache["media_count"]  # [B]: images in each prompt
-        last = jnp.clip(count - 1, 0, visual.shape[1] - 1)
-        visual = jnp.take_along_axis(visual, last[:, None, None, None], axis=1)  # [B, 1, K, D]
-        present = (count > 0)[:, None]
-        return visual, present, present.astype(jnp.int32)
+    def _visible(self, count, image_mask, k):
+        """Which of a prompt's own images (numbered 1..T) tokens after it see: bool[B, T*K]; under the
+        'previous' mask the last <image>'s, under 'all_previous' every one up to the count."""
+        num = jnp.arange(1, image_mask.shape[1] + 1)[None]
+        sel = num == count[:, None] if self.model.config.xattn.mask == "previous" else num <= count[:, None]
+        return jnp.repeat(sel & image_mask, k, axis=1)
 
-    def _prefill(self, params, tokens, token_mask, visual, image_mask, extra: int):
-        b, l = tokens.shape
-        cache = self.model.apply({"params": params}, b, l + extra, method="init_cache")
+    def _last_image_kv(self, vkv, count, k):
+        """vkv {'k','v': [X, B, T*K, H, Dh]} -> the last <image>'s keys/values [X, B, K, H, Dh] (count: [B])."""
+        def one(a):
+            x, b, tk, h, dh = a.shape
+            a = a.reshape(x, b, tk // k, k, h, dh)
+            last = jnp.clip(count - 1, 0, tk // k - 1)
+            return jnp.take_along_axis(a, last[None, :, None, None, None, None], axis=2)[:, :, 0]
+        return jax.tree.map(one, vkv)
+
+    def _own_cache(self, params, prefix: dict, rows: int, length: int) -> dict:
+        """An empty cache for `rows` continuations (rows // P per prompt) of `length` tokens, starting at the
+        prefix's positions and image counts."""
+        r = rows // prefix["media_count"].shape[0]
+        cache = self._apply(params, rows, length, method="init_cache")
+        cache["lm"]["next_position"] = jnp.repeat(prefix["lm"]["next_position"], r)
+        cache["media_count"] = jnp.repeat(prefix["media_count"], r)
         if self.mesh is not None:
-            cache = self._constrain(cache, _batch_axes(self.model, params, l + extra))
-        logits, cache = self._decode(params, tokens, visual, image_mask, token_mask, cache)
-        return jax.nn.log_softmax(logits[:, -1].astype(jnp.float32)), cache
+            cache = self._constrain(cache, _batch_axes(self.model, params, length))
+        return cache
+
+    def _prefill(self, params, tokens, token_mask, visual, image_mask) -> dict:
+        b, l = tokens.shape
+        k = visual.shape[2]
+        vkv = self._apply(params, visual, method="visual_kv")  # projected once for the whole prompt
+        cache = self._apply(params, b, l, method="init_cache")
+        if self.mesh is not None:
+            cache = self._constrain(cache, _batch_axes(self.model, params, l))
+        logits, cache = self._apply(params, tokens, visual, image_mask, None, token_mask, cache, visual_kv=vkv,
+                                    last_logits=True, method="decode")
+        count = cache["media_count"]
+        visible = self._visible(count, image_mask, k)
+        if self.model.config.xattn.mask == "previous":  # later tokens see one image: keep only its keys
+            xkv, xmask = self._last_image_kv(vkv, count, k), visible.reshape(b, -1, k).any(axis=1)
+            xmask = jnp.broadcast_to(xmask, (b, k)) & (count > 0)[:, None]
+        else:
+            xkv, xmask = vkv, visible
+        return dict(lm=dict(layers=cache["lm"]["layers"], key_mask=cache["lm"]["key_mask"],
+                            next_position=cache["lm"]["next_position"]),
+                    graft=cache["graft"], media_count=count, xkv=xkv, xmask=xmask,
+                    logp=jax.nn.log_softmax(logits[:, -1]))
+
+    def _extend(self, params, prefix, tokens, token_mask, visual, image_mask) -> dict:
+        n, l = tokens.shape
+        k = visual.shape[2]
+        r = n // prefix["media_count"].shape[0]
+        vkv = self._apply(params, visual, method="visual_kv")
+        cache = self._own_cache(params, prefix, n, l)
+        logits, cache = self._apply(params, tokens, visual, image_mask, None, token_mask, cache, prefix=prefix,
+                                    visual_kv=vkv, last_logits=True, method="decode")
+        scan = self.model.config.lm.scan_layers
+        rep = lambda x, axis=0: jnp.repeat(x, r, axis=axis)  # noqa: E731
+
+        def join(old, new):  # per-layer keys/values: the prefix's slots, then the rows' own
+            return jax.tree.map(lambda a, b: jnp.concatenate([rep(a, int(scan)), b], axis=1 + int(scan)), old, new)
+
+        own = cache["media_count"] - rep(prefix["media_count"])  # images in the rows' own tokens
+        visible = self._visible(own, image_mask, k)
+        old_xkv = jax.tree.map(lambda a: rep(a, 1), prefix["xkv"])
+        if self.model.config.xattn.mask == "previous":  # the last image: the rows' own if they have one
+            has = own > 0
+            mine = self._last_image_kv(vkv, own, k) if visual.shape[1] else old_xkv
+            xkv = jax.tree.map(lambda a, b: jnp.where(has[None, :, None, None, None], a, b), mine, old_xkv)
+            xmask = jnp.where(has[:, None], jnp.broadcast_to(visible.reshape(n, -1, k).any(1), (n, k)),
+                              rep(prefix["xmask"]))
+        else:
+            xkv = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=2), old_xkv, vkv)
+            xmask = jnp.concatenate([rep(prefix["xmask"]), visible], axis=1)
+        graft = None if cache["graft"] is None else join(prefix["graft"], cache["graft"])
+        return dict(lm=dict(layers=join(prefix["lm"]["layers"], cache["lm"]["layers"]),
+                            key_mask=jnp.concatenate([rep(prefix["lm"]["key_mask"]), cache["lm"]["key_mask"]], 1),
+                            next_position=cache["lm"]["next_position"]),
+                    graft=graft, media_count=cache["media_count"], xkv=xkv, xmask=xmask,
+                    logp=jax.nn.log_softmax(logits[:, -1]))
+
+    def _step(self, params, prefix, tok, cache, banned):
+        """One new token per row int32[N] on the prefix and the rows' own cache -> (logp [N, V], cache)."""
+        n = tok.shape[0]
+        visual, image_mask, vkv = self._no_images(prefix, n)
+        logits, cache = self._apply(params, tok[:, None], visual, image_mask, None, jnp.ones((n, 1), bool), cache,
+                                    prefix=prefix, visual_kv=vkv, method="decode")
+        return jnp.where(banned, NEG_INF, jax.nn.log_softmax(logits[:, -1].astype(jnp.float32))), cache
 
     def _generate_positional(self, params, tokens, token_mask, visual, image_mask, gen: GenerationConfig):
-        return self._generate_impl(params, tokens, token_mask, visual, image_mask, gen=gen)
+        prefix = self._prefill(params, tokens, token_mask, visual, image_mask)
+        return self._generate_from(params, prefix, gen)
 
-    def _generate_impl(self, params, tokens, token_mask, visual, image_mask, *, gen: GenerationConfig):
-        n = gen.max_new_tokens
-        logp, cache = self._prefill(params, tokens, token_mask, visual, image_mask, n)
+    def _generate_from(self, params, prefix, gen: GenerationConfig):
+        logp = prefix["logp"].astype(jnp.float32)
         vocab = logp.shape[-1]
         banned = _isin(gen.banned_ids, vocab)
         stop = _isin(gen.stop_ids, vocab)
         logp = jnp.where(banned, NEG_INF, logp)
-        step_media = self._step_media(visual, image_mask, cache)
         if gen.num_beams == 1:
-            return self._greedy(params, logp, cache, step_media, gen, banned, stop)
-        axes = _batch_axes(self.model, params, tokens.shape[1] + n)
-        return self._beam(params, logp, cache, axes, step_media, gen, banned, stop)
+            return self._greedy(params, prefix, logp, gen, banned, stop)
+        return self._beam(params, prefix, logp, gen, banned, stop)
 
-    def _greedy(self, params, logp, cache, step_media, gen, banned, stop):
-        visual, image_mask, media = step_media
+    def _greedy(self, params, prefix, logp, gen, banned, stop):
         b = logp.shape[0]
         n = gen.max_new_tokens
-        ones = jnp.ones((b, 1), bool)
+        cache = self._own_cache(params, prefix, b, n)
 
         def body(t, state):
             logp, cache, out, score, length, done = state
+            logp = jnp.where(stop & (t < gen.min_new_tokens), NEG_INF, logp)
             tok = jnp.argmax(logp, axis=-1).astype(jnp.int32)
             live = ~done
             score = score + jnp.where(live, jnp.take_along_axis(logp, tok[:, None], 1)[:, 0], 0.0)
             out = out.at[:, t].set(jnp.where(live, tok, self.pad_id))
             length = length + live.astype(jnp.int32)
             done = done | stop[tok]
-            logits, cache = self._decode(params, tok[:, None], visual, image_mask, ones, cache, media)
-            logp = jnp.where(banned, NEG_INF, jax.nn.log_softmax(logits[:, -1].astype(jnp.float32)))
+            logp, cache = self._step(params, prefix, tok, cache, banned)
             return logp, cache, out, score, length, done
 
         init = (logp, cache, jnp.full((b, n), self.pad_id, jnp.int32), jnp.zeros((b,), jnp.float32),
@@ -268,20 +376,18 @@ class Decoder:
         norm = score / jnp.maximum(length, 1).astype(jnp.float32) ** gen.length_penalty
         return dict(tokens=out[:, None], scores=norm[:, None], lengths=length[:, None])
 
-    def _beam(self, params, logp, cache, axes, step_media, gen, banned, stop):
-        visual, image_mask, media = step_media
+    def _beam(self, params, prefix, logp, gen, banned, stop):
         b, vocab = logp.shape
         k, n, alpha = gen.num_beams, gen.max_new_tokens, gen.length_penalty
-        rep = lambda x: jnp.repeat(x, k, axis=0)  # noqa: E731  row i -> rows i*k .. i*k+k-1
-        cache = self._constrain(_map_batch(cache, axes, lambda x, a: jnp.repeat(x, k, axis=a)), axes)
-        visual, image_mask = rep(visual), rep(image_mask)
-        media = None if media is None else rep(media)
-        logp = rep(logp).reshape(b, k, vocab)
+        # Beam j of prompt i is row i*k + j: the prompt's prefix is shared, only the beams' own tokens are cached
+        # per row (and reordered when beams swap parents).
+        cache = self._own_cache(params, prefix, b * k, n)
+        axes = _batch_axes(self.model, params, n)
+        logp = jnp.repeat(logp, k, axis=0).reshape(b, k, vocab)
         alive = jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, NEG_INF), (b, 1))  # one live beam at first
         seqs = jnp.full((b, k, n), self.pad_id, jnp.int32)
         fin_seqs, fin_scores = seqs, jnp.full((b, k), NEG_INF)
         fin_lens = jnp.zeros((b, k), jnp.int32)
-        ones = jnp.ones((b * k, 1), bool)
         token_ids = jnp.arange(vocab, dtype=jnp.int32)
 
         def norm(score, length):
@@ -289,6 +395,7 @@ class Decoder:
 
         def body(state):
             t, logp, cache, alive, seqs, fin_seqs, fin_scores, fin_lens = state
+            logp = jnp.where(stop & (t < gen.min_new_tokens), NEG_INF, logp)
             cand = alive[..., None] + logp  # [B, K, V]
             cand = jnp.where(cand < NEG_INF / 2, NEG_INF, cand)
             flat = cand.reshape(b, k * vocab)
@@ -315,11 +422,11 @@ class Decoder:
             fin_scores, top = jax.lax.top_k(pool_scores, k)
             fin_seqs = jnp.take_along_axis(pool_seqs, top[..., None], axis=1)
             fin_lens = jnp.take_along_axis(pool_lens, top, axis=1).astype(jnp.int32)
-            # Advance the alive beams: reorder the cache rows to their parents, feed the new tokens.
+            # Advance the alive beams: reorder the own-token cache rows to their parents (the shared prompt
+            # prefix stays as it is), feed the new tokens.
             rows = (jnp.arange(b)[:, None] * k + c_beams).reshape(-1)
             cache = _map_batch(cache, axes, lambda x, a: jnp.take(x, rows, axis=a))
-            logits, cache = self._decode(params, c_toks.reshape(-1, 1), visual, image_mask, ones, cache, media)
-            logp = jnp.where(banned, NEG_INF, jax.nn.log_softmax(logits[:, -1].astype(jnp.float32)))
+            logp, cache = self._step(params, prefix, c_toks.reshape(-1), cache, banned)
             return (t + 1, logp.reshape(b, k, vocab), cache, c_score, c_seqs, fin_seqs, fin_scores, fin_lens)
 
         def cond(state):
@@ -338,22 +445,35 @@ class Decoder:
         return dict(tokens=fin_seqs, scores=fin_scores, lengths=fin_lens)
 
     def _rank_impl(self, params, tokens, token_mask, visual, image_mask, cands, cand_mask):
+        prefix = self._prefill(params, tokens, token_mask, visual, image_mask)
+        return self._rank_from(params, prefix, cands, cand_mask)
+
+    def _rank_from(self, params, prefix, cands, cand_mask):
         c, lc = cands.shape
-        b = tokens.shape[0]
-        logp0, cache = self._prefill(params, tokens, token_mask, visual, image_mask, lc)
-        axes = _batch_axes(self.model, params, tokens.shape[1] + lc)
-        rows_tokens = jnp.tile(cands, (b, 1))  # row i*c + j = candidate j of prompt i
-        rows_mask = jnp.tile(cand_mask, (b, 1))
-        visual, image_mask, media = self._step_media(visual, image_mask, cache)
-        media = None if media is None else jnp.repeat(jnp.broadcast_to(media, (b, lc)), c, axis=0)
-        cache = self._constrain(_map_batch(cache, axes, lambda x, a: jnp.repeat(x, c, axis=a)), axes)
-        logits, _ = self._decode(params, rows_tokens, jnp.repeat(visual, c, axis=0),
-                                 jnp.repeat(image_mask, c, axis=0), rows_mask, cache, media)
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32))  # [B*C, Lc, V]
-        first = jnp.take_along_axis(jnp.repeat(logp0, c, axis=0), rows_tokens[:, :1], axis=1)[:, 0]
-        rest = jnp.take_along_axis(logp[:, :-1], rows_tokens[:, 1:, None], axis=2)[..., 0]
-        total = first + jnp.sum(jnp.where(rows_mask[:, 1:], rest, 0.0), axis=1)
-        return total.reshape(b, c)
+        b = prefix["logp"].shape[0]
+        chunk = min(self.rank_chunk, c)
+        pad = -c % chunk
+        cands_p = jnp.pad(cands, ((0, pad), (0, 0)), constant_values=self.pad_id).reshape(-1, chunk, lc)
+        mask_p = jnp.pad(cand_mask, ((0, pad), (0, 0))).reshape(-1, chunk, lc)
+        logp0 = prefix["logp"].astype(jnp.float32)
+
+        def one(chunk_in):
+            toks, mask = chunk_in
+            rows = jnp.tile(toks, (b, 1))  # row i*chunk + j = candidate j of prompt i
+            rows_mask = jnp.tile(mask, (b, 1))
+            total = jnp.take_along_axis(jnp.repeat(logp0, chunk, axis=0), rows[:, :1], axis=1)[:, 0]
+            if lc > 1:  # the last token's output would predict nothing: only the first lc - 1 tokens run
+                cache = self._own_cache(params, prefix, b * chunk, lc - 1)
+                visual, image_mask, vkv = self._no_images(prefix, b * chunk)
+                logits, _ = self._apply(params, rows[:, :-1], visual, image_mask, None, rows_mask[:, :-1], cache,
+                                        prefix=prefix, visual_kv=vkv, method="decode")
+                logp = jax.nn.log_softmax(logits.astype(jnp.float32))  # [B*chunk, Lc-1, V]
+                rest = jnp.take_along_axis(logp, rows[:, 1:, None], axis=2)[..., 0]
+                total = total + jnp.sum(jnp.where(rows_mask[:, 1:], rest, 0.0), axis=1)
+            return total.reshape(b, chunk)
+
+        scores = jax.lax.map(one, (cands_p, mask_p))  # [chunks, B, chunk]
+        return scores.transpose(1, 0, 2).reshape(b, -1)[:, :c]
 
 
 _DECODERS: dict[tuple[str, int], Decoder] = {}

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from flamingo_jax.models.attention import alibi_bias
 from flamingo_jax.models.layers import Dtype, dtype_of, logical
 from flamingo_jax.models.lm import DecoderLM
 from flamingo_jax.models.resampler import build_resampler, resampler_width
@@ -110,20 +111,58 @@ class Flamingo(nn.Module):
         return dict(lm=self.lm.init_cache(batch, max_len, dtype), graft=self.xattn.init_cache(batch, max_len, dtype),
                     media_count=jnp.zeros((batch,), jnp.int32))
 
+    def visual_kv(self, visual: jax.Array) -> dict:
+        """visual [B, T, K, Dr] -> every cross-attention layer's keys and values of those visual tokens,
+        {'k', 'v': [X, B, T*K, H, Dh]} for X layers: they are fixed for a prompt, so decoding projects them
+        once (decode(visual_kv=...)) instead of at every step."""
+        b, t, k, d = visual.shape
+        flat = visual.reshape(b, t * k, d)
+        block = self.xattn.block()
+        kw = dict(self_mask=None) if self.config.xattn.kind == "grafting" else {}
+        project = lambda p: block.apply({"params": p}, None, flat, None, kv_only=True, **kw)  # noqa: E731
+        params = self.xattn.layer_params
+        if not self.xattn.positions:
+            h, hd = self.xattn.heads()
+            empty = jnp.zeros((0, b, t * k, h, hd), dtype_of(self.config.dtype))
+            return dict(k=empty, v=empty)
+        if self.config.lm.scan_layers:
+            kk, vv = jax.vmap(project)(params)
+        else:
+            kk, vv = zip(*[project(p) for p in params])
+            kk, vv = jnp.stack(kk), jnp.stack(vv)
+        return dict(k=kk, v=vv)
+
     def decode(self, tokens: jax.Array, visual: jax.Array, image_mask: jax.Array,
                media_index: jax.Array | None = None, token_mask: jax.Array | None = None,
-               cache: dict | None = None) -> tuple[jax.Array, dict | None]:
-        """tokens int32[B, L], visual [B, T, K, Dr], image_mask bool[B, T] -> (logits [B, L, V+n], cache)."""
+               cache: dict | None = None, prefix: dict | None = None, visual_kv: dict | None = None,
+               last_logits: bool = False) -> tuple[jax.Array, dict | None]:
+        """tokens int32[B, L], visual [B, T, K, Dr], image_mask bool[B, T] -> (logits [B, L, V+n], cache).
+
+        Decoding extras (flamingo_jax.evaluation.decoding):
+          visual_kv    the visual tokens' cross-attention keys/values from visual_kv(visual), not re-projected
+                       (visual then only gives the shapes; T may be 0: no new images)
+          prefix       a cached prompt prefix for P = B / R prompts, row r continuing prompt r // R (its beams
+                       or candidates): {'lm': {'layers', 'key_mask' [P, S]}, 'graft', 'media_count' [P],
+                       'xkv': {'k', 'v': [X, P, M, H, Dh]} the prefix's visual keys/values that later tokens
+                       may see, 'xmask' [P, M]}; `cache` then holds only the rows' own tokens and starts
+                       from the prefix's positions and image count. The images of `visual` are numbered
+                       after the prefix's.
+          last_logits  logits of the last position only ([B, 1, V+n])."""
         c = self.config
         b, l = tokens.shape
         if media_index is None:
             media_index = default_media_index(tokens, c.image_token_id)
             if cache is not None:
                 media_index = media_index + cache["media_count"][:, None]
+        slot_offset = 0 if prefix is None else prefix["lm"]["key_mask"].shape[1]
         positions, self_mask, bias, meta = self.lm.attention_inputs(
-            token_mask, l, b, None if cache is None else cache["lm"])
+            token_mask, l, b, None if cache is None else cache["lm"], slot_offset)
         t, k = visual.shape[1], visual.shape[2]
         visual_flat = constrain(visual.reshape(b, t * k, visual.shape[-1]), ("act_batch", "act_length", "act_embed"))
+        dec = dict(xkv=visual_kv)
+        if prefix is not None:
+            dec.update(self._prefix_inputs(prefix, media_index))
+            media_index = media_index - jnp.repeat(prefix["media_count"], b // prefix["media_count"].shape[0])[:, None]
         xmask = media_mask(media_index, image_mask, k, c.xattn.mask)
         h = constrain(self.lm.embed_tokens(tokens, positions, self.new_tokens.embedding), ("act_batch", "act_length", "act_embed"))
         attn = dict(positions=positions, mask=self_mask, bias=bias,
@@ -131,19 +170,60 @@ class Flamingo(nn.Module):
         lm_layers = None if cache is None else cache["lm"]["layers"]
         graft = None if cache is None else cache["graft"]
         if c.xattn.kind == "grafting":
-            h, lm_layers = self.lm.run_layers(h, attn, lm_layers)
-            h, graft = self._run_grafts(h, visual_flat, xmask, self_mask, attn["cache_index"], graft)
+            h, lm_layers = self.lm.run_layers(h, attn, lm_layers, prefix=dec.get("lm_prefix"))
+            h, graft = self._run_grafts(h, visual_flat, xmask, self_mask, attn["cache_index"], graft, dec)
         elif c.lm.scan_layers:
-            h, lm_layers = self._run_scanned(h, visual_flat, xmask, attn, lm_layers)
+            h, lm_layers = self._run_scanned(h, visual_flat, xmask, attn, lm_layers, dec)
         else:
-            h, lm_layers = self._run_unrolled(h, visual_flat, xmask, attn, lm_layers)
+            h, lm_layers = self._run_unrolled(h, visual_flat, xmask, attn, lm_layers, dec)
+        if last_logits:
+            h, l = h[:, -1:], 1
         base, hn = self.lm.logits(constrain(h, ("act_batch", "act_length", "act_embed")))
         extra = jnp.dot(hn.reshape(b * l, -1), self.new_tokens.output_rows().astype(hn.dtype))
         logits = jnp.concatenate([base, extra.reshape(b, l, -1).astype(jnp.float32)], axis=-1)
         if cache is None:
             return logits, None
+        if prefix is not None:  # back to image numbers counted from the prompt's start
+            media_index = media_index + jnp.repeat(prefix["media_count"], b // prefix["media_count"].shape[0])[:, None]
         new_cache = dict(lm=dict(meta, layers=lm_layers), graft=graft, media_count=media_index[:, -1])
         return logits, new_cache
+
+    def _prefix_inputs(self, prefix: dict, media_index: jax.Array) -> dict:
+        """The masks with which rows [B, L] attend to a cached prefix of P = B / R prompts, laid out as
+        multi_part_attention reads them ([P, 1, R*L, S]: a group's query rows flattened)."""
+        c = self.config
+        key_mask = prefix["lm"]["key_mask"]  # [P, S]
+        p, s = key_mask.shape
+        b, l = media_index.shape
+        count = jnp.repeat(prefix["media_count"], b // p)  # [B]
+        # Which of the prefix's visual tokens a token may see: under 'previous' the prefix's last image (xkv
+        # holds only that image) while the token has seen no new <image>; under 'all_previous' all of them.
+        sees = (count > 0)[:, None]
+        if c.xattn.mask == "previous":
+            sees = sees & (media_index == count[:, None])
+        else:
+            sees = jnp.broadcast_to(sees, (b, l))
+        xmask = sees.reshape(p, 1, (b // p) * l, 1) & prefix["xmask"][:, None, None, :]
+        bias = None
+        if c.lm.positions == "alibi":
+            bias = alibi_bias(c.lm.num_heads, jnp.arange(s)[None])  # [1, H, 1, S]: the prefix's slots
+        mask = key_mask[:, None, None, :]
+        return dict(lm_prefix=dict(layers=prefix["lm"]["layers"], mask=mask, bias=bias),
+                    graft_prefix=None if prefix["graft"] is None else dict(layers=prefix["graft"], mask=mask),
+                    xprefix=dict(prefix["xkv"], mask=xmask))
+
+    def _xattn_extras(self, dec: dict | None, j) -> dict:
+        """Keyword arguments of cross-attention layer j (int or traced) for decoding: its cached visual
+        keys/values and its part of the cached prefix."""
+        if not dec:
+            return {}
+        out = {}
+        if dec.get("xkv") is not None:
+            out["kv"] = (dec["xkv"]["k"][j], dec["xkv"]["v"][j])
+        if dec.get("xprefix") is not None:
+            xp = dec["xprefix"]
+            out["prefix"] = dict(k=xp["k"][j], v=xp["v"][j], mask=xp["mask"])
+        return out
 
     def __call__(self, tokens: jax.Array, images: jax.Array, image_mask: jax.Array,
                  media_index: jax.Array | None = None, token_mask: jax.Array | None = None) -> jax.Array:
@@ -162,12 +242,12 @@ class Flamingo(nn.Module):
             raise ValueError(f"unknown model.remat {policy!r}: use 'none' or one of {sorted(REMAT_POLICIES)}")
         return jax.checkpoint(fn, policy=REMAT_POLICIES[policy])
 
-    def _xattn_fn(self, params, visual, xmask, remat: bool = True):
+    def _xattn_fn(self, params, visual, xmask, remat: bool = True, extras: dict | None = None):
         block = self.xattn.block()
-        fn = lambda h: block.apply({"params": params}, h, visual, xmask)  # noqa: E731
+        fn = lambda h: block.apply({"params": params}, h, visual, xmask, **(extras or {}))  # noqa: E731
         return self._remat(fn) if remat else fn
 
-    def _run_unrolled(self, h, visual, xmask, attn, lm_layers):
+    def _run_unrolled(self, h, visual, xmask, attn, lm_layers, dec=None):
         """Per-layer params: a Python loop, cross-attention before (gated) or inside (vanilla) LM blocks."""
         where = {layer: j for j, layer in enumerate(placement(self.config.xattn, self.config.lm.num_layers))}
         vanilla = self.config.xattn.kind == "vanilla"
@@ -177,42 +257,57 @@ class Flamingo(nn.Module):
             mid = None
             if i in where:
                 # Vanilla: inside the LM block, which is rematted as a whole (remat it once, not twice).
-                x = self._xattn_fn(self.xattn.layer_params[where[i]], visual, xmask, remat=not vanilla)
+                x = self._xattn_fn(self.xattn.layer_params[where[i]], visual, xmask, remat=not vanilla,
+                                   extras=self._xattn_extras(dec, where[i]))
                 if vanilla:
                     mid = x
                 else:
                     h = x(h)
+            lm_prefix = (dec or {}).get("lm_prefix")
+            layer_prefix = None if lm_prefix is None else dict(
+                lm_prefix["layers"][i], mask=lm_prefix["mask"], bias=lm_prefix["bias"])
             apply_block = functools.partial(block.apply, {"params": self.lm.layer_params[i]}, mid=mid,
-                                            cache=None if new_layers is None else new_layers[i], **attn)
+                                            cache=None if new_layers is None else new_layers[i],
+                                            prefix=layer_prefix, **attn)
             h, layer_cache = self._remat(apply_block)(h)
             if new_layers is not None:
                 new_layers[i] = layer_cache
         return h, new_layers
 
-    def _scan_lm(self, h, params, caches, attn, mid=None):
-        """Applies the LM layers stacked in `params` (and their caches) in order with lax.scan."""
+    def _scan_lm(self, h, params, caches, attn, mid=None, prefix=None):
+        """Applies the LM layers stacked in `params` (and their caches) in order with lax.scan.
+
+        prefix: {'layers': the layers' stacked prefix keys/values, 'mask', 'bias'} (decoding) or None."""
         block = self.lm.block()
         n = jax.tree.leaves(params)[0].shape[0]
+        kvs = None if prefix is None else prefix["layers"]
+
+        def layer_prefix(kv):
+            return None if kv is None else dict(kv, mask=prefix["mask"], bias=prefix["bias"])
+
         if mid is not None:  # the first layer of the group holds the vanilla cross-attention
             first = jax.tree.map(lambda x: x[0], params)
             first_cache = None if caches is None else jax.tree.map(lambda x: x[0], caches)
-            h, c0 = block.apply({"params": first}, h, mid=mid, cache=first_cache, **attn)
+            first_kv = None if kvs is None else jax.tree.map(lambda x: x[0], kvs)
+            h, c0 = block.apply({"params": first}, h, mid=mid, cache=first_cache, prefix=layer_prefix(first_kv),
+                                **attn)
             if n == 1:
                 return h, None if caches is None else jax.tree.map(lambda x: x[None], c0)
             rest = jax.tree.map(lambda x: x[1:], params)
             rest_cache = None if caches is None else jax.tree.map(lambda x: x[1:], caches)
-            h, cr = self._scan_lm(h, rest, rest_cache, attn)
+            rest_prefix = None if kvs is None else dict(prefix, layers=jax.tree.map(lambda x: x[1:], kvs))
+            h, cr = self._scan_lm(h, rest, rest_cache, attn, prefix=rest_prefix)
             if caches is None:
                 return h, None
             return h, jax.tree.map(lambda a, r: jnp.concatenate([a[None], r]), c0, cr)
 
         def body(carry, xs):
-            p, layer_cache = xs
-            return block.apply({"params": p}, carry, cache=layer_cache, **attn)
+            p, layer_cache, kv = xs
+            return block.apply({"params": p}, carry, cache=layer_cache, prefix=layer_prefix(kv), **attn)
 
-        return jax.lax.scan(body, h, (params, caches))
+        return jax.lax.scan(body, h, (params, caches, kvs))
 
-    def _run_segment(self, h, j, start, size, visual, xmask, attn, lm_layers, stacks):
+    def _run_segment(self, h, j, start, size, visual, xmask, attn, lm_layers, stacks, dec=None):
         """Cross-attention layer j (if any), then LM layers [start, start+size) from the stacked trees.
 
         stacks: (lm params, xattn params), read before any lax.scan so that lazy setup (and, at init,
@@ -221,7 +316,8 @@ class Flamingo(nn.Module):
         x = None
         if j is not None:
             params_j = jax.tree.map(lambda a: a[0], _dynamic_rows(xattn_params, j, 1))
-            x = self._xattn_fn(params_j, visual, xmask, remat=False)  # the caller remats the whole segment
+            x = self._xattn_fn(params_j, visual, xmask, remat=False,  # the caller remats the whole segment
+                               extras=self._xattn_extras(dec, j))
         vanilla = self.config.xattn.kind == "vanilla"
         if x is not None and not vanilla:
             h = x(h)
@@ -229,12 +325,15 @@ class Flamingo(nn.Module):
             return h, lm_layers
         params = _dynamic_rows(lm_params, start, size)
         caches = None if lm_layers is None else _dynamic_rows(lm_layers, start, size)
-        h, caches = self._scan_lm(h, params, caches, attn, mid=x if vanilla else None)
+        lm_prefix = (dec or {}).get("lm_prefix")
+        if lm_prefix is not None:
+            lm_prefix = dict(lm_prefix, layers=_dynamic_rows(lm_prefix["layers"], start, size))
+        h, caches = self._scan_lm(h, params, caches, attn, mid=x if vanilla else None, prefix=lm_prefix)
         if lm_layers is not None:
             lm_layers = _set_rows(lm_layers, caches, start)
         return h, lm_layers
 
-    def _run_scanned(self, h, visual, xmask, attn, lm_layers):
+    def _run_scanned(self, h, visual, xmask, attn, lm_layers, dec=None):
         """Stacked params: evenly spaced cross-attention layers run as one scan over (xattn, n LM blocks)
         groups, so compile time does not grow with depth; uneven placements run segment by segment."""
         num_layers = self.config.lm.num_layers
@@ -242,7 +341,7 @@ class Flamingo(nn.Module):
         stacks = (self.lm.layer_params, self.xattn.layer_params)
         def segment(h_, layers_, j, start, size):  # under remat as a whole (one checkpoint per group)
             run = lambda carry: self._run_segment(carry[0], j, start, size, visual, xmask, attn, carry[1],  # noqa: E731
-                                                  stacks)
+                                                  stacks, dec)
             return self._remat(run)((h_, layers_))
 
         if not pos:
@@ -263,26 +362,36 @@ class Flamingo(nn.Module):
             h, lm_layers = segment(h, lm_layers, j, pos[j], stop - pos[j])
         return h, lm_layers
 
-    def _run_grafts(self, h, visual, xmask, self_mask, cache_index, graft):
+    def _run_grafts(self, h, visual, xmask, self_mask, cache_index, graft, dec=None):
         """GRAFTING: the new layers run after the whole frozen LM stack."""
         block = self.xattn.block()
         kw = dict(self_mask=self_mask, cache_index=cache_index)
         params = self.xattn.layer_params
+        gp = (dec or {}).get("graft_prefix")
+
+        def self_prefix(kv):
+            return None if kv is None else dict(kv, mask=gp["mask"], bias=None)
+
         if not self.config.lm.scan_layers:
             new = None if graft is None else list(graft)
             for j, p in enumerate(params):
                 apply_block = functools.partial(block.apply, {"params": p}, visual=visual, mask=xmask,
-                                                cache=None if new is None else new[j], **kw)
+                                                cache=None if new is None else new[j],
+                                                self_prefix=None if gp is None else self_prefix(gp["layers"][j]),
+                                                **self._xattn_extras(dec, j), **kw)
                 h, cj = self._remat(apply_block)(h)
                 if new is not None:
                     new[j] = cj
             return h, new
 
         def body(carry, xs):
-            p, cj = xs
-            return self._remat(lambda h_: block.apply({"params": p}, h_, visual, xmask, cache=cj, **kw))(carry)
+            p, cj, j, kv = xs
+            extras = self._xattn_extras(dec, j)
+            return self._remat(lambda h_: block.apply({"params": p}, h_, visual, xmask, cache=cj,
+                                                      self_prefix=self_prefix(kv), **extras, **kw))(carry)
 
-        return jax.lax.scan(body, h, (params, graft))
+        return jax.lax.scan(body, h, (params, graft, jnp.arange(len(self.xattn.positions)),
+                                      None if gp is None else gp["layers"]))
 
 
 def zeros_gates(params):

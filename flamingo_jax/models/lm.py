@@ -75,6 +75,7 @@ class DecoderBlock(nn.Module):
     """One pre-norm decoder block. h: [B, L, D] -> ([B, L, D], new layer cache or None).
 
     `mid`, if given, maps the residual stream between self-attention and the FFW (VANILLA XATTN).
+    `prefix`, if given, is a cached prompt prefix attended before `cache` (MultiHeadAttention).
     """
 
     config: ml_collections.ConfigDict
@@ -82,7 +83,7 @@ class DecoderBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, h, *, positions, mask, bias=None, cache=None, cache_index=None, mid=None):
+    def __call__(self, h, *, positions, mask, bias=None, cache=None, cache_index=None, mid=None, prefix=None):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         nkw = dict(eps=c.norm_eps, use_bias=c.norm_bias, **kw)
@@ -92,7 +93,7 @@ class DecoderBlock(nn.Module):
             rope_theta=c.rope_theta if c.positions == "rope" else None,
             rotary_dim=int(hd * c.rotary_pct), name="attn", **kw)
         a, new_cache = attn(norm(c.norm, name="attn_norm", **nkw)(h), mask=mask, bias=bias,
-                            positions=positions, cache=cache, cache_index=cache_index)
+                            positions=positions, cache=cache, cache_index=cache_index, prefix=prefix)
         mlp = FeedForward(ffw_width(c), act=c.act, gated=c.gated_ffw, use_bias=c.use_bias, name="mlp", **kw)
         if c.parallel_residual:
             if mid is not None:
@@ -160,9 +161,12 @@ class DecoderLM(nn.Module):
             out = self.head(h)
         return out.astype(jnp.float32), h
 
-    def attention_inputs(self, token_mask: jax.Array | None, length: int, batch: int,
-                         cache: dict | None) -> tuple[jax.Array, jax.Array, jax.Array | None, dict | None]:
-        """Positions int32[B, L], mask bool[B, 1, L, S], ALiBi bias and the updated cache bookkeeping."""
+    def attention_inputs(self, token_mask: jax.Array | None, length: int, batch: int, cache: dict | None,
+                         slot_offset: int = 0) -> tuple[jax.Array, jax.Array, jax.Array | None, dict | None]:
+        """Positions int32[B, L], mask bool[B, 1, L, S], ALiBi bias and the updated cache bookkeeping.
+
+        slot_offset: slots before the cache's first one (a cached prefix of that many slots; only ALiBi,
+        which biases by slot, needs it)."""
         c = self.config
         if token_mask is None:
             token_mask = jnp.ones((batch, length), bool)
@@ -182,7 +186,7 @@ class DecoderLM(nn.Module):
         mask = (causal[None] & key_mask[:, None, :])[:, None]
         bias = None
         if c.positions == "alibi":
-            bias = alibi_bias(c.num_heads, jnp.broadcast_to(slots, key_mask.shape))
+            bias = alibi_bias(c.num_heads, jnp.broadcast_to(slots + slot_offset, key_mask.shape))
         return positions, mask, bias, new_meta
 
     def init_cache(self, batch: int, max_len: int, dtype: Dtype | None = None) -> dict:
@@ -196,17 +200,26 @@ class DecoderLM(nn.Module):
         return dict(layers=layers, index=jnp.zeros((), jnp.int32), key_mask=jnp.zeros((batch, max_len), bool),
                     next_position=jnp.zeros((batch,), jnp.int32))
 
-    def run_layers(self, h: jax.Array, attn: dict, cache_layers=None, start: int = 0, stop: int | None = None):
-        """Applies layers [start, stop) in order. attn: positions/mask/bias/cache_index. Returns (h, caches)."""
+    def run_layers(self, h: jax.Array, attn: dict, cache_layers=None, start: int = 0, stop: int | None = None,
+                   prefix: dict | None = None):
+        """Applies layers [start, stop) in order. attn: positions/mask/bias/cache_index. Returns (h, caches).
+
+        prefix: a cached prompt prefix, {'layers': per-layer {'k', 'v'} like the cache's, 'mask', 'bias'}."""
         stop = self.config.num_layers if stop is None else stop
         block = self.block()
         if stop <= start:
             return h, cache_layers
+
+        def layer_prefix(kv):
+            return None if kv is None else dict(kv, mask=prefix["mask"], bias=prefix["bias"])
+
         if not self.config.scan_layers:
             new = list(cache_layers) if cache_layers is not None else None
             for i in range(start, stop):
                 h, layer_cache = block.apply({"params": self.layer_params[i]}, h,
-                                             cache=None if new is None else new[i], **attn)
+                                             cache=None if new is None else new[i],
+                                             prefix=None if prefix is None else layer_prefix(prefix["layers"][i]),
+                                             **attn)
                 if new is not None:
                     new[i] = layer_cache
             return h, new
@@ -214,13 +227,14 @@ class DecoderLM(nn.Module):
         if (start, stop) != (0, self.config.num_layers):
             params = stack.take(params, start, stop)
         sliced_cache = None if cache_layers is None else stack.take(cache_layers, start, stop)
+        sliced_prefix = None if prefix is None else stack.take(prefix["layers"], start, stop)
 
         def body(carry, xs):
-            p, layer_cache = xs
-            out, new_cache = block.apply({"params": p}, carry, cache=layer_cache, **attn)
+            p, layer_cache, kv = xs
+            out, new_cache = block.apply({"params": p}, carry, cache=layer_cache, prefix=layer_prefix(kv), **attn)
             return out, new_cache
 
-        h, new_cache = jax.lax.scan(body, h, (params, sliced_cache))
+        h, new_cache = jax.lax.scan(body, h, (params, sliced_cache, sliced_prefix))
         if cache_layers is None:
             return h, None
         if (start, stop) == (0, self.config.num_layers):

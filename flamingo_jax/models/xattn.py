@@ -104,13 +104,22 @@ class CrossAttention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, y: jax.Array, visual: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(self, y: jax.Array | None, visual: jax.Array | None, mask: jax.Array | None, *,
+                 kv: tuple | None = None, prefix: dict | None = None, kv_only: bool = False):
+        """kv_only: the projected keys and values of the visual tokens ([B, M, H, Dh] each), what decoding
+        caches once per prompt; kv: such keys and values, used instead of projecting `visual`; prefix: the
+        cached keys and values of a shared prompt prefix (MultiHeadAttention)."""
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        attn = MultiHeadAttention(num_heads=self.num_heads, head_dim=self.head_dim, use_bias=c.use_bias,
+                                  name="attn", **kw)
+        if kv is None:
+            visual = norm("layernorm", eps=c.norm_eps, name="kv_norm", **kw)(visual) if c.kv_norm else visual
+            visual = visual.astype(self.dtype)
+        if kv_only:
+            return attn(None, visual, kv_only=True)
         q = norm("layernorm", eps=c.norm_eps, name="query_norm", **kw)(y)
-        kv = norm("layernorm", eps=c.norm_eps, name="kv_norm", **kw)(visual) if c.kv_norm else visual
-        out, _ = MultiHeadAttention(num_heads=self.num_heads, head_dim=self.head_dim, use_bias=c.use_bias,
-                                    name="attn", **kw)(q, kv.astype(self.dtype), mask=mask)
+        out, _ = attn(q, visual if kv is None else None, mask=mask, kv=kv, prefix=prefix)
         return out
 
 
@@ -128,10 +137,15 @@ class GatedCrossAttentionBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, y: jax.Array, visual: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(self, y: jax.Array, visual: jax.Array, mask: jax.Array, *, kv: tuple | None = None,
+                 prefix: dict | None = None, kv_only: bool = False) -> jax.Array:
+        """kv, prefix, kv_only: see CrossAttention (decoding's cached visual keys and values)."""
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        a = CrossAttention(c, self.num_heads, self.head_dim, name="xattn", **kw)(y, visual, mask)
+        xattn = CrossAttention(c, self.num_heads, self.head_dim, name="xattn", **kw)
+        if kv_only:
+            return xattn(None, visual, None, kv_only=True)
+        a = xattn(y, visual, mask, kv=kv, prefix=prefix)
         y = constrain(y + _gate(self, "attn_gate", c.gating, self.dtype) * a, ("act_batch", "act_length", "act_embed"))
         if self.dense:
             h = norm("layernorm", eps=c.norm_eps, name="ffw_norm", **kw)(y)
@@ -154,15 +168,20 @@ class GraftBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, y, visual, mask, *, self_mask, cache=None, cache_index=None):
+    def __call__(self, y, visual, mask, *, self_mask, cache=None, cache_index=None, kv=None, prefix=None,
+                 self_prefix=None, kv_only=False):
+        """kv, prefix, kv_only: see CrossAttention; self_prefix: the new self-attention's cached prefix."""
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        xattn = CrossAttention(c, self.num_heads, self.head_dim, name="xattn", **kw)
+        if kv_only:
+            return xattn(None, visual, None, kv_only=True)
         h = norm("layernorm", eps=c.norm_eps, name="self_norm", **kw)(y)
         s, new_cache = MultiHeadAttention(num_heads=self.num_heads, head_dim=self.head_dim, use_bias=c.use_bias,
                                           name="self_attn", **kw)(h, mask=self_mask, cache=cache,
-                                                                  cache_index=cache_index)
+                                                                  cache_index=cache_index, prefix=self_prefix)
         y = y + _gate(self, "self_gate", c.gating, self.dtype) * s
-        a = CrossAttention(c, self.num_heads, self.head_dim, name="xattn", **kw)(y, visual, mask)
+        a = xattn(y, visual, mask, kv=kv, prefix=prefix)
         y = y + _gate(self, "attn_gate", c.gating, self.dtype) * a
         h = norm("layernorm", eps=c.norm_eps, name="ffw_norm", **kw)(y)
         f = FeedForward(c.ffw_mult * y.shape[-1], act=c.act, use_bias=c.use_bias, name="ffw", **kw)(h)
