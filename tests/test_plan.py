@@ -128,10 +128,14 @@ GENERATE = textwrap.dedent("""
     mesh = dict(data=2, fsdp=2, model=2)
     runs = [P.plan_generate(config, mesh, P.parse_target("cpu"), prompt_len=n, new_tokens=8, num_images=5)
             for n in (32, 96)]
+    state_only = P.plan_generate(config, mesh, P.parse_target("cpu"), prompt_len=32, new_tokens=8, num_images=5,
+                                 compile=False)
+    tight = P.plan_generate(config, mesh, P.parse_target("cpu"), prompt_len=32, new_tokens=8, num_images=5,
+                            compile=False, memory_bytes=runs[0]["state_bytes"])
     lm = config.model.lm
     per_slot = (2 * lm.num_layers * ((lm.num_kv_heads or lm.num_heads) // 2) * head_dim(lm)
                 * jnp.dtype(config.model.dtype).itemsize + 1)  # k and v of every layer + key_mask, per row
-    print(json.dumps(dict(runs=runs, per_slot=per_slot)))
+    print(json.dumps(dict(runs=runs, per_slot=per_slot, state_only=state_only, tight=tight)))
 """)
 
 
@@ -154,3 +158,8 @@ def test_generate_plan_holds_the_kv_cache(config_file):
     assert long["prefill"]["output_bytes"] - short["prefill"]["output_bytes"] == growth
     assert long["peak_bytes"] - short["peak_bytes"] >= growth
     assert short["step"]["argument_bytes"] >= short["kv_cache_bytes"] and short["verdict"] == "fits"
+    # --nocompile: the same state from shapes, no peak; a verdict only when the state alone is over the budget.
+    only, tight = res["state_only"], res["tight"]
+    assert only["kv_cache_bytes"] == short["kv_cache_bytes"] and only["peak_bytes"] is None
+    assert only["state_bytes"] == short["params_bytes"] + short["kv_cache_bytes"]
+    assert only["verdict"].startswith("undecided") and tight["verdict"] == "does not fit"

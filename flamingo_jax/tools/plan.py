@@ -241,8 +241,10 @@ def batch_shapes(config: Any, batch_overrides: Mapping[str, int], datasets: Sequ
 
 def plan(config: Any, mesh_sizes: Mapping[str, int], target: Target, *, devices: Sequence[Any] | None = None,
          batch_overrides: Mapping[str, int] | None = None, datasets: Sequence[str] = (),
-         memory_bytes: int | None = None, headroom: float = 0.1, gpu_target_config: str = "") -> dict:
-    """Compiles the train step of `config` for `target` on `mesh_sizes` and returns the memory plan."""
+         memory_bytes: int | None = None, headroom: float = 0.1, gpu_target_config: str = "",
+         compile: bool = True) -> dict:
+    """Compiles the train step of `config` for `target` on `mesh_sizes` and returns the memory plan
+    (compile=False: the state's per-device bytes from shapes only, see `_finish`)."""
     import jax
 
     from flamingo_jax import models, optim, sharding
@@ -282,9 +284,12 @@ def plan(config: Any, mesh_sizes: Mapping[str, int], target: Target, *, devices:
     jitted = jax.jit(step, in_shardings=(state_sh, frozen_sh, None), out_shardings=(state_sh, rep),
                      donate_argnums=0)
     t0 = time.perf_counter()
-    lowered = jitted.lower(sds(state, state_sh), sds(frozen, frozen_sh), batch_args)
+    compiled, error, compile_s = None, "not compiled (--nocompile)", 0.0
+    if compile:
+        lowered = jitted.lower(sds(state, state_sh), sds(frozen, frozen_sh), batch_args)
     lower_s = time.perf_counter() - t0
-    compiled, error, compile_s = _compile(lowered, target)
+    if compile:
+        compiled, error, compile_s = _compile(lowered, target)
 
     trainable_b = per_device_bytes(state["trainable"], state_sh["trainable"])
     frozen_b = per_device_bytes(frozen, frozen_sh)
@@ -295,7 +300,7 @@ def plan(config: Any, mesh_sizes: Mapping[str, int], target: Target, *, devices:
         platform=devices[0].platform, device_kind=getattr(devices[0], "device_kind", ""),
         global_batch={n: f["tokens"][0][0] for n, f in batches.items()},
         params_bytes=trainable_b + frozen_b, trainable_params_bytes=trainable_b, frozen_params_bytes=frozen_b,
-        optimizer_state_bytes=opt_b, batch_bytes=batch_b,
+        optimizer_state_bytes=opt_b, batch_bytes=batch_b, state_bytes=trainable_b + frozen_b + opt_b + batch_b,
     )
     out.update(_memory(compiled, error))
     return _finish(out, target, count, memory_bytes, headroom, lower_s, compile_s, t_start)
@@ -324,7 +329,7 @@ def cache_shardings(cache: Any, batch_axes: Any, mesh: Any) -> Any:
 def plan_generate(config: Any, mesh_sizes: Mapping[str, int], target: Target, *,
                   devices: Sequence[Any] | None = None, batch: int | None = None, prompt_len: int | None = None,
                   num_images: int = 33, new_tokens: int = 20, memory_bytes: int | None = None,
-                  headroom: float = 0.1, gpu_target_config: str = "") -> dict:
+                  headroom: float = 0.1, gpu_target_config: str = "", compile: bool = True) -> dict:
     """Compiles greedy generation from a few-shot prompt for `target` and returns its memory plan.
 
     Two programs, as evaluation runs them (flamingo_jax.evaluation.decoding): the prefill (encode the
@@ -382,7 +387,7 @@ def plan_generate(config: Any, mesh_sizes: Mapping[str, int], target: Target, *,
     p_args = jax.tree.map(lambda x, sh: sds(x.shape, x.dtype, sharding=sh), params, param_sh)
     c_args = jax.tree.map(lambda x, sh: sds(x.shape, x.dtype, sharding=sh), cache, cache_sh)
     t0 = time.perf_counter()
-    lowered = [
+    lowered = [] if not compile else [
         jax.jit(sharding.with_activation_sharding(prefill, mesh), out_shardings=(bs(2), bs(4), cache_sh)
                 ).lower(p_args, tokens, images, image_mask),
         jax.jit(sharding.with_activation_sharding(step, mesh), out_shardings=(bs(2), cache_sh), donate_argnums=3
@@ -395,6 +400,10 @@ def plan_generate(config: Any, mesh_sizes: Mapping[str, int], target: Target, *,
                global_batch=b, prompt_len=length, images=num_images, new_tokens=int(new_tokens), cache_len=slots,
                params_bytes=per_device_bytes(params, param_sh), kv_cache_bytes=per_device_bytes(cache, cache_sh),
                kv_cache_total_bytes=sum(_bytes(x) for x in jax.tree.leaves(cache)))
+    out["state_bytes"] = out["params_bytes"] + out["kv_cache_bytes"]
+    if not compile:
+        out.update(peak_bytes=None, compile_error="not compiled (--nocompile)")
+        return _finish(out, target, count, memory_bytes, headroom, lower_s, 0.0, t_start)
     compile_s = 0.0
     for name, low in zip(("prefill", "step"), lowered):
         compiled, error, seconds = _compile(low, target)
@@ -462,10 +471,18 @@ def _finish(out: dict, target: Target, count: int, memory_bytes: int | None, hea
         budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // count
     usable = int(budget * (1.0 - headroom))
     peak = out["peak_bytes"]
+    if peak is not None:
+        verdict = "fits" if peak <= usable else "does not fit"
+    elif out.get("compile_error", "").startswith("not compiled"):
+        # Without the compile only the state (params, optimizer state or KV cache, batch) is known: a lower
+        # bound of the peak, which decides only when it alone is over the budget.
+        verdict = "does not fit" if out["state_bytes"] > usable else "undecided (state fits; compile for the peak)"
+    else:
+        verdict = "does not fit"  # RESOURCE_EXHAUSTED
     out.update(
         memory_bytes=int(budget), usable_bytes=usable, headroom=headroom,
         peak_gib=None if peak is None else round(peak / GIB, 3), memory_gib=round(budget / GIB, 3),
-        verdict="fits" if peak is not None and peak <= usable else "does not fit",
+        state_gib=round(out["state_bytes"] / GIB, 3), verdict=verdict,
         lower_s=round(lower_s, 2), compile_s=round(compile_s, 2), total_s=round(time.perf_counter() - t_start, 2),
     )
     if target.kind == "cpu":
@@ -540,6 +557,8 @@ def _define_flags() -> dict:
         memory_gb=flags.DEFINE_float("memory_gb", 0.0, "per-device memory in GiB (default: the target's)"),
         headroom=flags.DEFINE_float("headroom", 0.1, "fraction of device memory kept free"),
         gpu_target_config=flags.DEFINE_string("gpu_target_config", "", "GpuTargetConfigProto text file"),
+        compile=flags.DEFINE_bool("compile", True, "compile for the peak (--nocompile: state bytes only, "
+                                  "from shapes, in seconds)"),
         mode=flags.DEFINE_enum("mode", "train", ["train", "generate"], "plan the train step or generation"),
         gen_batch=flags.DEFINE_integer("gen_batch", 0, "generate: global batch of prompts (default data*fsdp)"),
         prompt_len=flags.DEFINE_integer("prompt_len", 0, "generate: prompt tokens (default lm.max_len - "
@@ -563,7 +582,7 @@ def main(argv: Sequence[str], f: dict) -> None:
             with open(f["gpu_target_config"].value) as spec:
                 found = re.search(r"device_memory_size:\s*(\d+)", spec.read())
             memory = int(found.group(1)) if found else None
-        common = dict(memory_bytes=memory,
+        common = dict(memory_bytes=memory, compile=f["compile"].value,
                       headroom=f["headroom"].value, gpu_target_config=f["gpu_target_config"].value)
         args = (f["config"].value, parse_mesh(f["mesh"].value), parse_target(f["target"].value))
         if f["mode"].value == "generate":
