@@ -129,7 +129,7 @@ def _array_sums(x: Any) -> tuple[int, int]:
         blocks = [(x, (0,) * x.ndim)]
     s1 = s2 = 0
     for data, offsets in blocks:
-        w = _words(np.asarray(data))
+        w = _words(np.asarray(jax.device_get(data)))  # explicit: one shard at a time
         shape = tuple(x.shape) + w.shape[len(x.shape):]
         offsets = offsets + (0,) * (w.ndim - len(offsets))
         strides = tuple(int(np.prod(shape[a + 1:], dtype=np.int64)) % _M for a in range(len(shape)))
@@ -155,19 +155,22 @@ def checksums(tree: Any) -> dict[str, str]:
         sums = list(pool.map(lambda kv: _array_sums(kv[1]), flat))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
-        parts = np.asarray(multihost_utils.process_allgather(np.asarray(sums, np.uint32).reshape(-1, 2)))
+        with jax.transfer_guard("allow"):  # process_allgather reads its gathered result with np.asarray
+            parts = np.asarray(multihost_utils.process_allgather(np.asarray(sums, np.uint32).reshape(-1, 2)))
         sums = [(int(a) % _M, int(b) % _M) for a, b in parts.reshape(jax.process_count(), -1, 2)
                 .astype(np.uint64).sum(axis=0)]
     return {jax.tree_util.keystr(k): "%08x%08x" % v for (k, _), v in zip(flat, sums)}
 
 
-def verify_checksums(tree: Any, recorded: Mapping[str, str] | None) -> None:
+def verify_checksums(tree: Any, recorded: Mapping[str, str] | None, partial: bool = False) -> None:
     """ChecksumMismatch naming the arrays whose checksum differs from `recorded` (None: nothing recorded,
-    a checkpoint written before checksums existed: accepted)."""
+    a checkpoint written before checksums existed: accepted). partial: `tree` is part of what was recorded
+    (e.g. only the trainable params of a step checkpoint): only its own arrays are compared."""
     if not recorded:
         return
     got = checksums(tree)
-    bad = sorted(k for k in set(got) | set(recorded) if got.get(k) != recorded.get(k))
+    keys = set(got) if partial else set(got) | set(recorded)
+    bad = sorted(k for k in keys if got.get(k) != recorded.get(k))
     if bad:
         raise ChecksumMismatch(f"checksum mismatch in {len(bad)} of {len(recorded)} arrays (e.g. {bad[:3]}): "
                                f"the files changed after they were written")
@@ -251,17 +254,20 @@ class DataStateRestore(ocp.args.CheckpointArgs):
 # Frozen params: stored once (or referenced to their converted checkpoint) with a content hash.
 
 
-def _host(x: jax.Array) -> np.ndarray:
+def _host(x: Any) -> np.ndarray:
+    """One array's whole value on this host, by explicit transfers: a sharded array spanning processes is
+    first replicated by a jitted identity (an all-gather over the mesh), then read with jax.device_get."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
+        replicated = jax.sharding.NamedSharding(x.sharding.mesh, jax.sharding.PartitionSpec())
+        x = jax.jit(lambda a: a, out_shardings=replicated)(x).addressable_data(0)
+    return np.asarray(jax.device_get(x))
 
 
 def fingerprint(params: Any) -> str:
-    """params_fingerprint (flamingo_jax.convert.store) of a possibly sharded tree."""
+    """params_fingerprint (flamingo_jax.convert.store) of a possibly sharded tree, read to host one leaf at a
+    time (never the whole tree at once)."""
     from flamingo_jax.convert.store import params_fingerprint
-    return params_fingerprint(jax.tree.map(_host, params))
+    return params_fingerprint(params, to_host=_host)
 
 
 def frozen_sources(config: ml_collections.ConfigDict, frozen: dict) -> dict:
@@ -674,23 +680,124 @@ class Checkpoints:
         self.manager = self._open()
 
 
-def load_params(config: ml_collections.ConfigDict | None, workdir: str, step: int | None = None, *,
-                shardings: Any = None) -> tuple[dict, int]:
-    """(whole param tree, step) of a training workdir's newest intact step checkpoint (or `step`): trainable
-    params from the step checkpoint merged with the frozen ones (workdir/frozen or the converted checkpoints
-    it references, hashes checked). Read to host memory without building the model; `shardings` (one
-    Sharding or a matching pytree) places them on devices. The run's own config is in the checkpoint's
-    meta item; `config` is accepted for symmetry with the trainer and not needed."""
+def load_params(config: ml_collections.ConfigDict | None, workdir: str, step: int | None = None
+                ) -> tuple[dict, int]:
+    """(whole param tree as host numpy, step) of a training workdir's newest intact step checkpoint (or
+    `step`), read without building the model (flamingo_jax.tools.export.read_workdir): for tools and small
+    models. Evaluation restores into shardings instead (restore_params), so no host holds the whole tree.
+    `config` is accepted for symmetry with the trainer and not needed (the run's own is in the meta item)."""
     del config
     from flamingo_jax.tools.export import read_workdir
 
     params, _, step, _ = read_workdir(workdir, step)
-    if shardings is not None:
-        if isinstance(shardings, jax.sharding.Sharding):
-            params = jax.tree.map(lambda x: jax.device_put(x, shardings), params)
-        else:
-            params = jax.tree.map(jax.device_put, params, shardings)
     return params, step
+
+
+def restore_params(workdir: str, config: ml_collections.ConfigDict, target: Any, step: int | None = None, *,
+                   verify: bool = True) -> tuple[dict, int]:
+    """(params, step): a training workdir's newest intact step checkpoint (or `step`) restored straight into
+    the shardings of `target`, the whole param tree as jax.ShapeDtypeStructs with shardings
+    (flamingo_jax.train.param_targets). Orbax reads, on every process, only the array slices that its devices
+    hold (ArrayRestoreArgs built from the target's shardings), so no host ever holds the whole tree.
+
+    Trainable params (config.trainable) come from the step checkpoint's train state, restored alone
+    (partial restore: the optimizer state is never read); frozen params from the workdir's frozen store
+    (frozen/params) or the converted checkpoints its manifest references, into the same shardings. Checks,
+    as the trainer's resume makes them: the step's frozen fingerprint is the store's; with `verify`, the
+    trainable arrays' checksums recorded at save (per shard, on device hosts) and the stored frozen
+    subtrees' sha256 (read to host one leaf at a time) and the referenced converted checkpoints' recorded
+    sha256. A step that cannot be read is skipped for an older one with a warning (nothing is moved: the
+    evaluation never changes a training workdir). CheckpointError when no step is intact.
+
+    Cost of `verify` on the stored frozen subtrees: the sha256 needs each array's bytes in order, so each
+    frozen array is, one at a time, replicated over the mesh and read to host (as the trainer's resume does
+    in prepare_frozen); where the largest frozen array does not fit one device, pass verify=False (the
+    fingerprint check above still runs)."""
+    from flamingo_jax import optim
+
+    workdir = os.path.abspath(workdir)
+    manifest_path = os.path.join(workdir, "frozen", "manifest.json")
+    if not os.path.exists(manifest_path):
+        raise CheckpointError(f"{workdir} holds no training checkpoint (no frozen/manifest.json): pass the "
+                              f"--workdir of a flamingo_jax.train run")
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    trainable_target, frozen_target = optim.partition(target, config.trainable)
+    if sorted(frozen_target) != sorted(manifest["subtrees"]):
+        raise CheckpointError(f"frozen subtrees differ: {workdir} holds {sorted(manifest['subtrees'])}, the config "
+                              f"freezes {sorted(frozen_target)}; evaluate with the config that trained it")
+    trainable, step = _restore_trainable(workdir, {"trainable": trainable_target}, manifest, step, verify)
+    return optim.merge(trainable, _restore_frozen(workdir, target, frozen_target, manifest, verify)), step
+
+
+def _restore_trainable(workdir: str, target: dict, manifest: dict, step: int | None, verify: bool
+                       ) -> tuple[dict, int]:
+    """target {'trainable': abstract tree} -> (trainable params in their shardings, step)."""
+    options = ocp.CheckpointManagerOptions(read_only=True)
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options, item_handlers={
+        STATE: ocp.PyTreeCheckpointHandler(), META: ocp.JsonCheckpointHandler()})
+    try:
+        steps = sorted(manager.all_steps()) if step is None else [step]
+        if not steps:
+            raise CheckpointError(f"{workdir} holds no step checkpoint (expected {workdir}/checkpoints/<step>)")
+        args = ocp.args.Composite(**{
+            STATE: ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(
+                target), partial_restore=True),
+            META: ocp.args.JsonRestore()})
+        for s in reversed(steps):
+            try:
+                out = manager.restore(s, args=args)
+            except Exception as e:  # noqa: BLE001 - unreadable: an older step may be intact
+                if step is not None:
+                    raise CheckpointError(f"checkpoint {s} of {workdir} cannot be read ({one_line(e)})") from None
+                logging.warning("checkpoint %d of %s cannot be read (%s); trying an older one", s, workdir,
+                                one_line(e))
+                continue
+            meta = out[META]
+            if meta.get("frozen_fingerprint") != manifest["fingerprint"]:
+                raise CheckpointError(f"frozen hash mismatch: checkpoint {s} was trained with frozen params "
+                                      f"{str(meta.get('frozen_fingerprint'))[:12]}..., {workdir}/frozen holds "
+                                      f"{manifest['fingerprint'][:12]}...")
+            if verify:
+                verify_checksums(out[STATE], (meta.get("checksums") or {}).get("arrays"), partial=True)
+            return out[STATE]["trainable"], s
+        raise CheckpointError(f"no intact checkpoint in {workdir}/checkpoints (steps {steps}; see the warnings)")
+    finally:
+        manager.close()
+
+
+def _restore_frozen(workdir: str, target: dict, frozen_target: dict, manifest: dict, verify: bool) -> dict:
+    """The frozen params (frozen_target's structure) in their shardings: stored subtrees from
+    workdir/frozen/params, referenced ones from their converted checkpoints (whole subtrees: `target`'s
+    shardings and the trainer's dtype, then cut to the frozen part)."""
+    from flax import traverse_util
+
+    from flamingo_jax.convert.store import load_converted, read_manifest
+
+    subtrees = manifest["subtrees"]
+    stored = sorted(k for k, v in subtrees.items() if v["source"] == "workdir")
+    frozen: dict = {}
+    if stored:
+        root = os.path.join(workdir, "frozen", "params")
+        try:
+            frozen.update(ocp.StandardCheckpointer().restore(root, {k: frozen_target[k] for k in stored}))
+        except Exception as e:  # noqa: BLE001 - any failure to read is a damaged store
+            raise CheckpointError(f"{root} cannot be read ({one_line(e)})") from None
+    for k, src in subtrees.items():
+        if src["source"] == "workdir":
+            got = fingerprint(frozen[k]) if verify else src["sha256"]
+        else:
+            got = read_manifest(src["path"]).get("params_sha256", "")
+            dtype = jax.tree.leaves(frozen_target[k])[0].dtype
+            whole, _ = load_converted(src["path"], shardings=jax.tree.map(lambda x: x.sharding, target[k]),
+                                      dtype=dtype)
+            keep = set(traverse_util.flatten_dict(frozen_target[k]))  # e.g. the LM but its trainable rows
+            frozen[k] = traverse_util.unflatten_dict({p: v for p, v in traverse_util.flatten_dict(whole).items()
+                                                      if p in keep})
+        if got != src["sha256"]:
+            raise CheckpointError(f"frozen hash mismatch for {k!r}: found {got[:12]}..., {workdir}/frozen records "
+                                  f"{src['sha256'][:12]}...")
+    return frozen
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -13,13 +13,22 @@ x100, accuracy and AUC in %). Each (task, shots, seed, selection, checkpoint) ce
 predictions go to DIR/eval/cells/<cell>/shard-<i>-of-<n>.json and its score into results.json, so a rerun
 skips finished cells (and finished shards of unfinished ones).
 
-Params: --checkpoint PATH (a training workdir or its checkpoints; see load_params), else DIR's own
+Params: --checkpoint PATH (a training workdir or its checkpoints; see load_checkpoint), else DIR's own
 checkpoints if it has any (the ablation runner passes the training workdir), else a random init (a loud
-warning: the numbers then measure nothing).
+warning: the numbers then measure nothing). They are restored straight into their shardings on the config's
+mesh (--config.mesh.*; flamingo_jax.checkpoint.restore_params): no host ever holds the whole tree, and
+params, batches and results move only by explicit transfers (runs under JAX_TRANSFER_GUARD=disallow).
 
-Several processes: run the same command with --num_shards N --shard_index I (or under jax.distributed, which
-sets them); queries are split round-robin, each process writes its shard and shard 0 waits for the others,
-then scores the cell.
+Several processes under jax.distributed (the same command on every host: a SLURM / Open MPI / Cloud TPU /
+Kubernetes job is detected as by the trainer, or --coordinator_address / --num_processes / --process_id):
+the mesh spans every process's devices, the processes split each cell's queries round-robin (process i
+builds and decodes queries i, i + n, ...; every batch is one program over the mesh), the outputs are
+gathered to process 0 with a collective (flamingo_jax.evaluation.multihost says why not files), and
+process 0 alone scores the cell and writes the results, once.
+
+Independent processes without jax.distributed (each holding the whole model): --num_shards N --shard_index I;
+each writes its shard's predictions and shard 0 waits for the files of the others (a shared DIR), then
+scores the cell.
 """
 
 from __future__ import annotations
@@ -43,54 +52,54 @@ TABLE_SCALE = 100.0
 # ---------------------------------------------------------------------------------------------- params
 
 
-def random_params(config: ml_collections.ConfigDict) -> dict:
-    """Randomly initialised params (flamingo_jax.train.init_params on a one-axis mesh of all devices)."""
-    from flamingo_jax import models, sharding
-    from flamingo_jax.train import init_params
+def eval_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """The mesh evaluation runs on: config.mesh (every device of every process), else one data axis."""
+    from flamingo_jax import sharding
+
+    return sharding.make_mesh(config.mesh if "mesh" in config else dict(data=-1, fsdp=1, model=1))
+
+
+def random_params(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict:
+    """Randomly initialised params (flamingo_jax.train.init_params: straight into their shardings on `mesh`)."""
+    from flamingo_jax import models
+    from flamingo_jax.train import init_params, make_key
 
     model = models.build(config.model)
-    mesh = sharding.make_mesh(config.mesh if "mesh" in config else dict(data=-1, fsdp=1, model=1))
-    params, _, _ = init_params(model, config.model, mesh, jax.random.key(config.get("seed", 0)))
+    params, _, _ = init_params(model, config.model, mesh, make_key(config.get("seed", 0)))
     return params
 
 
-def load_params(config: ml_collections.ConfigDict, path: str) -> tuple[dict, str]:
-    """(params, checkpoint id) of the newest intact checkpoint under `path` (a training workdir)."""
-    params, _, checkpoint_id = load_checkpoint(config, path)
+def load_params(config: ml_collections.ConfigDict, path: str, mesh: jax.sharding.Mesh | None = None
+                ) -> tuple[dict, str]:
+    """(params, checkpoint id) of the newest intact checkpoint under `path` (see load_checkpoint)."""
+    params, _, checkpoint_id = load_checkpoint(config, path, mesh)
     return params, checkpoint_id
 
 
-def load_checkpoint(config: ml_collections.ConfigDict, path: str) -> tuple[dict, int, str]:
-    """(params, step, checkpoint id) of the newest intact checkpoint under `path` (a training workdir).
-
-    Uses flamingo_jax.checkpoint.load_params(config, path) -> (params, step) when the checkpoint module
-    provides it; otherwise restores through the trainer's own objects (the train state's trainable params
-    merged with the workdir's frozen params)."""
-    from flamingo_jax import checkpoint
+def load_checkpoint(config: ml_collections.ConfigDict, path: str, mesh: jax.sharding.Mesh | None = None
+                    ) -> tuple[dict, int, str]:
+    """(params, step, checkpoint id) of the newest intact checkpoint under `path` (a training workdir or its
+    checkpoints/), restored straight into their shardings on `mesh` (default: eval_mesh(config)): trainable
+    params from the step checkpoint, frozen ones from the workdir's frozen store or the converted
+    checkpoints it references (flamingo_jax.checkpoint.restore_params, which checks their hashes)."""
+    from flamingo_jax import checkpoint, models
+    from flamingo_jax.train import param_targets
 
     path = os.path.abspath(path)
     if os.path.basename(path) == "checkpoints":
         path = os.path.dirname(path)
-    lib = getattr(checkpoint, "load_params", None)
-    if callable(lib):
-        params, step = lib(config, path)
-    else:
-        from flamingo_jax import optim
-        from flamingo_jax.train import Trainer
-
-        if not os.path.exists(os.path.join(path, "frozen", "manifest.json")):
-            raise FileNotFoundError(f"{path} holds no training checkpoint (no frozen/manifest.json): pass the "
-                                    "--workdir of a flamingo_jax.train run as --checkpoint")
-        trainer = Trainer.create(config)
-        ckpt = checkpoint.Checkpoints(path, config, trainer.mesh)
-        frozen, _ = checkpoint.prepare_frozen(path, config, trainer.frozen)
-        restored = ckpt.restore(trainer.state)
-        ckpt.close()
-        if restored is None:
-            raise FileNotFoundError(f"no step checkpoint under {path}/checkpoints")
-        params, step = optim.merge(restored.state["trainable"], frozen), restored.step
+    mesh = eval_mesh(config) if mesh is None else mesh
+    target = param_targets(models.build(config.model), config.model, mesh)
+    params, step = checkpoint.restore_params(path, config, target)
     checkpoint_id = f"{os.path.basename(path)}-step{step}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
     return params, int(step), checkpoint_id
+
+
+def params_mesh(params: Any) -> jax.sharding.Mesh | None:
+    """The mesh that `params` are sharded over (None: host arrays or one device's)."""
+    leaf = jax.tree.leaves(params)[0]
+    sh = getattr(leaf, "sharding", None)
+    return sh.mesh if isinstance(sh, jax.sharding.NamedSharding) else None
 
 
 def has_checkpoint(path: str) -> bool:
@@ -195,43 +204,70 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
              checkpoint: str | None = None, params: Any = None, checkpoint_id: str | None = None,
              batch_size: int = 8, num_beams: int = 3, length_penalty: float = 0.0, max_queries: int = 0,
              shard: tuple[int, int] | None = None, progress: bool = True, vocab=None, ensemble: int = 1,
-             wait_timeout_s: float = 3600.0) -> dict:
+             wait_timeout_s: float = 3600.0, mesh: jax.sharding.Mesh | None = None) -> dict:
     """Runs every (task, shots, seed) cell not yet in DIR/eval/results.json; returns
-    {task: {shots: mean score over seeds as a fraction}} (flamingo_jax.ablate's evaluator convention)."""
-    from flamingo_jax import models
+    {task: {shots: mean score over seeds as a fraction}} (flamingo_jax.ablate's evaluator convention).
 
-    shard = shard or (jax.process_index(), jax.process_count())
+    mesh: where loaded params go (default eval_mesh(config)); given params run on the mesh they are sharded
+    over (host or single-device params: on one device, as before). A mesh spanning several processes makes
+    every cell a collective of all of them (see the module docstring); `shard` is then theirs."""
+    from flamingo_jax import models, sharding
+    from flamingo_jax.evaluation import multihost
+
     if params is None:
+        mesh = eval_mesh(config) if mesh is None else mesh
         if checkpoint or has_checkpoint(workdir):
-            params, checkpoint_id = load_params(config, checkpoint or workdir)
+            params, checkpoint_id = load_params(config, checkpoint or workdir, mesh)
         else:
             logging.warning("no --checkpoint and no checkpoint in %s: evaluating RANDOMLY INITIALISED params",
                             workdir)
-            params = random_params(config)
+            params = random_params(config, mesh)
             checkpoint_id = f"random-init-seed{config.get('seed', 0)}"
+    else:
+        mesh = params_mesh(params)
     checkpoint_id = checkpoint_id or "params"
+    collective = multihost.process_count(mesh) > 1
+    if collective:
+        if shard is not None and tuple(shard) != (jax.process_index(), jax.process_count()):
+            raise ValueError(f"the mesh spans {jax.process_count()} processes, which split the queries "
+                             f"themselves: drop --num_shards / --shard_index (got shard {shard})")
+        shard = (jax.process_index(), jax.process_count())
+    shard = shard or (jax.process_index(), jax.process_count())
+    if mesh is not None:
+        sharding.batch_size_divides(batch_size, mesh, "evaluation (--batch_size)")
+    primary = shard[0] == 0
     data = harness.EvalData(config.data, vocab=vocab)
     tasks = [data.resolve(t) for t in (tasks or list(config.data.eval_sets))]
     results = Results(workdir)
     evaluator = harness.Evaluator(models.build(config.model), params, data, batch_size=batch_size,
                                   num_beams=num_beams, length_penalty=length_penalty, ensemble=ensemble,
-                                  cache_dir=os.path.join(workdir, "eval", "rices_cache"), progress=progress)
+                                  cache_dir=os.path.join(workdir, "eval", "rices_cache"), progress=progress,
+                                  mesh=mesh)
     for task in tasks:
         for n_shots in shots:
             for seed in range(seeds):
                 label = cell_label(selection, ensemble, data.kind(task))
                 key = cell_key(task, n_shots, seed, label, checkpoint_id)
-                if key in results.load()["cells"]:
+                cached = key in results.load()["cells"] if primary or not collective else False
+                if multihost.from_process_0(cached) if collective else cached:  # every process skips, or none
                     logging.info("cached: %s", key)
                     continue
                 t0 = time.time()
-                path = results.shard_path(key, shard)
-                if not os.path.exists(path):
+                if collective:  # one collective per cell; the outputs gathered to process 0
                     outs = evaluator.predict(task, n_shots, seed, selection, shard, max_queries)
-                    _write_json(path, outs)
-                if shard[0] != 0:
-                    continue
-                outputs = _gather(results, key, shard[1], wait_timeout_s)
+                    parts = multihost.allgather_json(outs)
+                    if not primary:
+                        continue
+                    outputs = sorted((o for part in parts for o in part), key=lambda o: o["index"])
+                    _write_json(results.shard_path(key, (0, 1)), outputs)  # the cell's predictions, once
+                else:
+                    path = results.shard_path(key, shard)
+                    if not os.path.exists(path):
+                        outs = evaluator.predict(task, n_shots, seed, selection, shard, max_queries)
+                        _write_json(path, outs)
+                    if not primary:
+                        continue
+                    outputs = _gather(results, key, shard[1], wait_timeout_s)
                 score = evaluator.score(task, outputs)
                 data_ = results.load()
                 data_["cells"][key] = dict(task=task, shots=n_shots, seed=seed, selection=label,
@@ -244,9 +280,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
                     f.write("\n".join(markdown(data_["summary"][f"{ck}/{sel}"],
                                                f"Few-shot results: {ck} ({sel} support)") for ck, sel in groups))
                 logging.info("%s: %s = %.4f", key, data.metric(task), score)
-    cells = results.load()["cells"]
-    summary = summarize_run(cells, checkpoint_id, selection, ensemble)
-    return {t: {s: v["mean"] / TABLE_SCALE for s, v in by.items()} for t, by in summary.items() if t in tasks}
+    rows = []
+    if primary or not collective:
+        summary = summarize_run(results.load()["cells"], checkpoint_id, selection, ensemble)
+        rows = [(t, s, v["mean"] / TABLE_SCALE) for t, by in summary.items() if t in tasks for s, v in by.items()]
+    if collective:  # process 0 read the results; the others get the same answer
+        rows = multihost.from_process_0(rows)
+    out: dict = {}
+    for t, s, v in rows:
+        out.setdefault(t, {})[int(s)] = v
+    return out
 
 
 evaluate_row = evaluate  # flamingo_jax.ablate calls evaluate_row(config, workdir, tasks=..., shots=...)
@@ -291,8 +334,12 @@ def _define_flags():
     flags.DEFINE_enum("protocol", "official", ["official", "dev"],
                       "dev: support and queries carved from the training splits (the paper's DEV protocol)")
     flags.DEFINE_integer("max_queries", 0, "evaluate only the first N queries of each set (0 = all)")
-    flags.DEFINE_integer("num_shards", None, "processes sharing the queries (default: jax.process_count())")
-    flags.DEFINE_integer("shard_index", None, "this process's shard (default: jax.process_index())")
+    flags.DEFINE_integer("num_shards", None, "independent processes (no jax.distributed) sharing the queries")
+    flags.DEFINE_integer("shard_index", None, "this independent process's shard")
+    if "coordinator_address" not in flags.FLAGS:  # the trainer's multi-process flags (flamingo_jax.cluster)
+        flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (jax.distributed)")
+        flags.DEFINE_integer("num_processes", None, "number of processes (jax.distributed)")
+        flags.DEFINE_integer("process_id", None, "this process's index (jax.distributed)")
 
 
 def main(argv):
@@ -300,6 +347,10 @@ def main(argv):
     f = flags.FLAGS
     if not f.workdir:
         raise app.UsageError("--workdir is required")
+    from flamingo_jax import cluster
+
+    # jax.distributed before any device is touched: from the flags, JAX_* variables or a detected cluster
+    cluster.initialize(f.coordinator_address, f.num_processes, f.process_id)
     shard = None
     if f.num_shards is not None:
         shard = (f.shard_index or 0, f.num_shards)
@@ -310,7 +361,7 @@ def main(argv):
     out = evaluate(f.config, f.workdir, f.tasks, [int(s) for s in f.shots], seeds=f.seeds, selection=f.selection,
                    checkpoint=f.checkpoint, batch_size=f.batch_size, num_beams=f.num_beams,
                    length_penalty=f.length_penalty, max_queries=f.max_queries, shard=shard, ensemble=f.ensemble)
-    if (shard or (jax.process_index(), 1))[0] == 0:
+    if jax.process_index() == 0 and (shard is None or shard[0] == 0):
         print(open(os.path.join(f.workdir, "eval", "results.md")).read() if out else "no cells evaluated")
         print(json.dumps({"results": out}))
 

@@ -28,7 +28,6 @@ from typing import Any, Iterator, NamedTuple
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -63,9 +62,28 @@ class TrainingError(RuntimeError):
 
 
 def dummy_inputs(model_config: ml_collections.ConfigDict) -> tuple:
-    """The smallest inputs that trace the model (its params do not depend on their sizes)."""
+    """The smallest inputs that trace the model (its params do not depend on their sizes). Host numpy: traced
+    as constants, so building params moves nothing to a device (runs under JAX_TRANSFER_GUARD=disallow)."""
     s = model_config.vision.image_size
-    return (jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, 1, 1, s, s, 3), jnp.float32), jnp.ones((1, 1), bool))
+    return (np.zeros((1, 2), np.int32), np.zeros((1, 1, 1, s, s, 3), np.float32), np.ones((1, 1), bool))
+
+
+def make_key(seed: int, fold: int | None = None) -> jax.Array:
+    """jax.random.key(seed) (folded with `fold`) made inside a jitted program: the seed is a compile-time
+    constant, so no host-to-device transfer (jax.random.key(int) outside jit is one, refused under
+    JAX_TRANSFER_GUARD=disallow)."""
+    if fold is None:
+        return jax.jit(jax.random.key, static_argnums=0)(int(seed))
+    return jax.jit(lambda: jax.random.fold_in(jax.random.key(int(seed)), int(fold)))()
+
+
+def param_targets(model: nn.Module, model_config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict:
+    """The param tree as jax.ShapeDtypeStructs carrying their shardings on `mesh`, from shapes only: restore
+    targets (flamingo_jax.checkpoint.restore_params reads each array straight into its sharding)."""
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs(model_config)))["params"]
+    shardings = sharding.tree_shardings(boxed, mesh)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.meta.unbox(boxed),
+                        shardings)
 
 
 def init_params(model: nn.Module, model_config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
@@ -166,7 +184,7 @@ def initial_state(config: ml_collections.ConfigDict, model: nn.Module, mesh: jax
     """The state of a fresh run of config.seed: params initialised from jax.random.key(config.seed) (the
     config.pretrained subtrees loaded instead, or taken from `pretrained` when given), split into trainable
     and frozen; the train state holds the trainable params, AdamW's state and the rng fold_in(key, 1)."""
-    rng = jax.random.key(config.seed)
+    rng = make_key(config.seed)
     pretrained_names = tuple(k for k, v in config.pretrained.items() if v)
     params, shardings, abstract = init_params(model, config.model, mesh, rng, skip=pretrained_names)
     if pretrained is None:
@@ -174,7 +192,7 @@ def initial_state(config: ml_collections.ConfigDict, model: nn.Module, mesh: jax
     params.update(pretrained)
     trainable, frozen = optim.partition(params, config.trainable)
     tx, schedule = optim.make_optimizer(config.optimizer, trainable, config.total_steps)
-    state = jax.jit(lambda t, r: init_state(t, tx, r))(trainable, jax.random.fold_in(rng, 1))
+    state = jax.jit(lambda t, r: init_state(t, tx, r))(trainable, make_key(config.seed, fold=1))
     return InitialRun(state, frozen, tx, schedule, pretrained)
 
 

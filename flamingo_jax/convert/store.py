@@ -56,13 +56,15 @@ def _cast(params: Any, dtype: str | None) -> Any:
                         else x, params)
 
 
-def params_fingerprint(params: Any) -> str:
-    """sha256 over every leaf's path, dtype, shape and bytes (a content hash for frozen-weight checks)."""
+def params_fingerprint(params: Any, to_host: Any = np.asarray) -> str:
+    """sha256 over every leaf's path, dtype, shape and bytes (a content hash for frozen-weight checks).
+    to_host(leaf) -> np.ndarray reads one leaf (flamingo_jax.checkpoint.fingerprint passes an explicit,
+    sharding-aware read); leaves are read one at a time."""
     import hashlib
     h = hashlib.sha256()
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
-        x = np.ascontiguousarray(np.asarray(leaf))
+        x = np.ascontiguousarray(to_host(leaf))
         h.update(f"{jax.tree_util.keystr(path)}|{x.dtype}|{x.shape}|".encode())
         h.update(x.tobytes())
     return h.hexdigest()

@@ -18,6 +18,12 @@ Batches: queries are grouped in fixed-size batches (the last is padded with copi
 prompts left-padded to a power-of-two bucket, media padded to shots + 1 images, so each cell compiles
 once or twice. Query q of a shard is query index q * num_shards + shard_index, and support sets depend only
 on (seed, query index): any sharding gives the same predictions.
+
+Processes: with a mesh spanning several processes (jax.distributed) every batch is one program over the
+global batch, and the shard of process i is (i, process count): each process builds its own queries'
+prompts into its rows of the batch and reads back its rows (flamingo_jax.evaluation.multihost); all run the
+same number of batches (a process out of queries runs query 0 again, dropped) and pad prompts to the same
+length. flamingo_jax.evaluate gathers the shards' outputs to process 0, which scores them.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import ml_collections
 import numpy as np
 
 from flamingo_jax.evaluation import decoding, heldout_metrics, metrics, prompts, rices
+from flamingo_jax.evaluation import multihost
 from flamingo_jax.progress import Progress
 
 OPEN_ENDED = {  # kind -> (max new tokens, metric)
@@ -116,7 +123,9 @@ class EvalData:
 class Evaluator:
     """Runs cells for one model and params. cache_dir: where RICES features are cached. mesh: the params'
     mesh, when they are sharded (decoding.Decoder then runs every batch split over the mesh; batch_size must
-    divide data * fsdp); results come back by explicit jax.device_get."""
+    divide data * fsdp); this process's rows of each batch go to the mesh by explicit transfers and come back by
+    explicit jax.device_get (multihost.to_global / to_local). On a mesh spanning processes, predict and the RICES
+    features are collectives: every process calls them together, each with its own shard."""
 
     model: Any
     params: Any
@@ -135,19 +144,32 @@ class Evaluator:
         shardings = None if self.mesh is None else jax.tree.map(lambda x: x.sharding, self.params)
         self.decoder = decoding.decoder_for(self.model, pad_id=v.pad_id, mesh=self.mesh, param_shardings=shardings)
         self._vision_hash: str | None = None
+        self.processes = multihost.process_count(self.mesh)
+        self.rows = multihost.local_rows(self.mesh, self.batch_size)  # this process's rows of every batch
+
+    def _put(self, x):
+        """This process's rows (host) -> the global batch on the mesh (explicit transfers); device arrays as they are."""
+        return multihost.to_global(self.mesh, x) if isinstance(x, np.ndarray) else x
+
+    def _batches(self, n: int) -> int:
+        """How many batches this process runs for its n items: the same on every process (each batch is one
+        collective program), so the largest count over processes."""
+        count = -(-n // self.rows)
+        return multihost.maximum(count) if self.processes > 1 else count
 
     # ------------------------------------------------------------------ selection
     def _rices_features(self, task: str, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """This process's records -> their L2-normalised features float32[len(records), D]."""
+        f, size = self.data.frames(task), self.data.config.image_size
         out = []
-        for i in range(0, len(records), self.batch_size):
-            batch = [records[j] for j in range(i, min(i + self.batch_size, len(records)))]  # sources do not slice
-            media = np.stack([self.data.media(task, r) for r in batch])  # [b, F, ...]
-            b, f = media.shape[:2]
-            n = self.batch_size * f  # fixed shape: pad to a full batch
-            flat = np.zeros((n, *media.shape[2:]), np.float32)
-            flat[:b * f] = media.reshape(b * f, *media.shape[2:])
-            feats = jax.device_get(self.decoder.vision_features(self.params, flat))[:b * f]
-            out.append(feats.reshape(b, f, -1).mean(axis=1))
+        for k in range(self._batches(len(records))):
+            batch = [records[j] for j in range(k * self.rows, min((k + 1) * self.rows, len(records)))]
+            flat = np.zeros((self.rows * f, size, size, 3), np.float32)  # fixed shape: pad to a full batch
+            if batch:
+                media = np.stack([self.data.media(task, r) for r in batch])  # [b, F, ...]
+                flat[:len(batch) * f] = media.reshape(len(batch) * f, *media.shape[2:])
+            feats = multihost.to_local(self.decoder.vision_features(self.params, self._put(flat)))
+            out.append(feats[:len(batch) * f].reshape(len(batch), f, feats.shape[-1]).mean(axis=1))
         return rices.normalize(np.concatenate(out))
 
     def _support_features(self, task: str) -> np.ndarray:
@@ -156,7 +178,19 @@ class Evaluator:
         pool = self.data.source(task, "support")
         key = dict(vision=self._vision_hash, data=self.data.identity(task))
         cache_dir = self.cache_dir or "/tmp/flamingo_jax_rices"
-        return rices.cached_features(cache_dir, key, lambda: self._rices_features(task, pool))
+        if self.processes == 1:
+            return rices.cached_features(cache_dir, key, lambda: self._rices_features(task, pool))
+        i, n = jax.process_index(), self.processes
+
+        def compute():  # the pool split round-robin over the processes, every part gathered everywhere
+            parts = multihost.gather_rows(self._rices_features(task, [pool[j] for j in range(i, len(pool), n)]))
+            out = np.zeros((len(pool), parts[0].shape[-1]), np.float32)
+            for p, part in enumerate(parts):
+                out[p::n] = part
+            return out
+
+        # a collective: computed by every process unless every one has the features cached
+        return rices.cached_features(cache_dir, key, compute, agree=multihost.all_true)
 
     def _choose(self, task, shots, seed, selection, indices, queries, pool_size):
         n = shots or prompts.text_only_shots(self.data.kind(task), shots)  # zero-shot open-ended: two text-only
@@ -173,21 +207,27 @@ class Evaluator:
     # ------------------------------------------------------------------ cells
     def predict(self, task: str, shots: int, seed: int, selection: str = "random", shard: tuple[int, int] = (0, 1),
                 max_queries: int = 0) -> list[dict]:
-        """This shard's outputs: [{'id', 'index', 'prediction'} (+ 'score' for close-ended)] in query order."""
+        """This shard's outputs: [{'id', 'index', 'prediction'} (+ 'logprob' for open-ended, 'score' for close-ended)] in
+        query order."""
         kind = self.data.kind(task)
         vocab = self.data.vocab
         # zero-shot close-ended prompts show no support example: sets without a support pool (RareAct) run too
         pool = self.data.source(task, "support") if shots or prompts.text_only_shots(kind, 0) else []
         queries = self.data.source(task, "query")
         total = len(queries) if not max_queries else min(max_queries, len(queries))
+        if self.processes > 1 and tuple(shard) != (jax.process_index(), self.processes):
+            raise ValueError(f"on a mesh of {self.processes} processes each evaluates its own shard "
+                             f"({jax.process_index()}, {self.processes}), not {tuple(shard)}")
         mine = list(range(shard[0], total, shard[1]))
         prog = Progress(f"[evaluate] {task} {shots}-shot seed {seed} shard {shard[0]}/{shard[1]}:", len(mine),
                         unit="queries", enabled=self.progress, stream=sys.stderr)
         support_media: dict[int, np.ndarray] = {}
         classes = self.data.class_names(task) if kind in prompts.CLASS_LIST_KINDS else None
         outputs = []
-        for start in range(0, len(mine), self.batch_size):
-            idx = mine[start:start + self.batch_size]
+        for k in range(self._batches(len(mine))):
+            # a process out of queries (several processes) runs query 0 again; never its own (shard 0 has the
+            # most queries), so dropped below
+            idx = mine[k * self.rows:(k + 1) * self.rows] or [0]
             recs = [queries[i] for i in idx]
             chosen = self._choose(task, shots, seed, selection, idx, recs, len(pool))
             batch = (task, kind, shots, seed, idx, recs, pool, support_media, classes)
@@ -203,7 +243,7 @@ class Evaluator:
                     summed = ll if summed is None else [x + y for x, y in zip(summed, ll)]
                 outputs += self._close_outputs(kind, idx, recs, [x / n_orders for x in summed], classes)
             prog.update(len(idx))
-        return outputs
+        return [o for o in outputs if o["index"] in set(mine)]
 
     def _inputs(self, task, kind, shots, seed, idx, recs, pool, support_media, classes, chosen):
         """Left-padded prompt tokens and masks [B, L], visual tokens (encoded once per prompt) and the image
@@ -212,12 +252,14 @@ class Evaluator:
         built = [prompts.build_prompt(vocab, kind, [pool[j] for j in sup], sup, rec, text_only=shots == 0,
                                       seed=seed, query_index=q, classes=classes)
                  for q, rec, sup in zip(idx, recs, chosen)]
-        rows = [p.tokens for p in built] + [built[-1].tokens] * (self.batch_size - len(built))
-        toks, tmask = decoding.left_pad(rows, decoding.bucket(max(len(r) for r in rows), 32), vocab.pad_id)
+        rows = [p.tokens for p in built] + [built[-1].tokens] * (self.rows - len(built))
+        length = decoding.bucket(max(len(r) for r in rows), 32)
+        length = multihost.maximum(length) if self.processes > 1 else length  # one shape on every process
+        toks, tmask = decoding.left_pad(rows, length, vocab.pad_id)
         t = shots + 1
         size = self.data.config.image_size
-        images = np.zeros((self.batch_size, t, self.data.frames(task), size, size, 3), np.float32)
-        image_mask = np.zeros((self.batch_size, t), bool)
+        images = np.zeros((self.rows, t, self.data.frames(task), size, size, 3), np.float32)
+        image_mask = np.zeros((self.rows, t), bool)
         for r, (p, rec) in enumerate(zip(built, recs)):
             for m, j in enumerate(p.support):
                 if j not in support_media:
@@ -225,7 +267,7 @@ class Evaluator:
                 images[r, m] = support_media[j]
             images[r, len(p.support)] = self.data.media(task, rec)
             image_mask[r, :len(p.support) + 1] = True
-        visual = self.decoder.encode(self.params, images)  # once per prompt
+        visual = self.decoder.encode(self.params, self._put(images))  # once per prompt
         return toks, tmask, visual, image_mask
 
     def _rank(self, kind, toks, tmask, visual, image_mask, recs, classes) -> list[np.ndarray]:
@@ -252,7 +294,8 @@ class Evaluator:
         for i in range(0, len(cands), chunk):
             part = cands[i:i + chunk]
             ctoks, cmask = decoding.right_pad(part + [part[-1]] * (chunk - len(part)), width, vocab.pad_id)
-            ll = jax.device_get(self.decoder.rank(self.params, toks, tmask, visual, image_mask, ctoks, cmask))
+            ll = multihost.to_local(self.decoder.rank(self.params, *map(self._put, (toks, tmask)), visual,
+                                                      self._put(image_mask), ctoks, cmask))
             parts.append(np.asarray(ll)[:, :len(part)])
         return np.concatenate(parts, axis=1)
 
@@ -277,12 +320,14 @@ class Evaluator:
         gen = decoding.GenerationConfig(max_new_tokens=max_new, num_beams=self.num_beams,
                                         length_penalty=self.length_penalty,
                                         stop_ids=(vocab.eoc_id, vocab.eos_id), banned_ids=(vocab.image_id,))
-        out = jax.device_get(self.decoder.generate(self.params, toks, tmask, visual, image_mask, gen))
+        out = multihost.to_local(self.decoder.generate(self.params, *map(self._put, (toks, tmask)), visual,
+                                                       self._put(image_mask), gen))
         res = []
         for r, (i, rec) in enumerate(zip(idx, recs)):
             ids = out["tokens"][r, 0, :out["lengths"][r, 0]]
             text = prompts.postprocess(kind, vocab.decode(ids, markers=False))
-            res.append(dict(id=rec["id"], index=i, prediction=text))
+            # logprob: the chosen hypothesis' score (Decoder.generate), for checks finer than the text
+            res.append(dict(id=rec["id"], index=i, prediction=text, logprob=float(out["scores"][r, 0])))
         return res
 
     def score(self, task: str, outputs: Sequence[Mapping[str, Any]]) -> float:
