@@ -68,7 +68,7 @@ def _rank_uncached(run, rows, imgs, mask, cands):
 
 
 ROWS_A = [[2, IMG, 3, 1, EOC, IMG, 4], [IMG, 5, 2, 2]]  # two images / one image, left-padded below
-CANDS = [[2], [3, 1], [1, 2, EOC], [4, 4], [5]]  # 5 candidates in chunks of 2: a partial last chunk
+CANDS = [[2], [3, 1], [1, 2, EOC], [3, 4], [1, 5, 2]]  # chunks of 2: a partial last one; shared first tokens
 
 
 @pytest.mark.parametrize("kind,scan,mask,family", [
