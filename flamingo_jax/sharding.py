@@ -22,7 +22,6 @@ from typing import Any, Callable, Iterator, Sequence
 import flax.linen as nn
 import jax
 import ml_collections
-import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from flamingo_jax import configs
 from flamingo_jax.tools.params import count_params
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,6 @@
 """The update: the paper's per-sequence objective (and the per-token option) checked by hand, lambda-weighted
 accumulation over datasets, microbatches, round robin, non-finite steps."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 from flamingo_jax import optim
 from flamingo_jax.data.synthetic import SyntheticMixture, synthetic_batch
 from flamingo_jax.train_step import dataset_gradients, init_state, make_train_step
-from tiny import IMAGE, KEY, VOCAB, init_params, set_gates, tiny_model_config, tokens_with_images
+from tiny import IMAGE, KEY, VOCAB, init_params, set_gates, tiny_model_config
 
 WEIGHTS = {"a": 1.0, "b": 0.2}
 

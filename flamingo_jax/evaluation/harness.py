@@ -210,7 +210,6 @@ class Evaluator:
         """This shard's outputs: [{'id', 'index', 'prediction'} (+ 'logprob' for open-ended, 'score' for close-ended)] in
         query order."""
         kind = self.data.kind(task)
-        vocab = self.data.vocab
         # zero-shot close-ended prompts show no support example: sets without a support pool (RareAct) run too
         pool = self.data.source(task, "support") if shots or prompts.text_only_shots(kind, 0) else []
         queries = self.data.source(task, "query")
