@@ -569,6 +569,11 @@ class Checkpoints:
         self.pending_step = None
         if not os.path.isdir(os.path.join(self.directory, str(pending))):
             self.failed = True
+            # Orbax marks the save finished before its finalize thread logs the exception: give the log record a
+            # moment to arrive, so the report names the real cause (e.g. ENOSPC) rather than only its effect.
+            deadline = time.monotonic() + 2.0
+            while self._failures.last is None and time.monotonic() < deadline:
+                time.sleep(0.02)
             cause = self._failures.last or RuntimeError("the save ended without writing the step directory")
             raise CheckpointError(self._failure(pending, cause))
 
