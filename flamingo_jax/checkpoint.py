@@ -664,12 +664,8 @@ class Checkpoints:
                 f"holds it) or start a new --workdir")
 
     def _check_meta(self, step: int, meta: dict) -> None:
-        if self.frozen_manifest is not None and meta.get("frozen_fingerprint") != self.frozen_manifest[
-                "fingerprint"]:
-            raise CheckpointError(
-                f"frozen hash mismatch: checkpoint {step} was trained with frozen params "
-                f"{str(meta.get('frozen_fingerprint'))[:12]}..., {self.workdir}/frozen holds "
-                f"{self.frozen_manifest['fingerprint'][:12]}...; use the workdir the checkpoint came from")
+        if self.frozen_manifest is not None:
+            check_frozen_fingerprint(step, meta, self.frozen_manifest, self.workdir)
 
     def _move_aside(self, steps: list[int]) -> None:
         if jax.process_index() == 0:
@@ -683,6 +679,16 @@ class Checkpoints:
         _barrier("flamingo_jax.checkpoint.move_aside")
         self.manager.close()
         self.manager = self._open()
+
+
+def check_frozen_fingerprint(step: int, meta: Mapping[str, Any], manifest: Mapping[str, Any], workdir: str) -> None:
+    """CheckpointError unless step checkpoint `step` (its meta item) was trained with the frozen params that
+    workdir/frozen holds (its manifest): the trainer's resume and the evaluation's restore check the same."""
+    if meta.get("frozen_fingerprint") != manifest["fingerprint"]:
+        raise CheckpointError(
+            f"frozen hash mismatch: checkpoint {step} was trained with frozen params "
+            f"{str(meta.get('frozen_fingerprint'))[:12]}..., {workdir}/frozen holds "
+            f"{manifest['fingerprint'][:12]}...; use the workdir the checkpoint came from")
 
 
 def load_params(config: ml_collections.ConfigDict | None, workdir: str, step: int | None = None
@@ -759,10 +765,7 @@ def _restore_trainable(workdir: str, target: dict, manifest: dict, step: int | N
                                 one_line(e))
                 continue
             meta = out[META]
-            if meta.get("frozen_fingerprint") != manifest["fingerprint"]:
-                raise CheckpointError(f"frozen hash mismatch: checkpoint {s} was trained with frozen params "
-                                      f"{str(meta.get('frozen_fingerprint'))[:12]}..., {workdir}/frozen holds "
-                                      f"{manifest['fingerprint'][:12]}...")
+            check_frozen_fingerprint(s, meta, manifest, workdir)
             if verify:
                 verify_checksums(out[STATE], (meta.get("checksums") or {}).get("arrays"), partial=True)
             return out[STATE]["trainable"], s
