@@ -97,7 +97,8 @@ def add_training(config: ml_collections.ConfigDict, data: ml_collections.ConfigD
     every M minutes (0: off); keep the newest K plus every keep_every-th step (0: none); asynchronous saves.
     loss.normalization: 'sequence' (the paper's objective, Section 3.3 Equation 2: per dataset the masked
     token NLL summed over each sequence, averaged over the batch's sequences) or 'token' (per dataset the mean
-    over its loss tokens); see flamingo_jax.train_step."""
+    over its loss tokens); see flamingo_jax.train_step. evaluation: the open-ended decoding that
+    flamingo_jax.evaluate, reproduce and ablate use unless their flags say otherwise."""
     config.total_steps = total_steps
     config.log_every = log_every
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1, dcn=dict(data=1, fsdp=1, model=1),
@@ -115,6 +116,9 @@ def add_training(config: ml_collections.ConfigDict, data: ml_collections.ConfigD
     config.checkpoint_keep_every = 0
     config.checkpoint_async = True
     config.checkpoint_checksums = True  # per-array checksums saved with each step, verified on restore
+    # Open-ended decoding of the few-shot evaluation (flamingo_jax.evaluate): beam search of width 3 (Section 4:
+    # beam 3, stop at the first <EOC>); the paper states no length penalty. Beam scores are sum log p / length ** length_penalty.
+    config.evaluation = ml_collections.ConfigDict(dict(num_beams=3, length_penalty=0.0))
     return config
 
 

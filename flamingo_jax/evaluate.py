@@ -110,8 +110,15 @@ def has_checkpoint(path: str) -> bool:
 # ---------------------------------------------------------------------------------------------- results
 
 
-def cell_key(task: str, shots: int, seed: int, selection: str, checkpoint_id: str) -> str:
-    return f"{task}-{shots}shot-{selection}-seed{seed}-{checkpoint_id}"
+def cell_key(task: str, shots: int, seed: int, selection: str, checkpoint_id: str, settings: str) -> str:
+    return f"{task}-{shots}shot-{selection}-seed{seed}-{checkpoint_id}-{settings}"
+
+
+def run_settings(num_beams: int, length_penalty: float, max_queries: int) -> str:
+    """What else decides a cell's score: the decoding and how many queries. Part of its key, so that a cached
+    cell is reused only by a run with the same settings (a rerun with another beam width, length penalty or
+    --max_queries evaluates afresh), and of its summary group."""
+    return f"beams{int(num_beams)}-lp{float(length_penalty):g}-" + (f"q{max_queries}" if max_queries else "all")
 
 
 def cell_label(selection: str, ensemble: int, kind: str) -> str:
@@ -119,12 +126,12 @@ def cell_label(selection: str, ensemble: int, kind: str) -> str:
     return f"{selection}-ensemble{ensemble}" if ensemble > 1 and kind in harness.CLOSE_ENDED else selection
 
 
-def summarize_run(cells: Mapping[str, Mapping[str, Any]], checkpoint_id: str, selection: str, ensemble: int = 1
-                  ) -> dict:
+def summarize_run(cells: Mapping[str, Mapping[str, Any]], checkpoint_id: str, selection: str, ensemble: int = 1,
+                  settings: str | None = None) -> dict:
     """summarize() of one run's cells: the plain ones, with its ensembled close-ended cells in their place."""
-    out = summarize(cells, checkpoint_id, selection)
+    out = summarize(cells, checkpoint_id, selection, settings)
     if ensemble > 1:
-        out.update(summarize(cells, checkpoint_id, f"{selection}-ensemble{ensemble}"))
+        out.update(summarize(cells, checkpoint_id, f"{selection}-ensemble{ensemble}", settings))
     return out
 
 
@@ -160,11 +167,15 @@ def _write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def summarize(cells: Mapping[str, Mapping[str, Any]], checkpoint_id: str, selection: str) -> dict:
-    """{task: {shots: {'mean', 'std', 'seeds', 'metric'}}} in the tables' units, for one checkpoint."""
+def summarize(cells: Mapping[str, Mapping[str, Any]], checkpoint_id: str, selection: str,
+              settings: str | None = None) -> dict:
+    """{task: {shots: {'mean', 'std', 'seeds', 'metric'}}} in the tables' units, for one checkpoint (and, when
+    given, one run_settings)."""
     groups: dict = {}
     for c in cells.values():
         if c["checkpoint"] != checkpoint_id or c["selection"] != selection:
+            continue
+        if settings is not None and c.get("settings", "") != settings:
             continue
         groups.setdefault(c["task"], {}).setdefault(int(c["shots"]), []).append(c)
     out = {}
@@ -202,12 +213,15 @@ def markdown(summary: Mapping[str, Mapping[int, Mapping[str, Any]]], title: str)
 def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[str] | None = None,
              shots: Sequence[int] = (0, 4, 8, 16, 32), *, seeds: int = 1, selection: str = "random",
              checkpoint: str | None = None, params: Any = None, checkpoint_id: str | None = None,
-             batch_size: int = 8, num_beams: int = 3, length_penalty: float = 0.0, max_queries: int = 0,
+             batch_size: int = 8, num_beams: int | None = None, length_penalty: float | None = None,
+             max_queries: int = 0,
              shard: tuple[int, int] | None = None, progress: bool = True, vocab=None, ensemble: int = 1,
              wait_timeout_s: float = 3600.0, mesh: jax.sharding.Mesh | None = None) -> dict:
     """Runs every (task, shots, seed) cell not yet in DIR/eval/results.json; returns
     {task: {shots: mean score over seeds as a fraction}} (flamingo_jax.ablate's evaluator convention).
 
+    num_beams / length_penalty: open-ended decoding; None takes config.evaluation's (the paper's beam 3 and no
+    length penalty by default; experiments/world.py normalises by length).
     mesh: where loaded params go (default eval_mesh(config)); given params run on the mesh they are sharded
     over (host or single-device params: on one device, as before). A mesh spanning several processes makes
     every cell a collective of all of them (see the module docstring); `shard` is then theirs."""
@@ -226,6 +240,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
     else:
         mesh = params_mesh(params)
     checkpoint_id = checkpoint_id or "params"
+    decoding = config.get("evaluation") or {}
+    num_beams = int(decoding.get("num_beams", 3) if num_beams is None else num_beams)
+    length_penalty = float(decoding.get("length_penalty", 0.0) if length_penalty is None else length_penalty)
+    settings = run_settings(num_beams, length_penalty, max_queries)
     collective = multihost.process_count(mesh) > 1
     if collective:
         if shard is not None and tuple(shard) != (jax.process_index(), jax.process_count()):
@@ -247,7 +265,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
         for n_shots in shots:
             for seed in range(seeds):
                 label = cell_label(selection, ensemble, data.kind(task))
-                key = cell_key(task, n_shots, seed, label, checkpoint_id)
+                key = cell_key(task, n_shots, seed, label, checkpoint_id, settings)
                 cached = key in results.load()["cells"] if primary or not collective else False
                 if multihost.from_process_0(cached) if collective else cached:  # every process skips, or none
                     logging.info("cached: %s", key)
@@ -271,18 +289,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
                 score = evaluator.score(task, outputs)
                 data_ = results.load()
                 data_["cells"][key] = dict(task=task, shots=n_shots, seed=seed, selection=label,
-                                           checkpoint=checkpoint_id, metric=data.metric(task),
+                                           checkpoint=checkpoint_id, settings=settings, metric=data.metric(task),
                                            score=score, queries=len(outputs), seconds=round(time.time() - t0, 1))
-                groups = sorted({(c["checkpoint"], c["selection"]) for c in data_["cells"].values()})
-                data_["summary"] = {f"{ck}/{sel}": summarize(data_["cells"], ck, sel) for ck, sel in groups}
+                groups = sorted({(c["checkpoint"], c["selection"], c.get("settings", ""))
+                                 for c in data_["cells"].values()})
+                data_["summary"] = {f"{ck}/{sel}/{st}": summarize(data_["cells"], ck, sel, st) for ck, sel, st in groups}
                 results.save(data_)
                 with open(os.path.join(results.dir, "results.md"), "w") as f:
-                    f.write("\n".join(markdown(data_["summary"][f"{ck}/{sel}"],
-                                               f"Few-shot results: {ck} ({sel} support)") for ck, sel in groups))
+                    f.write("\n".join(markdown(data_["summary"][f"{ck}/{sel}/{st}"],
+                                               f"Few-shot results: {ck} ({sel} support, {st})")
+                                       for ck, sel, st in groups))
                 logging.info("%s: %s = %.4f", key, data.metric(task), score)
     rows = []
     if primary or not collective:
-        summary = summarize_run(results.load()["cells"], checkpoint_id, selection, ensemble)
+        summary = summarize_run(results.load()["cells"], checkpoint_id, selection, ensemble, settings)
         rows = [(t, s, v["mean"] / TABLE_SCALE) for t, by in summary.items() if t in tasks for s, v in by.items()]
     if collective:  # process 0 read the results; the others get the same answer
         rows = multihost.from_process_0(rows)
@@ -328,8 +348,9 @@ def _define_flags():
     flags.DEFINE_enum("selection", "random", ["random", "rices"], "how support examples are chosen")
     flags.DEFINE_integer("seeds", 1, "seeds per cell (support draws)")
     flags.DEFINE_integer("batch_size", 8, "queries per batch")
-    flags.DEFINE_integer("num_beams", 3, "beam width (1 = greedy)")
-    flags.DEFINE_float("length_penalty", 0.0, "beam scores are sum log p / length ** length_penalty")
+    flags.DEFINE_integer("num_beams", None, "beam width (1 = greedy); default: config.evaluation.num_beams")
+    flags.DEFINE_float("length_penalty", None, "beam scores are sum log p / length ** length_penalty; default: "
+                       "config.evaluation.length_penalty")
     flags.DEFINE_integer("ensemble", 1, "close-ended tasks: average log-likelihoods over K orders of the shots")
     flags.DEFINE_enum("protocol", "official", ["official", "dev"],
                       "dev: support and queries carved from the training splits (the paper's DEV protocol)")

@@ -96,6 +96,17 @@ def test_evaluate_end_to_end_caches_cells_and_shards_agree(world_model, tmp_path
     # A rerun skips the finished cell entirely.
     monkeypatch.setattr(harness.Evaluator, "predict", lambda *a, **k: pytest.fail("cached cell recomputed"))
     assert evaluate.evaluate(config, str(tmp_path), ["vqa"], [2], **kw) == out
+    # ... but a run with other settings (more queries, another length penalty) evaluates afresh, in a
+    # summary group of its own.
+    for other_kw in (dict(kw, max_queries=4), dict(kw, length_penalty=1.0)):
+        calls = []
+        monkeypatch.setattr(harness.Evaluator, "predict",
+                            lambda self, *a, **k: calls.append(a) or [dict(id="x", index=0, prediction="no")])
+        monkeypatch.setattr(harness.Evaluator, "score", lambda self, task, outs: 0.25)
+        assert evaluate.evaluate(config, str(tmp_path), ["vqa"], [2], **other_kw) == {"vqa": {2: 0.25}}
+        assert len(calls) == 1
+    summary = json.loads((tmp_path / "eval" / "results.json").read_text())["summary"]
+    assert sorted(summary) == ["test/random/beams1-lp0-q3", "test/random/beams1-lp0-q4", "test/random/beams1-lp1-q3"]
     monkeypatch.undo()
 
     # Two shards (as two processes would run them) give the same predictions and score.
