@@ -165,3 +165,19 @@ def test_longer_eval_videos_left_every_other_draw_unchanged(world):
         h.update(json.dumps({k: [enc(x) for x in v] if isinstance(v, list) else enc(v) for k, v in r.items()},
                             sort_keys=True).encode())
   assert h.hexdigest() == '2eb5dd8489216dd4157e6802a4570885e5239e4fc63937192fbf2cc3c985f604'
+
+
+
+def test_clip_names_texts_name_only_the_creatures_and_leave_the_rest_of_the_world_alone():
+  plain, named = World(WorldConfig(scale=0.01)), World(WorldConfig(scale=0.01, clip_names=1.0))
+  names = {e.name for e in plain.entities}
+  for i in range(20):
+    a, b = plain.record('clip_pairs', 'train', i), named.record('clip_pairs', 'train', i)
+    assert a['image'] == b['image']  # the same scene
+    words = re.findall(r'[a-z]+', b['text'])
+    assert set(words) - {'a', 'an', 'and'} <= names and b['text'].endswith('.'), b['text']
+    # the creatures the full caption names, in its order, and nothing else (no colour, size or background)
+    assert [w for w in words if w in names] == [w for w in re.findall(r'[a-z]+', a['text']) if w in names]
+  fields = dict(interleaved='texts', alt_text='text', captions='captions', vqa='question', text='text')
+  for subset, field in fields.items():  # every other subset is untouched
+    assert plain.record(subset, 'train', 3)[field] == named.record(subset, 'train', 3)[field]

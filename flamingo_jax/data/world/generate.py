@@ -72,6 +72,7 @@ class WorldConfig:
   fact_pages: float = 0.0       # fraction of interleaved pages that state creatures' facts, then ask about them
   max_quiz_images: int = 0      # quiz / gallery / fact pages have up to this many images (0 = max_page_images)
   text_sections: int = 1        # text-corpus documents have 1..text_sections sections (facts, fact quizzes)
+  clip_names: float = 0.0       # fraction of clip_pairs texts that only name the creatures ('a vog and a rer.')
 
   def num_records(self, subset: str, split: str) -> int:
     sizes = DEFAULT_SIZES[subset]
@@ -149,7 +150,17 @@ class World:
     return self._scene_pair(rng, mrng, scenes.long_text)
 
   def _clip_pairs(self, rng, mrng):
-    return self._scene_pair(rng, mrng, lambda s, e, r: scenes.caption_refs(s, e, r, n=1)[0])
+    """The vision tower's contrastive pretraining pairs: an image and one reference caption, or, for a
+    clip_names fraction, a text that only names its creatures. A full caption's colours and background tell an
+    image from the rest of a contrastive batch, so an encoder trained on them alone never needs a creature's
+    shape: a linear probe of creature kind on such a tower's features scored at chance (README, "In-context
+    learning on the world"). Naming alone makes the shape the only clue."""
+    def text(scene, entities, r):
+      if self.config.clip_names > 0 and r.random() < self.config.clip_names:
+        names = [entities[o.entity].name for o in scene.objs]
+        return lexicon.join_list([f'{lexicon.article(n)} {n}' for n in names]) + '.'
+      return scenes.caption_refs(scene, entities, r, n=1)[0]
+    return self._scene_pair(rng, mrng, text)
 
   def _captions(self, rng, mrng):
     scene = scenes.sample_scene(rng, self.config.n_entities)
