@@ -1,6 +1,7 @@
 """What a frozen vision tower sees: linear probes of the world's attributes on its features.
 
     python -m flamingo_jax.tools.probe_vision --tower DIR [--tower DIR ...] [--images 1500] [--image_size 32]
+    python -m flamingo_jax.tools.probe_vision --tower DIR --supervised [--steps 1500]
 
 For each converted vision tower (flamingo_jax.convert's layout, e.g. what `reproduce` pretrains into
 DIR/pretrained/vision), renders `--images` single-creature scenes of the generated world, takes the tower's
@@ -8,7 +9,10 @@ features mean-pooled over its tokens, float32[N, D], standardises them and fits 
 regression (softmax over the classes, L2-regularised, full-batch Adam) on two thirds of the scenes, then
 prints JSON: {tower: {attribute: {test_accuracy, train_accuracy, chance, classes, n_train, n_test}}} for the
 background, the creature's colour and the creature's kind. `chance` is the test share of the most frequent
-class. Flamingo can only read from a frozen tower what its features hold: the world's tasks need the kind
+class. --supervised instead trains each tower's ARCHITECTURE from random init, with a linear head on its
+mean-pooled features, on the kind labels of the same training scenes (Adam, batches of 64): the ceiling a
+tower of that shape reaches at that resolution when it is told what to see. Flamingo can only read from a
+frozen tower what its features hold: the world's tasks need the kind
 (captions name it, knowledge questions ask about it), so a tower whose kind probe sits at chance caps them.
 
 Written by hand (a few lines of optax) because the probe is a diagnostic of this repo's towers and
@@ -91,11 +95,53 @@ def tower_features(tower: str, images: np.ndarray, batch: int = 256) -> np.ndarr
                            for i in range(0, len(images), batch)])
 
 
-def probe(towers: Sequence[str], n_images: int = 1500, image_size: int = 32, seed: int = 0) -> dict:
+def supervised_ceiling(tower: str, images: np.ndarray, labels: np.ndarray, cut: int, steps: int = 1500,
+                       lr: float = 1e-3, batch: int = 64, seed: int = 0) -> dict:
+    """Trains the architecture of `tower` (random init) + a linear head on labels[:cut]; accuracies."""
+    from flamingo_jax.convert.store import read_manifest
+    from flamingo_jax.models.vision import build_vision
+    import ml_collections
+
+    model = build_vision(ml_collections.ConfigDict(read_manifest(tower)["config"]))
+    k = int(labels.max()) + 1
+    x = jnp.asarray(images)
+    enc = model.init(jax.random.PRNGKey(seed), x[:1])["params"]
+    width = model.apply({"params": enc}, x[:1]).shape[-1]
+    params = dict(enc=enc, w=jnp.zeros((width, k)), b=jnp.zeros((k,)))
+    opt = optax.adamw(lr, weight_decay=1e-4)
+
+    def logits(p, xb):
+        return model.apply({"params": p["enc"]}, xb).mean(axis=1) @ p["w"] + p["b"]
+
+    @jax.jit
+    def step(p, s, xb, yb):
+        loss = lambda q: optax.softmax_cross_entropy_with_integer_labels(logits(q, xb), yb).mean()  # noqa: E731
+        u, s = opt.update(jax.grad(loss)(p), s, p)
+        return optax.apply_updates(p, u), s
+
+    state = opt.init(params)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        idx = rng.integers(0, cut, batch)
+        params, state = step(params, state, x[idx], jnp.asarray(labels[idx]))
+    predict = jax.jit(lambda xb: jnp.argmax(logits(params, xb), -1))
+    acc = lambda a, b: float(np.mean(np.concatenate([np.asarray(predict(x[i:min(i + 256, b)]))  # noqa: E731
+                                                     for i in range(a, b, 256)]) == labels[a:b]))
+    return dict(train_accuracy=round(acc(0, cut), 4), test_accuracy=round(acc(cut, len(labels)), 4),
+                chance=round(float(np.bincount(labels[cut:]).max() / (len(labels) - cut)), 4), classes=k,
+                n_train=cut, n_test=len(labels) - cut, steps=steps)
+
+
+def probe(towers: Sequence[str], n_images: int = 1500, image_size: int = 32, seed: int = 0,
+          supervised: bool = False, steps: int = 1500) -> dict:
     images, labels = world_scenes(n_images, image_size, seed)
     cut = 2 * n_images // 3
     out = {}
     for tower in towers:
+        if supervised:
+            out[tower] = {"kind (supervised ceiling)": supervised_ceiling(tower, images, labels["kind"], cut, steps,
+                                                                         seed=seed)}
+            continue
         f = tower_features(tower, images)
         out[tower] = {a: linear_probe(f[:cut], y[:cut], f[cut:], y[cut:]) for a, y in labels.items()}
     return out
@@ -107,8 +153,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=1500, help="single-creature scenes rendered")
     ap.add_argument("--image_size", type=int, default=32, help="pixels (the world config's data.image_size)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--supervised", action="store_true", help="train each tower's architecture on kind labels")
+    ap.add_argument("--steps", type=int, default=1500, help="--supervised: Adam steps")
     a = ap.parse_args(argv)
-    print(json.dumps(probe(a.tower, a.images, a.image_size, a.seed), indent=1))
+    print(json.dumps(probe(a.tower, a.images, a.image_size, a.seed, a.supervised, a.steps), indent=1))
 
 
 if __name__ == "__main__":
