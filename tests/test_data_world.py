@@ -178,6 +178,8 @@ def test_clip_names_texts_name_only_the_creatures_and_leave_the_rest_of_the_worl
     assert set(words) - {'a', 'an', 'and'} <= names and b['text'].endswith('.'), b['text']
     # the creatures the full caption names, in its order, and nothing else (no colour, size or background)
     assert [w for w in words if w in names] == [w for w in re.findall(r'[a-z]+', a['text']) if w in names]
+  assert World(WorldConfig(scale=0.01, clip_pairs=500)).config.num_records('clip_pairs', 'train') == 500
+  assert plain.config.num_records('clip_pairs', 'train') == 40  # 4000 x scale
   fields = dict(interleaved='texts', alt_text='text', captions='captions', vqa='question', text='text')
   for subset, field in fields.items():  # every other subset is untouched
     assert plain.record(subset, 'train', 3)[field] == named.record(subset, 'train', 3)[field]

@@ -73,11 +73,15 @@ class WorldConfig:
   max_quiz_images: int = 0      # quiz / gallery / fact pages have up to this many images (0 = max_page_images)
   text_sections: int = 1        # text-corpus documents have 1..text_sections sections (facts, fact quizzes)
   clip_names: float = 0.0       # fraction of clip_pairs texts that only name the creatures ('a vog and a rer.')
+  clip_pairs: int = 0           # clip_pairs records (0: DEFAULT_SIZES x scale); the vision tower's pretraining
+                                # sees each pair once per len / batch steps, and a small set is memorised
 
   def num_records(self, subset: str, split: str) -> int:
     sizes = DEFAULT_SIZES[subset]
     if split not in sizes:
       raise ValueError(f'world subset {subset!r} has splits {sorted(sizes)}, not {split!r}')
+    if subset == 'clip_pairs' and self.clip_pairs > 0:
+      return self.clip_pairs
     return max(2, int(round(sizes[split] * self.scale)))
 
   def splits(self, subset: str) -> tuple[str, ...]:
