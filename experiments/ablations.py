@@ -133,10 +133,16 @@ def make_base(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def _world_vision(base: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
     """World-scale stand-ins of the paper's encoders (each contrastively pretrained by flamingo_jax.pretrain).
 
-    The world baseline keeps the base's encoder (ViT-tiny: the paper's strongest encoder, NFNet-F6, plays this
-    role); 'clip_vit' becomes the OTHER architecture at a similar size (a tiny NFNet with strides giving the same
-    16 tokens at 32px) and 'nfnet_f0' a SMALLER encoder of the baseline's family (ViT, half width, one layer)."""
+    The world baseline keeps the base's encoder (the paper's strongest encoder, NFNet-F6, plays this role);
+    'clip_vit' becomes the OTHER architecture at a similar size (ViT-tiny, or a tiny NFNet with strides giving
+    the same 16 tokens at 32px) and 'nfnet_f0' a SMALLER encoder of the baseline's family (half width)."""
     s = base.model.vision.image_size
+    if base.model.vision.kind == "nfnet":
+        return {
+            "clip_vit": vision_config("vit", "tiny", image_size=s),
+            "nfnet_f0": vision_config("nfnet", "tiny", image_size=s, strides=tuple(base.model.vision.strides),
+                                      widths=tuple(w // 2 for w in base.model.vision.widths)),
+        }
     return {
         "clip_vit": vision_config("nfnet", "tiny", image_size=s, strides=(1, 1, 1, 2)),
         "nfnet_f0": vision_config("vit", "tiny", image_size=s, width=16, layers=1),

@@ -20,13 +20,15 @@ creatures). Measured so far it does not yet learn in context: see the README.
 Arg knobs: steps, lm_layers, warmup, lr, scale, batch, icl, m3w_len (M3W window, tokens), m3w_images, lm_len
 (LM pretraining context, tokens), lm_batch, text_sections (sections per LM document), fact_pages, quiz_pages,
 page_images (most images on a page), loss ('token' | 'sequence': config.loss.normalization), lp (the evaluation's
-beam length penalty: config.evaluation.length_penalty).
+beam length penalty: config.evaluation.length_penalty), vision ('vit' | 'nfnet': the frozen tower), clip_names and
+clip_pairs (the tower's contrastive pretraining pairs: data.world.clip_names / clip_pairs).
 Pretrained towers: `reproduce` and `ablate` fill config.pretrained with towers they pretrain on the world.
 """
 
 import ml_collections
 
 from flamingo_jax import configs
+from flamingo_jax.models import vision_config
 
 # The recipe Table 3 (docs/table3) was measured with, and the in-context recipe (module docstring).
 SHORT = dict(m3w_len=128, m3w_images=5, lm_len=128, lm_batch=16, text_sections=1, fact_pages=0.0, quiz_pages=0.25,
@@ -38,7 +40,7 @@ ICL = dict(m3w_len=256, m3w_images=5, lm_len=1024, lm_batch=4, text_sections=12,
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     def parse(recipe: dict) -> ml_collections.ConfigDict:
         return configs.parse_arg(arg, steps=600, lm_layers=4, warmup=30, lr=1e-3, scale=0.5, batch=4, icl=False,
-                                 loss="sequence", lp=1.0, **recipe)
+                                 loss="sequence", lp=1.0, vision="vit", clip_names=0.0, clip_pairs=0, **recipe)
 
     a = parse(SHORT)
     icl = bool(a.icl)
@@ -60,6 +62,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # nats) outscores every caption a moderately confident model writes (-15 to -20 nats): one trained model
         # scored 0.0 CIDEr with it and 77.4 with length_penalty 1 (README, "In-context learning on the world").
         tiny.evaluation.length_penalty = a.lp
+        # The frozen vision tower. 'vit': a 2-layer ViT (8-pixel patches); 'nfnet': a small NFNet, the paper's
+        # family, with strides that give the same 16 tokens at 32 pixels. Trained on the creature kinds
+        # themselves the ViT cannot tell them apart (README, "In-context learning on the world").
+        if a.vision == "nfnet":
+            tiny.model.vision = vision_config("nfnet", "tiny", image_size=tiny.model.vision.image_size,
+                                              strides=(1, 1, 1, 2))
+        elif a.vision != "vit":
+            raise ValueError(f"experiments/world.py: vision={a.vision!r}: use 'vit' or 'nfnet'")
+        # the tower's contrastive pretraining pairs: how many, and the share whose text only names the creatures
+        tiny.data.world.clip_names, tiny.data.world.clip_pairs = a.clip_names, a.clip_pairs
         tiny.data.world.scale = a.scale
         for name in tiny.data.datasets:
             tiny.data.datasets[name].batch_size = a.batch
