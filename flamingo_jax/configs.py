@@ -117,7 +117,8 @@ def add_training(config: ml_collections.ConfigDict, data: ml_collections.ConfigD
     config.checkpoint_async = True
     config.checkpoint_checksums = True  # per-array checksums saved with each step, verified on restore
     # Open-ended decoding of the few-shot evaluation (flamingo_jax.evaluate): beam search of width 3 (Section 4:
-    # beam 3, stop at the first <EOC>); the paper states no length penalty. Beam scores are sum log p / length ** length_penalty.
+    # beam 3, stop at the first <EOC>); the paper states no length penalty. Beam scores are
+    # sum log p / length ** length_penalty.
     config.evaluation = ml_collections.ConfigDict(dict(num_beams=3, length_penalty=0.0))
     return config
 

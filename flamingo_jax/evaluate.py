@@ -293,7 +293,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
                                            score=score, queries=len(outputs), seconds=round(time.time() - t0, 1))
                 groups = sorted({(c["checkpoint"], c["selection"], c.get("settings", ""))
                                  for c in data_["cells"].values()})
-                data_["summary"] = {f"{ck}/{sel}/{st}": summarize(data_["cells"], ck, sel, st) for ck, sel, st in groups}
+                data_["summary"] = {f"{ck}/{sel}/{st}": summarize(data_["cells"], ck, sel, st)
+                                    for ck, sel, st in groups}
                 results.save(data_)
                 with open(os.path.join(results.dir, "results.md"), "w") as f:
                     f.write("\n".join(markdown(data_["summary"][f"{ck}/{sel}/{st}"],
