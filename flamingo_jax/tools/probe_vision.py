@@ -78,13 +78,21 @@ def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y
 
     params = fit(params)
     acc = lambda x, y: float(np.mean(np.asarray(jnp.argmax(x @ params["w"] + params["b"], -1)) == y))  # noqa: E731
-    return dict(train_accuracy=round(acc(xtr, y_train), 4), test_accuracy=round(acc(xte, y_test), 4),
-                chance=round(float(np.bincount(y_test).max() / len(y_test)), 4), classes=k,
-                n_train=len(y_train), n_test=len(y_test))
+    return _report(acc(xtr, y_train), acc(xte, y_test), y_test, k, len(y_train))
+
+
+def _report(train_accuracy: float, test_accuracy: float, y_test: np.ndarray, classes: int, n_train: int,
+            **extra) -> dict:
+    """One probe's JSON record; chance is the test share of the most frequent class."""
+    return dict(train_accuracy=round(train_accuracy, 4), test_accuracy=round(test_accuracy, 4),
+                chance=round(float(np.bincount(y_test).max() / len(y_test)), 4), classes=classes,
+                n_train=n_train, n_test=len(y_test), **extra)
 
 
 def tower_features(tower: str, images: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Mean-pooled features float32[N, D] of a converted vision tower on images float32[N, S, S, 3]."""
+    """Mean-pooled features float32[N, D] of a converted vision tower on images float32[N, S, S, 3] (what
+    flamingo_jax.pretrain.contrastive.embed computes, jitted once and run in batches: the reported probe
+    figures were measured this way)."""
     from flamingo_jax.convert.store import load_converted
     from flamingo_jax.models.vision import build_vision
 
@@ -127,9 +135,7 @@ def supervised_ceiling(tower: str, images: np.ndarray, labels: np.ndarray, cut: 
     predict = jax.jit(lambda xb: jnp.argmax(logits(params, xb), -1))
     acc = lambda a, b: float(np.mean(np.concatenate([np.asarray(predict(x[i:min(i + 256, b)]))  # noqa: E731
                                                      for i in range(a, b, 256)]) == labels[a:b]))
-    return dict(train_accuracy=round(acc(0, cut), 4), test_accuracy=round(acc(cut, len(labels)), 4),
-                chance=round(float(np.bincount(labels[cut:]).max() / (len(labels) - cut)), 4), classes=k,
-                n_train=cut, n_test=len(labels) - cut, steps=steps)
+    return _report(acc(0, cut), acc(cut, len(labels)), labels[cut:], k, cut, steps=steps)
 
 
 def probe(towers: Sequence[str], n_images: int = 1500, image_size: int = 32, seed: int = 0,
