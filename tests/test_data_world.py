@@ -147,25 +147,28 @@ def test_eval_sets_have_support_and_test_splits():
     src[len(src)]
 
 
-def test_longer_eval_videos_left_every_other_draw_unchanged(world):
-  """Rendering the evaluation videos 30 frames long changed only their frames and fps: every record's text, and
-  the media of every other subset, hash as they did before (constant computed with the code of commit b9d0fcc)."""
+def test_records_text_and_media_are_pinned(world):
+  """Every record's text and media hash as pinned, separately, so a change that should touch only pixels (or
+  only text) shows which it touched. Constants computed at the commit that enlarged the creatures and replaced
+  the pentagon and hexagon (2026-12-07): that change left the text as it was except those two shape words (a
+  check with the old words mapped to the new gave identical text) and changed every image; the 30-frame
+  evaluation videos before it had changed only the evaluation clips' frames and fps."""
   import hashlib
   import json
 
   enc = lambda v: v.hex() if isinstance(v, bytes) else v  # noqa: E731
-  h = hashlib.sha256()
+  text, media = hashlib.sha256(), hashlib.sha256()
   for subset in ('interleaved', 'alt_text', 'long_text', 'video_text', 'text', 'clip_pairs', 'captions', 'vqa',
-                 'knowledge_vqa', 'video_qa', 'video_captions'):  # the subsets of that commit
+                 'knowledge_vqa', 'video_qa', 'video_captions'):
     for split in CFG.splits(subset):
       for i in range(min(6, CFG.num_records(subset, split))):
         r = world.record(subset, split, i)
-        if subset in ('video_qa', 'video_captions'):
-          r = {k: v for k, v in r.items() if k not in ('frames', 'fps')}
-        h.update(json.dumps({k: [enc(x) for x in v] if isinstance(v, list) else enc(v) for k, v in r.items()},
-                            sort_keys=True).encode())
-  assert h.hexdigest() == '2eb5dd8489216dd4157e6802a4570885e5239e4fc63937192fbf2cc3c985f604'
-
+        m = {k: r.pop(k) for k in ('image', 'images', 'frames', 'fps') if k in r}
+        text.update(json.dumps(r, sort_keys=True).encode())
+        media.update(json.dumps({k: [enc(x) for x in v] if isinstance(v, list) else enc(v) for k, v in m.items()},
+                                sort_keys=True).encode())
+  assert text.hexdigest() == '147f582f3904fa8f4b07ee47058d831c70eda21228cdbcedb1f203f116ef2a0b'
+  assert media.hexdigest() == '96751175d77e88ca2129371b1871b57fb037268c5d2110aa47d47b6b0ea9fa9d'
 
 
 def test_clip_names_texts_name_only_the_creatures_and_leave_the_rest_of_the_world_alone():

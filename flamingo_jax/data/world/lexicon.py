@@ -37,8 +37,10 @@ BACKGROUNDS: dict[str, tuple[tuple[int, int, int], str]] = {
     'stone': ((120, 120, 125), 'checks'),
 }
 
-SHAPES: tuple[str, ...] = ('circle', 'square', 'triangle', 'diamond', 'star', 'hexagon', 'cross', 'ring',
-                           'pentagon', 'crescent', 'arrow', 'bar')
+# Silhouettes that stay distinct at the world's 32 pixels (a creature is 8-10 pixels across): a pentagon and a
+# hexagon, once in this list, render as the same blob as a circle there (README, "In-context learning on the world").
+SHAPES: tuple[str, ...] = ('circle', 'square', 'triangle', 'diamond', 'star', 'tee', 'cross', 'ring',
+                           'hourglass', 'crescent', 'arrow', 'bar')
 
 SIZES: tuple[str, ...] = ('small', 'big')
 COLUMNS: tuple[str, ...] = ('left', 'middle', 'right')

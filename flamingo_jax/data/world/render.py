@@ -35,7 +35,9 @@ class Obj:
 
   @property
   def radius(self) -> float:
-    return 0.09 if self.size == 'small' else 0.15
+    # As large as a column allows (half its width is 1/6): at 32 pixels a creature of radius 0.09 was 6 pixels
+    # across and its kind could not be learnt from it (README, "In-context learning on the world").
+    return 0.125 if self.size == 'small' else 0.165
 
 
 def _polygon(n: int, cx: float, cy: float, r: float, angle: float, inner: float | None = None):
@@ -76,10 +78,6 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: f
     draw.polygon(_rotate(pts, cx, cy, angle), fill=fill, outline=outline)
   elif shape == 'triangle':
     draw.polygon(_polygon(3, cx, cy, r, angle), fill=fill, outline=outline)
-  elif shape == 'pentagon':
-    draw.polygon(_polygon(5, cx, cy, r, angle), fill=fill, outline=outline)
-  elif shape == 'hexagon':
-    draw.polygon(_polygon(6, cx, cy, r, angle), fill=fill, outline=outline)
   elif shape == 'star':
     draw.polygon(_polygon(5, cx, cy, r, angle, inner=0.45), fill=fill, outline=outline)
   elif shape == 'cross':
@@ -94,6 +92,15 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: f
     draw.polygon(_rotate(pts, cx, cy, angle), fill=fill, outline=outline)
   elif shape == 'bar':
     pts = [(cx - r, cy - 0.35 * r), (cx + r, cy - 0.35 * r), (cx + r, cy + 0.35 * r), (cx - r, cy + 0.35 * r)]
+    draw.polygon(_rotate(pts, cx, cy, angle), fill=fill, outline=outline)
+  elif shape == 'tee':
+    t = 0.3 * r
+    pts = [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy - r + 2 * t), (cx + t, cy - r + 2 * t), (cx + t, cy + r),
+           (cx - t, cy + r), (cx - t, cy - r + 2 * t), (cx - r, cy - r + 2 * t)]
+    draw.polygon(_rotate(pts, cx, cy, angle), fill=fill, outline=outline)
+  elif shape == 'hourglass':
+    pts = [(cx - 0.8 * r, cy - r), (cx + 0.8 * r, cy - r), (cx, cy), (cx + 0.8 * r, cy + r), (cx - 0.8 * r, cy + r),
+           (cx, cy)]
     draw.polygon(_rotate(pts, cx, cy, angle), fill=fill, outline=outline)
   else:
     raise ValueError(f'unknown shape {shape!r}')

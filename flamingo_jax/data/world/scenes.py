@@ -44,7 +44,7 @@ def sample_scene(rng: np.random.Generator, n_entities: int, n_objects: int | Non
   kinds = rng.choice(n_entities, n, replace=False)
   objs = tuple(
       Obj(entity=int(k), colour=_colour(rng, bg), size=str(rng.choice(lexicon.SIZES)),
-          column=lexicon.COLUMNS[c], cy=float(rng.uniform(0.3, 0.7)), angle=float(rng.uniform(-0.4, 0.4)))
+          column=lexicon.COLUMNS[c], cy=float(rng.uniform(0.3, 0.7)), angle=float(rng.uniform(-0.1, 0.1)))
       for k, c in zip(kinds, cols))
   return Scene(bg=bg, objs=objs)
 
@@ -60,11 +60,11 @@ def sample_clip(rng: np.random.Generator, n_entities: int) -> Clip:
   actor_cy = 0.5 if n == 1 else 0.72
   actor = Obj(entity=int(kinds[0]), colour=_colour(rng, bg),
               size='small' if action in ('grows', 'shrinks') else str(rng.choice(lexicon.SIZES)),
-              column=start_col, cy=actor_cy, angle=float(rng.uniform(-0.3, 0.3)))
+              column=start_col, cy=actor_cy, angle=float(rng.uniform(-0.08, 0.08)))
   objs = [actor]
   if n == 2:
     objs.append(Obj(entity=int(kinds[1]), colour=_colour(rng, bg, {actor.colour}), size='small',
-                    column=str(rng.choice(lexicon.COLUMNS)), cy=0.25, angle=float(rng.uniform(-0.3, 0.3))))
+                    column=str(rng.choice(lexicon.COLUMNS)), cy=0.25, angle=float(rng.uniform(-0.08, 0.08))))
   return Clip(scene=Scene(bg=bg, objs=tuple(objs)), action=action, actor=0)
 
 
