@@ -21,7 +21,8 @@ Arg knobs: steps, lm_layers, warmup, lr, scale, batch, icl, m3w_len (M3W window,
 (LM pretraining context, tokens), lm_batch, text_sections (sections per LM document), fact_pages, quiz_pages,
 page_images (most images on a page), loss ('token' | 'sequence': config.loss.normalization), lp (the evaluation's
 beam length penalty: config.evaluation.length_penalty), vision ('vit' | 'nfnet': the frozen tower), clip_names and
-clip_pairs (the tower's contrastive pretraining pairs: data.world.clip_names / clip_pairs).
+clip_pairs (the tower's contrastive pretraining pairs: data.world.clip_names / clip_pairs), styles (quiz and gallery
+pages answer in a style drawn per page: data.world.page_styles).
 Pretrained towers: `reproduce` and `ablate` fill config.pretrained with towers they pretrain on the world.
 """
 
@@ -32,9 +33,9 @@ from flamingo_jax.models import vision_config
 
 # The recipe Table 3 (docs/table3) was measured with, and the in-context recipe (module docstring).
 SHORT = dict(m3w_len=128, m3w_images=5, lm_len=128, lm_batch=16, text_sections=1, fact_pages=0.0, quiz_pages=0.25,
-             page_images=7)
+             page_images=7, styles=False)
 ICL = dict(m3w_len=256, m3w_images=5, lm_len=1024, lm_batch=4, text_sections=12, fact_pages=0.2, quiz_pages=0.3,
-           page_images=5)
+           page_images=5, styles=True)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -82,6 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         world.max_quiz_images = a.page_images if icl else 0
         world.quiz_pages, world.fact_pages = a.quiz_pages, a.fact_pages
         world.text_sections = a.text_sections
+        world.page_styles = a.styles  # quiz and gallery pages answer in a style drawn per page
         tiny.data.datasets.text.seq_len = a.lm_len
         tiny.data.datasets.text.batch_size = a.lm_batch
         # room for a 32-shot prompt left-padded to its power-of-two bucket (1024) plus the generated tokens

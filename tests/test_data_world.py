@@ -186,3 +186,20 @@ def test_clip_names_texts_name_only_the_creatures_and_leave_the_rest_of_the_worl
   fields = dict(interleaved='texts', alt_text='text', captions='captions', vqa='question', text='text')
   for subset, field in fields.items():  # every other subset is untouched
     assert plain.record(subset, 'train', 3)[field] == named.record(subset, 'train', 3)[field]
+
+
+def test_page_styles_one_style_per_page_and_all_three_across_pages():
+  """With page_styles, every answer on a quiz page is in the page's style (bare word, 'It is X.', 'The answer is
+  X.'), so the next answer's format is only known from the page's earlier answers; across pages all three occur."""
+  w = World(WorldConfig(scale=0.05, quiz_pages=1.0, page_styles=True, max_page_images=4))
+  seen = set()
+  for i in range(60):
+    texts = w.record('interleaved', 'train', i, media=False)['texts']
+    answers = [t.split(' Answer: ', 1)[1] for t in texts if t.startswith('Question: ')]
+    if len(answers) < 2:
+      continue
+    styles = {'sentence' if a.startswith('It is ') else 'answer_is' if a.startswith('The answer is ') else 'word'
+              for a in answers}
+    assert len(styles) == 1, texts
+    seen |= styles
+  assert seen == {'word', 'sentence', 'answer_is'}

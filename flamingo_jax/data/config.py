@@ -11,7 +11,7 @@ config.data fields:
                   eval_sets may set its own manual_dir.
   world           WorldConfig fields (flamingo_jax/data/world/generate.py): seed, image_size,
                   video_frames, video_fps, n_entities, scale, max_page_images, quiz_pages,
-                  fact_pages, max_quiz_images, text_sections, clip_names, clip_pairs.
+                  fact_pages, max_quiz_images, text_sections, clip_names, clip_pairs, page_styles.
   vocab           kind 'world' (SentencePiece trained on the world's text, cached in data_dir),
                   'sentencepiece' (path to a .model) or 'hf' (local HuggingFace tokenizer dir, path);
                   size: the LM's base vocabulary size for 'world' (<image> = size, <EOC> = size + 1;
@@ -39,6 +39,8 @@ false); set flip_prob=0.5 for web data as in the paper.
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 from flamingo_jax.data.world.generate import WorldConfig
@@ -62,13 +64,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.source = 'world'
   c.data_dir = ''            # '' = ~/tensorflow_datasets
   c.manual_dir = ''
-  w = WorldConfig()
-  c.world = ml_collections.ConfigDict(dict(seed=w.seed, image_size=w.image_size, video_frames=w.video_frames,
-                                           video_fps=w.video_fps, n_entities=w.n_entities, scale=w.scale,
-                                           max_page_images=w.max_page_images, quiz_pages=w.quiz_pages,
-                                           fact_pages=w.fact_pages, max_quiz_images=w.max_quiz_images,
-                                           text_sections=w.text_sections, clip_names=w.clip_names,
-                                           clip_pairs=w.clip_pairs))
+  c.world = ml_collections.ConfigDict(dataclasses.asdict(WorldConfig()))
   c.vocab = ml_collections.ConfigDict(dict(kind='world', size=1000, path=''))
   c.mode = 'accumulate'
   c.seed = 0

@@ -75,6 +75,7 @@ class WorldConfig:
   clip_names: float = 0.0       # fraction of clip_pairs texts that only name the creatures ('a vog and a rer.')
   clip_pairs: int = 0           # clip_pairs records (0: DEFAULT_SIZES x scale); the vision tower's pretraining
                                 # sees each pair once per len / batch steps, and a small set is memorised
+  page_styles: bool = False     # quiz pages answer, and galleries caption, in a style drawn per page
 
   def num_records(self, subset: str, split: str) -> int:
     sizes = DEFAULT_SIZES[subset]
@@ -306,18 +307,25 @@ class World:
     """A quiz page (each image followed by 'Question: ... Answer: ...') or a captioned gallery (each image
     followed by 'Output: <caption>'), as on real web pages. They carry the few-shot prompt layouts into the
     interleaved data: a 4-layer world LM does not pick an answer format up from the shots alone. Only
-    visual questions: the knowledge questions' facts stay in the text corpus."""
+    visual questions: the knowledge questions' facts stay in the text corpus.
+
+    With page_styles, each page answers in one style drawn for the page (a bare word, 'It is red.', 'The answer
+    is red.') and a gallery captions in one (the evaluation's caption templates, alt-texts, long descriptions):
+    what the next answer looks like is then only known from the page's earlier ones, the in-context pattern
+    few-shot prompts rely on (the paper's shots carry each benchmark's answer format, Section 3 / Appendix A.2)."""
     gallery = rng.random() < 0.5
+    style = int(rng.integers(3)) if self.config.page_styles else 0
     texts = [str(rng.choice(['Photo gallery.', 'My captioned pictures.'] if gallery
                             else ['Quiz time!', 'Test yourself: look at each picture.', 'Picture quiz.']))]
     images, positions = [], []
     for _ in range(n_img):
       scene = scenes.sample_scene(rng, self.config.n_entities)
       if gallery:
-        texts.append(f'Output: {scenes.caption_refs(scene, self.entities, rng, n=1)[0]}')
+        describe = (lambda *a: scenes.caption_refs(*a, n=1)[0], scenes.alt_text, scenes.long_text)[style]
+        texts.append(f'Output: {describe(scene, self.entities, rng)}')
       else:
         q, a, _ = self._visual_question(scene, rng)
-        texts.append(f'Question: {q} Answer: {a}')
+        texts.append(f'Question: {q} Answer: {(a, f"It is {a}.", f"The answer is {a}.")[style]}')
       images.append(self.image(scene, mrng))
       positions.append(len(texts) - 1)  # the image comes right before its caption or question
     return {'texts': texts, 'images': images, 'image_positions': positions}
