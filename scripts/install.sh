@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Creates .venv and installs flamingo_jax into it (editable). `bash scripts/install.sh test` adds the test
 # extra and OpenFlamingo for the parity tests (its package metadata pulls torchvision, which has no CPU
-# build: install it without dependencies; the tests load its model files by path).
+# build: install it without dependencies; the tests load its model files by path) and pycocoevalcap, the COCO
+# caption toolkit that tests/test_eval_metrics.py checks CIDEr against live (its PTB tokenizer needs java:
+# .ci/run installs it when absent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -10,6 +12,7 @@ PY=${PYTHON:-python3}
 if [ "${1:-}" = "test" ]; then
   .venv/bin/pip install -q -e '.[test]'
   .venv/bin/pip install -q --no-deps open-flamingo==2.0.1 open_clip_torch==2.24.0
+  .venv/bin/pip install -q pycocoevalcap==1.2 pycocotools==2.0.11
 else
   .venv/bin/pip install -q -e .
 fi
