@@ -1,7 +1,10 @@
 """sharding.make_mesh: topology-aware layouts (jax.make_mesh / mesh_utils), multi-slice meshes from
 config.mesh.dcn (create_hybrid_device_mesh), and one-line errors. Stand-in device objects carry the
-attributes mesh_utils reads (platform, device_kind, coords, process_index, slice_index), so no compile."""
+attributes mesh_utils reads (platform, device_kind, coords, process_index, slice_index), so no compile. And the
+param sharding rules (sharding.RULES / spec_for): which logical axis goes to which mesh axis."""
 
+import flax.linen as nn
+import numpy as np
 import pytest
 
 from flamingo_jax import sharding
@@ -67,3 +70,34 @@ def test_dcn_errors_are_one_line():
         sharding.make_mesh(dict(data=4, fsdp=2, model=1, dcn=dict(data=4)), devs)
     with pytest.raises(sharding.MeshError, match="does not fit 8 devices"):
         sharding.make_mesh(dict(data=3, fsdp=1, model=1), devs)
+
+
+def test_param_rules_map_each_logical_axis_to_its_mesh_axis():
+    """sharding.RULES as the docs state them: embed over fsdp (ZeRO-3), mlp / heads / kv_heads / vocab over model
+    (Megatron), the rest replicated; a mesh axis that does not divide its dimension, is already used by the
+    array, or has size 1 replicates. An abstract mesh: spec_for reads only the axis sizes."""
+    from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
+
+    mesh = AbstractMesh((1, 2, 4), sharding.MESH_AXES)
+
+    def spec(names, shape, m=mesh):
+        return sharding.spec_for(names, shape, m)
+
+    assert spec(("embed", "mlp"), (32, 64)) == P("fsdp", "model")  # FFW in
+    assert spec(("mlp", "embed"), (64, 32)) == P("model", "fsdp")  # FFW out
+    assert spec(("embed", "heads", "head_dim"), (32, 4, 8)) == P("fsdp", "model", None)  # q
+    assert spec(("embed", "kv_heads", "head_dim"), (32, 4, 8)) == P("fsdp", "model", None)  # k, v
+    assert spec(("heads", "head_dim", "embed"), (4, 8, 32)) == P("model", None, "fsdp")  # attention out
+    assert spec(("vocab", "embed"), (512, 32)) == P("model", "fsdp")  # embedding
+    assert spec(("layers", "embed", "mlp"), (3, 32, 64)) == P(None, "fsdp", "model")  # scanned layers
+    for name in ("head_dim", "layers", "latents", "frames", "positions", "norm", "conv_h", "conv_w", "conv_in",
+                 "conv_out", "unknown_name", None):
+        assert spec((name,), (8,)) == P(None), name
+    assert spec(("vocab", "embed"), (42, 32)) == P(None, "fsdp")  # 4 does not divide 42
+    assert spec(("embed", "embed"), (32, 32)) == P("fsdp", None)  # fsdp is taken
+    assert spec(("heads", "mlp"), (4, 64)) == P("model", None)  # model is taken
+    assert spec(("embed", "mlp"), (32, 64), AbstractMesh((8, 1, 1), sharding.MESH_AXES)) == P(None, None)
+    # the boxed param tree of a model gets one NamedSharding per leaf by these rules (plain leaves: replicated)
+    boxed = {"w": nn.LogicallyPartitioned(np.zeros((32, 64)), ("embed", "mlp")), "b": np.zeros(3)}
+    got = sharding.tree_shardings(boxed, mesh)
+    assert got["w"] == NamedSharding(mesh, P("fsdp", "model")) and got["b"].spec == P()

@@ -3,6 +3,7 @@ towers loading through load_converted into a Flamingo model (the trainer's own l
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 
@@ -68,17 +69,25 @@ def _clip_batches():
         yield batch
 
 
-def _text_batches():
-    seq = np.tile(np.arange(4, 4 + 6), 4)[: L + 1]
-    tokens = np.stack([np.roll(seq, i)[: L + 1] for i in range(4)]).astype(np.int32)
-    batch = dict(tokens=tokens[:, :-1], targets=tokens[:, 1:], loss_mask=np.ones((4, L), np.float32))
-    while True:
-        yield batch
+def _text_batches(start: int = 0):
+    """Batch i (from `start`): rows of a cyclic sequence (period 6) rolled by i + row, its loss on the last
+    L - i % 3 tokens: a different batch at each of the steps below, so that a resumed run only ends where an
+    uninterrupted one does when it resumes at the right step."""
+    seq = np.tile(np.arange(4, 4 + 6), 4)
+    for i in itertools.count(start):
+        tokens = np.stack([np.roll(seq, i + r)[: L + 1] for r in range(4)]).astype(np.int32)
+        mask = np.ones((4, L), np.float32)
+        mask[:, : i % 3] = 0.0
+        yield dict(tokens=tokens[:, :-1], targets=tokens[:, 1:], loss_mask=mask)
+
+
+def _rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
 
 
 def _losses(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line)["loss"] for line in f]
+    return [r["loss"] for r in _rows(workdir)]
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +140,8 @@ def test_pretrain_lm_learns_resumes_and_plugs_in(tmp_path, flamingo_config):
     losses = _losses(full)
     assert losses[-1] < 0.5 * losses[0]
 
-    # interrupted after 7 steps with a save every 5: the rerun resumes from step 5 and ends where `full` does
+    # interrupted after 7 steps with a save every 5: the rerun resumes from step 5 (its data given from batch 5
+    # on: the caller owns the position of `batches`), redoes steps 6-10 only and ends where `full` does
     part = str(tmp_path / "part")
 
     def interrupted():
@@ -143,7 +153,10 @@ def test_pretrain_lm_learns_resumes_and_plugs_in(tmp_path, flamingo_config):
     with pytest.raises(KeyboardInterrupt):
         pretrain.pretrain_lm(_stage("lm", lm_cfg, 10, save_every=5), part, batches=interrupted())
     assert os.path.exists(os.path.join(part, common.STATE_FILE)) and not pretrain.is_done(part)
-    path = pretrain.pretrain_lm(_stage("lm", lm_cfg, 10, save_every=5), part, batches=_text_batches())
+    path = pretrain.pretrain_lm(_stage("lm", lm_cfg, 10, save_every=5), part, batches=_text_batches(5))
+    rows = _rows(part)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6, 7, 6, 7, 8, 9, 10]  # not a restart from step 0
+    np.testing.assert_allclose([r["loss"] for r in rows[7:]], losses[5:], rtol=1e-5)
     resumed, _ = load_converted(path)
     reference, cfg = load_converted(full)
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(reference)):
