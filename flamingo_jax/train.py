@@ -126,6 +126,27 @@ def load_pretrained(config: ml_collections.ConfigDict, shardings: dict, abstract
     return out
 
 
+def check_vocabulary(config: ml_collections.ConfigDict, data: Any) -> None:
+    """The model's token ids and the frozen LM's against the data's vocabulary. An LM pretrained under another
+    vocabulary reads every id as another token and nothing fails (the world LM read under a re-drawn world's
+    vocabulary scored 6.45 nats per token against 0.79), so a mismatch is an error naming the fix. The LM
+    pretraining records its vocabulary's fingerprint (flamingo_jax.pretrain.lm); converted LMs record none."""
+    vocab = getattr(data, "vocab", None)
+    if vocab is None:  # synthetic data: token ids only
+        return
+    m = config.model
+    data.check_model_vocab(m.lm.vocab_size, m.image_token_id, m.eoc_token_id)
+    path = config.pretrained.get("lm", "") if "pretrained" in config else ""
+    if path:
+        from flamingo_jax.convert.store import read_manifest
+
+        want = (read_manifest(path).get("source") or {}).get("vocab_sha256")
+        if want and want != vocab.fingerprint():
+            raise ValueError(f"the frozen LM at {path} was pretrained under another vocabulary (fingerprint "
+                             f"{want[:12]}..., config.data.vocab gives {vocab.fingerprint()[:12]}...): point "
+                             "config.data.vocab at the vocabulary it was pretrained with, or pretrain the LM again")
+
+
 def make_data_iterator(config: ml_collections.ConfigDict, process_index: int, process_count: int) -> Iterator:
     """The mixture iterator of config.data, yielding this process's share of each global batch."""
     local = {}
@@ -144,7 +165,9 @@ def make_data_iterator(config: ml_collections.ConfigDict, process_index: int, pr
                                 process_count=process_count)
     from flamingo_jax.data.mixture import make_mixture_iterator
 
-    return make_mixture_iterator(config.data, local, process_index=process_index, process_count=process_count)
+    data = make_mixture_iterator(config.data, local, process_index=process_index, process_count=process_count)
+    check_vocabulary(config, data)
+    return data
 
 
 def to_global(batches: dict, mesh: jax.sharding.Mesh) -> dict:

@@ -50,6 +50,10 @@ class Vocabulary:
   def _decode_base(self, ids: Sequence[int]) -> str:
     raise NotImplementedError
 
+  def fingerprint(self) -> str:
+    """sha256 naming the id -> text map: what a frozen LM's embedding rows were trained to mean."""
+    return hashlib.sha256('\x00'.join(self._decode_base([i]) for i in range(self.base_size)).encode()).hexdigest()
+
   def decode(self, ids: Iterable[int], markers: bool = True) -> str:
     """Ids to text; new tokens become `<image>`/`<EOC>` (and BOS/EOS `<BOS>`/`<EOS>` if markers); pads dropped."""
     out: list[str] = []
@@ -101,6 +105,9 @@ class SentencePieceVocab(Vocabulary):
 
   def encode(self, text: str) -> list[int]:
     return list(self._sp.encode(text))
+
+  def fingerprint(self) -> str:
+    return hashlib.sha256(self.model_proto).hexdigest()
 
   def _decode_base(self, ids: Sequence[int]) -> str:
     # Decoding piece by piece keeps the leading-space marker of the first piece (the model sees it).

@@ -64,6 +64,8 @@ def pretrain_lm(config: ml_collections.ConfigDict, workdir: str, *, batches=None
     last = common.last_metrics(workdir)
     source = dict(format="flamingo_jax.pretrain", objective="next-token cross-entropy", dataset=c.dataset,
                   steps=int(c.steps), seed=int(c.seed))
+    if data_iter is not None:  # what the trainer checks its data's vocabulary against (train.check_vocabulary)
+        source["vocab_sha256"] = data_iter.vocab.fingerprint()
     notes = [f"final {k} {last[k]:.4f}" for k in ("loss", "accuracy", "perplexity") if k in last]
     if "loss" in last:
         notes.append(f"uniform-guess loss would be {math.log(c.model.vocab_size):.4f}")
