@@ -251,3 +251,52 @@ def test_pretrained_knob_gives_one_directory_per_tower(tmp_path, monkeypatch):
     open(os.path.join(base.pretrained.lm, "config.json"), "w").close()  # the LM is already pretrained
     ablate.ensure_pretrained(swap)
     assert calls == [("vision", swap.pretrained.vision)]
+
+
+# ---------------------------------------------------------------------------------------------- a real run
+
+_EVAL_CALLS = []
+
+
+def _checkpoint_evaluator(config, workdir, tasks, shots, **kw):
+    """A minimal evaluator: restores the run's newest checkpoint as flamingo_jax.evaluate does (decoding the five
+    eval sets would cost minutes of compiles; tests/test_eval_harness.py runs that end to end) and returns a
+    distinct score per task."""
+    from flamingo_jax import evaluate
+
+    _, step, checkpoint_id = evaluate.load_checkpoint(config, workdir)
+    _EVAL_CALLS.append(dict(tasks=list(tasks), shots=list(shots), step=step, **kw))
+    return {t: {shots[0]: 0.1 * (i + 1)} for i, t in enumerate(sorted(tasks))}
+
+
+def test_run_table_trains_and_evaluates_a_row_for_real(tmp_path):
+    """run_table -> run_one with the real trainer (the tests' tiny config: 2 updates on synthetic batches): it
+    writes its checkpoints, the evaluator gets the trained run (its newest checkpoint is the last step's), and
+    result.json and the table files hold the evaluator's scores under the DEV names."""
+    from tiny import tiny_train_config
+
+    _EVAL_CALLS.clear()
+    config = ABL.get_config("table3")
+    with config.unlocked():
+        config.base = tiny_train_config(total_steps=2)
+    work = tmp_path / "abl"
+    ablate.run_table(config, str(work), ["baseline"], seeds=1, evaluator=f"{__name__}:_checkpoint_evaluator",
+                     eval_kwargs=dict(max_queries=1, batch_size=1))
+    run_dir = work / "rows" / "baseline" / "seed0"
+    (call,) = _EVAL_CALLS
+    assert sorted(call.pop("tasks")) == sorted(config.base.data.eval_sets)
+    assert call == dict(shots=[ablate.EVAL_SHOTS], step=2, max_queries=1, batch_size=1)
+    records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    assert records[-1]["step"] == 2
+    want = {ablate.WORLD_TO_DEV[t]: pytest.approx(10.0 * (i + 1)) for i, t in enumerate(sorted(ablate.WORLD_TO_DEV))}
+    result = json.load(open(run_dir / "result.json"))
+    assert result["scores"] == want
+    assert result["row"] == "baseline" and result["seed"] == config.base.seed
+    assert result["final_loss"] == records[-1]["loss"]
+    assert result["params"] == ablate.param_count(config.base.model)
+    assert result["train_seconds"] > 0 and math.isfinite(result["step_time"])
+    summary = json.load(open(work / "table3.json"))
+    (row,) = [r for r in summary["rows"] if r["name"] == "baseline"]
+    assert {k: v[0] for k, v in row["scores"].items()} == want and row["seeds"] == 1
+    assert row["overall"][0] == pytest.approx(ablations_table.overall({k: v.expected for k, v in want.items()}))
+    assert os.path.isfile(work / "table3.md")

@@ -1,8 +1,11 @@
 """Attention primitives: masking rules, grouped heads, rotary relative positions, ALiBi slopes."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from flamingo_jax.models.attention import alibi_slopes, dot_product_attention, rotary_embedding
 
@@ -53,6 +56,27 @@ def test_partial_rotary_leaves_the_rest_untouched():
     np.testing.assert_array_equal(out[..., 4:], q[..., 4:])
 
 
+def _paper_alibi_slopes(n):
+    """Press et al. 2022 (ALiBi), their reference get_slopes: for n a power of two the geometric sequence starting at
+    2^(-8/n) with that ratio; otherwise the slopes of the closest power of two 2^k below n, then every other slope
+    of 2^(k+1) heads (the first n - 2^k of them)."""
+    def power_of_two(m):
+        start = 2.0 ** (-(2.0 ** -(math.log2(m) - 3)))
+        return [start * start ** i for i in range(m)]
+
+    if math.log2(n).is_integer():
+        return power_of_two(n)
+    k = 2 ** math.floor(math.log2(n))
+    return power_of_two(k) + _paper_alibi_slopes(2 * k)[0::2][:n - k]
+
+
 def test_alibi_slopes_match_the_power_of_two_formula():
     np.testing.assert_allclose(alibi_slopes(8), 2.0 ** -np.arange(1, 9), rtol=1e-6)
-    assert alibi_slopes(12).shape == (12,)
+
+
+@pytest.mark.parametrize("heads", [1, 2, 3, 5, 6, 12, 16, 20, 40])
+def test_alibi_slopes_match_the_papers_formula(heads):
+    np.testing.assert_allclose(alibi_slopes(heads), _paper_alibi_slopes(heads), rtol=1e-6)
+    if heads == 12:  # by hand: 2^-1 .. 2^-8, then 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5
+        want = [2.0 ** -i for i in range(1, 9)] + [2.0 ** -(i + 0.5) for i in range(4)]
+        np.testing.assert_allclose(alibi_slopes(12), want, rtol=1e-6)

@@ -36,8 +36,13 @@ def test_flamingo_3b_counts_match_table5(counts):
     c, paper = counts["3b"], TABLE5["3b"]
     for part in ("lm", "vision", "xattn", "total"):
         assert abs(c[part] / paper[part] - 1) < 0.05, (part, c[part])
-    # 194M does not follow from six layers of width 1536 alone (6 x 12 x 1536^2 = 170M): within 15%.
-    assert abs(c["resampler"] / paper["resampler"] - 1) < 0.15
+    # The resampler from its shapes (6 layers at the vision width 1536, 64 latents, 8 frame embeddings): per layer
+    # 12 d^2 (q, k, v, out: 4 d^2; FFW x4: 8 d^2) and three LayerNorms (6 d); plus the latents, the time
+    # embeddings and the final LayerNorm. That is 170.0M; Table 5 says 194M, 12.4% more, which no documented
+    # shape explains (e.g. 16 heads of 128 would give 189M), so the gap is pinned: any change of the count fails.
+    r, d = load_experiment("flamingo_3b").model.resampler, 1536
+    assert c["resampler"] == r.depth * (12 * d * d + 6 * d) + (r.num_latents + r.max_frames + 2) * d == 170_038_272
+    assert c["resampler"] / paper["resampler"] - 1 == pytest.approx(-0.1235, abs=5e-4)
 
 
 def test_paper_lm_shapes_follow_table4(counts):

@@ -108,8 +108,19 @@ def test_sample_mode_rates_match_weights():
 
 
 def test_round_robin_cycles_in_mixture_order():
+  """Each step yields ONE dataset, in mixture order, and its batch is that dataset's own next batch: step k holds
+  batch k // 4 of dataset k % 4, as the dataset's iterator alone yields them (the others do not advance)."""
   it = _make(mode='round_robin')
-  assert [list(next(it))[0] for _ in range(5)] == ['m3w', 'align', 'ltip', 'vtp', 'm3w']
+  steps = [next(it) for _ in range(6)]
+  names = ['m3w', 'align', 'ltip', 'vtp']
+  assert [list(b) for b in steps] == [[names[k % 4]] for k in range(6)]
+  alone = {n: _make(names=[n]) for n in ('m3w', 'align')}  # accumulate mode over one dataset: its own stream
+  own = {n: [next(alone[n])[n] for _ in range(2)] for n in alone}
+  for k in (0, 1, 4, 5):
+    n = names[k % 4]
+    got, want = steps[k][n], own[n][k // 4]
+    assert got.keys() == want.keys() and all(np.array_equal(got[f], want[f]) for f in want), (k, n)
+  assert not np.array_equal(steps[4]['m3w']['tokens'], steps[0]['m3w']['tokens'])
 
 
 def test_paper_weights_and_ablation_subsets():

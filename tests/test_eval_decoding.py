@@ -138,3 +138,31 @@ def test_bucket_and_padding_helpers():
     assert t.tolist() == [[0, 0, 1, 2], [0, 0, 0, 3]] and m.sum() == 3
     with pytest.raises(ValueError):
         decoding.left_pad([[1] * 5], 4, 0)
+
+
+def test_length_penalty_ranks_by_sum_over_length_to_the_alpha(setup):
+    """With length_penalty alpha, finished hypotheses rank by sum log p / length ** alpha (length counts the stop
+    token): the top K equal the exhaustive enumeration ranked by that formula, and on these prompts the penalty
+    changes which hypothesis wins on both prompts (so the plain-sum ranking would fail here): with flatter
+    distributions (the head 20x smaller than the setup's) stopping at once wins the plain sum on prompt 0 ([<EOC>])
+    and a 2-token answer on prompt 1, but 3-token answers win per token."""
+    s = dict(setup)
+    s["params"] = jax.tree_util.tree_map_with_path(
+        lambda path, x: x * 0.05 if any(getattr(k, "key", "") in ("head", "unembedding") for k in path) else x,
+        s["params"])
+    s["visual"] = s["dec"].encode(s["params"], s["imgs"])
+    k, alpha = 9, 1.0
+    gen = decoding.GenerationConfig(max_new_tokens=STEPS, num_beams=k, length_penalty=alpha, stop_ids=s["stop"],
+                                    banned_ids=s["banned"])
+    out = jax.device_get(s["dec"].generate(s["params"], s["toks"], s["tmask"], s["visual"], s["mask"], gen))
+    for i, row in enumerate(s["rows"]):
+        seqs, scores = _exhaustive(s["model"], s["params"], row, s["imgs"][i:i + 1], s["mask"][i:i + 1],
+                                   s["stop"], s["banned"])
+        norm = scores / np.array([len(q) for q in seqs], float) ** alpha
+        order = np.argsort(-norm)[:k]
+        got = [list(out["tokens"][i, j, :out["lengths"][i, j]]) for j in range(k)]
+        assert got == [seqs[j] for j in order], i
+        np.testing.assert_allclose(out["scores"][i], norm[order], rtol=1e-5, atol=1e-5)
+        assert len(seqs[int(np.argmax(scores))]) < STEPS == len(seqs[int(np.argmax(norm))]), i
+        assert out["lengths"][i, 0] == STEPS
+

@@ -119,22 +119,45 @@ def test_evaluate_end_to_end_caches_cells_and_shards_agree(world_model, tmp_path
     assert json.loads((other / "eval" / "results.json").read_text())["cells"].popitem()[1]["score"] == cell["score"]
 
 
-def test_rices_and_zero_shot_prompts_on_the_world(world_model, tmp_path):
+def test_rices_and_zero_shot_prompts_on_the_world(world_model, tmp_path, monkeypatch):
+    """RICES end to end: for every query of a cell, the support examples in its prompt are the pool's nearest by
+    the cosine similarity of the vision tower's mean-pooled features, computed here independently (the tower
+    applied directly, numpy normalisation and ranking), the most similar last, right before the query."""
     config, params, vocab = world_model
     data = harness.EvalData(config.data, vocab=vocab)
+    import jax
+
     from flamingo_jax import models
 
-    ev = harness.Evaluator(models.build(config.model), params, data, batch_size=2, num_beams=1,
-                           cache_dir=str(tmp_path), progress=False)
-    pool = data.source("vqa", "support")
-    queries = data.source("vqa", "query")
-    chosen = ev._choose("vqa", 2, 0, "rices", [0, 1], [queries[0], queries[1]], len(pool))
-    assert all(len(c) == 2 and len(set(c)) == 2 for c in chosen)
-    assert len(list(tmp_path.glob("rices_*.npz"))) == 1
-    sup = ev._support_features("vqa")
-    q = ev._rices_features("vqa", [queries[0]])
-    sims = (q @ sup.T)[0]
-    assert sims[chosen[0][-1]] == sims.max()  # the most similar is last
+    model = models.build(config.model)
+    ev = harness.Evaluator(model, params, data, batch_size=2, num_beams=1, cache_dir=str(tmp_path), progress=False)
+    shown = {}
+    real_build = prompts.build_prompt
+
+    def spy(vocab_, kind, records, support_ids, query, **kw):
+        shown[kw["query_index"]] = list(support_ids)
+        return real_build(vocab_, kind, records, support_ids, query, **kw)
+
+    monkeypatch.setattr(harness.prompts, "build_prompt", spy)
+    outs = ev.predict("vqa", shots=2, seed=0, selection="rices", max_queries=4)
+    assert [o["index"] for o in outs] == [0, 1, 2, 3] and sorted(shown) == [0, 1, 2, 3]
+    assert len(list(tmp_path.glob("rices_*.npz"))) == 1  # the pool's features, cached
+
+    pool, queries = data.source("vqa", "support"), data.source("vqa", "query")
+    tower = jax.jit(lambda p, x: model.apply({"params": p}, x, method=lambda m, x: m.vision(x)))
+
+    def features(records):
+        x = np.concatenate([data.media("vqa", r) for r in records])  # one frame per record: [N, S, S, 3]
+        f = np.asarray(tower(params, x), np.float64).mean(axis=1)  # [N, tokens, D] -> [N, D]
+        return f / np.linalg.norm(f, axis=1, keepdims=True)
+
+    sims = features([queries[q] for q in range(4)]) @ features([pool[j] for j in range(len(pool))]).T
+    for q in range(4):
+        order = np.argsort(-sims[q])
+        assert sims[q, order[1]] - sims[q, order[2]] > 1e-6, "a near tie: the check would be ambiguous"
+        assert shown[q] == [int(order[1]), int(order[0])], (q, shown[q], order[:3])
+    assert len({tuple(v) for v in shown.values()}) > 1  # the queries got different nearest neighbours
+
     zero = ev._choose("vqa", 0, 0, "random", [0], [queries[0]], len(pool))
     assert len(zero[0]) == 2  # zero-shot: two text-only examples
 
@@ -161,13 +184,75 @@ class _MemesData(harness.EvalData):
         return np.full((1, s, s, 3), int(record["id"][-1]) / 6.0, np.float32)
 
 
+def _uncached_loglik(model, params, rows, images, image_mask, pad_id):
+    """log-probs of teacher-forced rows (prompt + candidate, right-padded) from ONE uncached forward of the model:
+    logp[r, t] = log p(token t + 1 | tokens <= t)."""
+    import jax
+
+    from flamingo_jax.evaluation import decoding
+
+    length = decoding.bucket(max(map(len, rows)), 32)
+    toks, tmask = decoding.right_pad(rows, length, pad_id)
+    forward = jax.jit(lambda p, t, i, m, tm: jax.nn.log_softmax(
+        model.apply({"params": p}, t, i, m, None, tm).astype(jnp.float32), -1))
+    return np.asarray(forward(params, toks, images, image_mask, tmask))
+
+
 def test_close_ended_ranking_gives_roc_auc(world_model):
+    """HatefulMemes-style ranking: each query's score is ll(" yes<EOC>") - ll(" no<EOC>") after its 2-shot prompt,
+    recomputed here from an uncached forward pass (the sum of the candidate tokens' log-probs); the prediction is
+    the likelier class and the cell's metric is the ROC-AUC of those scores."""
     config, params, vocab = world_model
     from flamingo_jax import models
+    from flamingo_jax.evaluation import metrics
 
-    ev = harness.Evaluator(models.build(config.model), params, _MemesData(config, vocab), batch_size=2,
-                           progress=False)
+    data = _MemesData(config, vocab)
+    model = models.build(config.model)
+    ev = harness.Evaluator(model, params, data, batch_size=2, progress=False)
     outs = ev.predict("memes", shots=2, seed=0, max_queries=4)
     assert [o["index"] for o in outs] == [0, 1, 2, 3]
-    assert all(o["prediction"] in ("no", "yes") and np.isfinite(o["score"]) for o in outs)
-    assert 0.0 <= ev.score("memes", outs) <= 1.0
+
+    pool, queries = data.source("memes", "support"), data.source("memes", "query")
+    cands = prompts.candidate_tokens(vocab, "classification")  # [" no<EOC>", " yes<EOC>"]
+    rows, images, image_mask, spans = [], [], [], []
+    for q in range(4):
+        sup = prompts.random_support(len(pool), 2, 0, q)
+        p = prompts.build_prompt(vocab, "classification", [pool[j] for j in sup], sup, queries[q], text_only=False,
+                                 seed=0, query_index=q)
+        media = np.stack([data.media("memes", r) for r in [pool[j] for j in sup] + [queries[q]]])  # [3, F, S, S, 3]
+        for c in cands:
+            rows.append(p.tokens + c)
+            images.append(media)
+            image_mask.append(np.ones(3, bool))
+            spans.append((len(p.tokens), c))
+    logp = _uncached_loglik(model, params, rows, np.stack(images), np.stack(image_mask), vocab.pad_id)
+    ll = np.array([sum(logp[r, start - 1 + j, t] for j, t in enumerate(c)) for r, (start, c) in enumerate(spans)])
+    ll = ll.reshape(4, 2)
+    want = ll[:, 1] - ll[:, 0]
+    assert np.ptp(want) > 1e-3  # the queries' scores differ: a constant or shuffled score would be caught
+    np.testing.assert_allclose([o["score"] for o in outs], want, rtol=1e-4, atol=1e-4)
+    assert [o["prediction"] for o in outs] == [prompts.CLASS_NAMES[int(np.argmax(x))] for x in ll]
+    labels = [queries[q]["label"] for q in range(4)]
+    assert ev.score("memes", outs) == pytest.approx(metrics.roc_auc(list(want), labels), abs=1e-6)
+
+
+def test_evaluate_aggregates_seeds_with_numpy_mean_and_std(world_model, tmp_path, monkeypatch):
+    """--seeds 3: one cell per seed, and the returned score and results.json / results.md hold their mean and std
+    (numpy's; the population std, ddof=0) in the tables' units."""
+    config, params, vocab = world_model
+    per_seed = {0: 0.31, 1: 0.55, 2: 0.12}
+    monkeypatch.setattr(harness.Evaluator, "predict", lambda self, task, shots, seed, *a, **k: [
+        dict(id=f"q{seed}", index=0, prediction=str(seed))])
+    monkeypatch.setattr(harness.Evaluator, "score", lambda self, task, outs: per_seed[int(outs[0]["prediction"])])
+    out = evaluate.evaluate(config, str(tmp_path), ["vqa"], [2], seeds=3, params=params, checkpoint_id="ck",
+                            batch_size=2, num_beams=1, max_queries=1, progress=False, vocab=vocab)
+    vals = np.array(list(per_seed.values()))
+    assert out == {"vqa": {2: pytest.approx(vals.mean())}}
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert sorted(c["seed"] for c in results["cells"].values()) == [0, 1, 2]
+    (summary,) = results["summary"].values()
+    row = summary["vqa"]["2"]
+    assert row["seeds"] == 3
+    assert row["mean"] == pytest.approx(100 * vals.mean()) and row["std"] == pytest.approx(100 * vals.std())
+    md = (tmp_path / "eval" / "results.md").read_text()
+    assert f"| vqa | vqa_accuracy | {100 * vals.mean():.1f} ± {100 * vals.std():.1f} |" in md

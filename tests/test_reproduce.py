@@ -9,10 +9,12 @@ import math
 import os
 import re
 import sys
+import time
 
 import pytest
 
 from flamingo_jax import reproduce
+from flamingo_jax.ablate import WORLD_TO_DEV
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "experiments", "world.py") + ":steps=4,scale=0.02,batch=2,warmup=1,lm_layers=2,m3w_len=64,m3w_images=2,lm_len=64,lm_batch=2,text_sections=1"
@@ -28,19 +30,25 @@ def run(tmp_path_factory):
         for name in [n for n in config.data.eval_sets if n not in TASKS]:
             del config.data.eval_sets[name]
     out, err = io.StringIO(), io.StringIO()
+    t0 = time.perf_counter()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         stages = reproduce.reproduce(config, workdir, pretrain_steps=3, shots=SHOTS, max_queries=2,
                                      eval_batch_size=2, config_spec=TINY)
+    wall = time.perf_counter() - t0
     sys.stdout.write(out.getvalue())  # still shown by pytest on a failure
     sys.stderr.write(err.getvalue())
-    return workdir, config, stages, out.getvalue() + err.getvalue()
+    return workdir, config, stages, out.getvalue() + err.getvalue(), wall
 
 
 def test_every_stage_ran_and_wrote_its_outputs(run):
-    workdir, config, stages, _ = run
+    workdir, config, stages, _, wall = run
     assert list(stages) == list(reproduce.STAGES[:-1])
-    for name, info in stages.items():
-        assert info["seconds"] >= 0, name
+    # Each stage's time was measured (every stage does real work: > 0.05 s), and together they account for
+    # most of the invocation and never for more than it.
+    seconds = {name: info["seconds"] for name, info in stages.items()}
+    assert all(s > 0 for s in seconds.values()), seconds
+    assert 0.5 * wall <= sum(seconds.values()) <= wall + 0.5, (seconds, wall)
+    assert seconds["train"] > seconds["world"], seconds  # training compiles and runs a model
     for path in ("world/samples.png", "pretrained/vision/config.json", "pretrained/lm/config.json",
                  "train/metrics.jsonl", "train/eval/results.json", "report.md", "report.json", "loss_curves.png",
                  "score_vs_shots.png"):
@@ -52,24 +60,61 @@ def test_every_stage_ran_and_wrote_its_outputs(run):
 
 
 def test_report_holds_the_evaluated_scores(run):
-    workdir, config, stages, _ = run
+    """The cells the evaluator wrote are the TRAINED checkpoint's (not evaluate's random-init fallback), and the
+    report's table holds each cell's score in its task's row and its shots' column."""
+    workdir, config, stages, _, _ = run
+    from flamingo_jax import evaluate
+
     with open(os.path.join(workdir, "train", "eval", "results.json")) as f:
         cells = json.load(f)["cells"]
     assert {c["task"] for c in cells.values()} == set(config.data.eval_sets)
     assert {c["shots"] for c in cells.values()} == {0, 2}
+    _, step, checkpoint_id = evaluate.load_checkpoint(reproduce.prepared_config(config, workdir),
+                                                      os.path.join(workdir, "train"))
+    assert step == config.total_steps and checkpoint_id.startswith(f"train-step{config.total_steps}-")
+    assert {c["checkpoint"] for c in cells.values()} == {checkpoint_id}  # never "random-init-..."
+    assert stages["evaluate"]["checkpoint_step"] == config.total_steps
     scores = stages["evaluate"]["scores"]
-    report = open(os.path.join(workdir, "report.md")).read()
+    rows = {r["task (DEV analogue)"].split(" (")[0]: r for r in _table(
+        open(os.path.join(workdir, "report.md")).read(), "| task (DEV analogue) |")}
     for c in cells.values():
+        if c["selection"] != "random":
+            continue
         measured = 100.0 * c["score"]
         assert scores[c["task"]][str(c["shots"])] == pytest.approx(measured)
-        row = next(line for line in report.splitlines() if line.startswith(f"| {c['task']} ("))
-        assert f"{measured:.1f}" in row
+        assert rows[c["task"]][f"{c['shots']}-shot"] == f"{measured:.1f}", (c, rows[c["task"]])
     overall = reproduce.overall_by_shots(scores)
-    assert "| **overall** |" in report and f"{overall['2']:.1f}" in report
+    assert {s: rows["**overall**"][f"{s}-shot"] for s in ("0", "2")} == {s: f"{overall[s]:.1f}" for s in ("0", "2")}
+
+
+def test_report_puts_every_score_in_its_own_cell(tmp_path):
+    """The run's scores are all 0.0 (4 updates learn nothing), so the report is also written here from distinct
+    scores for the five tasks: every cell, the overall row and the RICES table are read back by column."""
+    stages = {name: dict(seconds=1.0 + i) for i, name in enumerate(reproduce.STAGES[:-1])}
+    config = reproduce.load_config(TINY)  # all five world eval sets
+    tasks = list(config.data.eval_sets)
+    scores = {t: {"0": 10.0 + i, "4": 20.0 + 2 * i} for i, t in enumerate(tasks)}
+    fake = dict(stages, evaluate=dict(scores=scores, checkpoint_step=7, seconds=5.0,
+                                      rices=dict(shots=4, scores={t: 30.0 + i for i, t in enumerate(tasks)})))
+    reproduce.write_report(config, str(tmp_path), fake, config_spec="x")
+    report = (tmp_path / "report.md").read_text()
+    rows = _table(report, "| task (DEV analogue) |")
+    assert [r["task (DEV analogue)"] for r in rows] == [f"{t} ({WORLD_TO_DEV[t]})" for t in tasks] + ["**overall**"]
+    for t, r in zip(tasks, rows):
+        assert {s: r[f"{s}-shot"] for s in ("0", "4")} == {s: f"{v:.1f}" for s, v in scores[t].items()}, t
+    sota = reproduce.SOTA
+    want = {s: sum(100.0 * scores[t][s] / sota[WORLD_TO_DEV[t]] for t in tasks) / len(tasks) for s in ("0", "4")}
+    assert {s: rows[-1][f"{s}-shot"] for s in ("0", "4")} == {s: f"{v:.1f}" for s, v in want.items()}
+    rices = {r["task"]: r for r in _table(report, "| task | random | RICES |")}
+    for i, t in enumerate(tasks):
+        assert (rices[t]["random"], rices[t]["RICES"]) == (f"{scores[t]['4']:.1f}", f"{30.0 + i:.1f}"), t
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["scores"] == scores and rep["checkpoint_step"] == 7
+    assert rep["overall"] == pytest.approx(want)
 
 
 def test_rerun_skips_finished_stages(run, capsys):
-    workdir, config, stages, _ = run
+    workdir, config, stages, _, _ = run
     again = reproduce.reproduce(config, workdir, pretrain_steps=3, shots=SHOTS, max_queries=2, eval_batch_size=2,
                                 config_spec=TINY)
     out = capsys.readouterr().out
@@ -96,7 +141,7 @@ def _cell(x):
 
 
 def test_report_json_matches_report_md(run):
-    workdir, config, stages, _ = run
+    workdir, config, stages, _, _ = run
     with open(os.path.join(workdir, "report.json")) as f:
         rep = json.load(f)
     assert set(rep) == {"scores", "overall", "seconds", "config", "checkpoint_step", "rices"}
@@ -141,7 +186,7 @@ def test_report_json_matches_report_md(run):
 
 
 def test_every_stage_prints_progress_with_rate_and_eta(run):
-    _, config, _, out = run
+    _, config, _, out, _ = run
     num = r"[0-9.e+-]+"
     steps = config.total_steps
     assert re.search(rf"^\[train\] step {steps}/{steps} \(100%\)  {num} steps/s  loss {num}  ETA 0:00$", out, re.M)
