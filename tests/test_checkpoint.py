@@ -1,5 +1,6 @@
 """Checkpoints: exact resumption through SIGKILLs and SIGTERM, restore on other meshes, damaged checkpoints,
-frozen-hash checks, retention, export, and the bytes a step checkpoint costs.
+frozen-hash checks, retention, export, and the bytes a step checkpoint costs (against the arrays the trainer
+saved).
 
 The fast tests use a small hand-made train state (no model compile). The slow ones run the trainer in
 subprocesses (tiny model, synthetic data) that share one persistent compilation cache, so only the first
@@ -443,6 +444,32 @@ def test_save_on_one_mesh_restore_on_others(tmp_path):
     assert report["(1, 2, 4)"]["mesh"] == {"data": 1, "fsdp": 2, "model": 4}
     assert report["(1, 8, 1)"]["mesh"] == {"data": 1, "fsdp": 8, "model": 1}
     assert report["saved_specs"] != report["(1, 2, 4)"]["specs"] != report["(1, 8, 1)"]["specs"]
+
+
+def _restore_raw(path: Path) -> dict:
+    """A saved Orbax tree as host arrays, read with the shapes and dtypes stored on disk (no target)."""
+    import orbax.checkpoint as ocp
+
+    ckptr = ocp.StandardCheckpointer()
+    tree = ckptr.metadata(path).item_metadata.tree
+    return ckptr.restore(path, jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree))
+
+
+@pytest.mark.slow
+def test_checkpoint_bytes_are_the_bytes_of_what_the_trainer_saves(runs):
+    """checkpoint_bytes (from shapes, without a run) against the arrays the trainer actually wrote: the final step
+    checkpoint of run A (trainable params, the Adam state, counters, rng) and its stored frozen params."""
+    a, _, _ = runs
+    nbytes = lambda tree: sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree))  # noqa: E731
+    state = _restore_raw(a / "checkpoints" / str(SMALL["total_steps"]) / "state")
+    frozen = _restore_raw(a / "frozen" / "params")
+    with jax.default_prng_impl(_env()["JAX_DEFAULT_PRNG_IMPL"]):  # the runs' PRNG: its key data is in the state
+        b = checkpoint.checkpoint_bytes(small_config(**SMALL))
+    assert b["step_checkpoint"] == nbytes(state)
+    assert b["trainable_params"] == nbytes(state["trainable"])
+    assert b["optimizer_state"] == nbytes(state["opt_state"])
+    assert b["frozen_params"] == nbytes(frozen) > 0
+    assert b["full_tree"] == nbytes(state) + nbytes(frozen)
 
 
 @pytest.mark.slow
