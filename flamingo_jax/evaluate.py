@@ -183,8 +183,8 @@ def summarize(cells: Mapping[str, Mapping[str, Any]], checkpoint_id: str, select
         out[task] = {}
         for shots, cs in sorted(by_shots.items()):
             vals = np.array([TABLE_SCALE * c["score"] for c in cs])
-            out[task][shots] = dict(mean=float(vals.mean()), std=float(vals.std()), seeds=len(vals),
-                                    metric=cs[0]["metric"])
+            std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0  # sample std, as flamingo_jax.ablations_table
+            out[task][shots] = dict(mean=float(vals.mean()), std=std, seeds=len(vals), metric=cs[0]["metric"])
     return out
 
 
@@ -203,7 +203,7 @@ def markdown(summary: Mapping[str, Mapping[int, Mapping[str, Any]]], title: str)
             else:
                 cells.append("")
         lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
-    lines += ["", "CIDEr x100; VQA accuracy, top-1 and ROC-AUC in %; mean ± std over seeds."]
+    lines += ["", "CIDEr x100; VQA accuracy, top-1 and ROC-AUC in %; mean ± sample std (ddof 1) over seeds."]
     return "\n".join(lines) + "\n"
 
 

@@ -238,7 +238,7 @@ def test_close_ended_ranking_gives_roc_auc(world_model):
 
 def test_evaluate_aggregates_seeds_with_numpy_mean_and_std(world_model, tmp_path, monkeypatch):
     """--seeds 3: one cell per seed, and the returned score and results.json / results.md hold their mean and std
-    (numpy's; the population std, ddof=0) in the tables' units."""
+    (numpy's; the sample std, ddof=1, as flamingo_jax.ablations_table) in the tables' units."""
     config, params, vocab = world_model
     per_seed = {0: 0.31, 1: 0.55, 2: 0.12}
     monkeypatch.setattr(harness.Evaluator, "predict", lambda self, task, shots, seed, *a, **k: [
@@ -253,6 +253,6 @@ def test_evaluate_aggregates_seeds_with_numpy_mean_and_std(world_model, tmp_path
     (summary,) = results["summary"].values()
     row = summary["vqa"]["2"]
     assert row["seeds"] == 3
-    assert row["mean"] == pytest.approx(100 * vals.mean()) and row["std"] == pytest.approx(100 * vals.std())
+    assert row["mean"] == pytest.approx(100 * vals.mean()) and row["std"] == pytest.approx(100 * vals.std(ddof=1))
     md = (tmp_path / "eval" / "results.md").read_text()
-    assert f"| vqa | vqa_accuracy | {100 * vals.mean():.1f} ± {100 * vals.std():.1f} |" in md
+    assert f"| vqa | vqa_accuracy | {100 * vals.mean():.1f} ± {100 * vals.std(ddof=1):.1f} |" in md
