@@ -377,16 +377,15 @@ def test_the_damage_warning_is_one_readable_line():
 def test_cli_errors_are_one_line_fast_and_create_nothing(tmp_path, args, expected):
     workdir = tmp_path / "never"
     config = [] if not args else ["--config", str(ROOT / "experiments/tiny.py")]
-    start = time.monotonic()
+    # "Fast" means before anything is compiled, not a wall time (this machine's speed drifts 2x): with
+    # JAX_LOG_COMPILES every compilation would log lines to stderr, and stderr must hold the one error line.
     out = subprocess.run([sys.executable, "-m", "flamingo_jax.train", "--workdir", str(workdir), *config, *args],
-                         env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, cwd=ROOT,
-                         timeout=120)
-    took = time.monotonic() - start
+                         env=dict(os.environ, JAX_PLATFORMS="cpu", JAX_LOG_COMPILES="1"), capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
     lines = [l for l in out.stderr.splitlines() if l.strip()]
     assert out.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-2000:]
     assert expected in lines[0]
     assert not workdir.exists()
-    assert took < 10, took
 
 
 # ---------------------------------------------------------------------------------------------------------
