@@ -203,3 +203,19 @@ def test_page_styles_one_style_per_page_and_all_three_across_pages():
     assert len(styles) == 1, texts
     seen |= styles
   assert seen == {'word', 'sentence', 'answer_is'}
+
+
+def test_page_styles_reach_the_lm_text_one_style_per_document():
+  """The LM corpus's fact quizzes answer in one style per document too (Flamingo's in-context abilities are the
+  frozen LM's, so its pretraining text must require reading the format from the context); off, they are as before."""
+  styled = World(WorldConfig(scale=0.05, page_styles=True, text_sections=8))
+  plain = World(WorldConfig(scale=0.05, text_sections=8))
+  seen = set()
+  for i in range(40):
+    answers = re.findall(r'Answer: ([^?]*?)(?= Question:|$| [A-Z][a-z]+ )', styled.record('text', 'train', i)['text'])
+    kinds = {'sentence' if a.startswith('It is ') else 'answer_is' if a.startswith('The answer is ') else 'word'
+             for a in answers}
+    assert len(kinds) <= 1, answers
+    seen |= kinds
+    assert not re.search(r'Answer: (It is|The answer is) ', plain.record('text', 'train', i)['text'])
+  assert seen == {'word', 'sentence', 'answer_is'}

@@ -325,7 +325,7 @@ class World:
         texts.append(f'Output: {describe(scene, self.entities, rng)}')
       else:
         q, a, _ = self._visual_question(scene, rng)
-        texts.append(f'Question: {q} Answer: {(a, f"It is {a}.", f"The answer is {a}.")[style]}')
+        texts.append(f'Question: {q} Answer: {styled(a, style)}')
       images.append(self.image(scene, mrng))
       positions.append(len(texts) - 1)  # the image comes right before its caption or question
     return {'texts': texts, 'images': images, 'image_positions': positions}
@@ -340,11 +340,15 @@ class World:
     mentioned: list[int] = []
     sentences = self._fact_paragraph(rng, mentioned)
     if self.config.text_sections > 1:
+      # With page_styles a document answers its quizzes in one style drawn for it, as pages do: a frozen LM only
+      # reads a format from its context if its pretraining text ever required that (Flamingo's in-context
+      # abilities are the frozen LM's; the trained layers only read images).
+      style = int(rng.integers(3)) if self.config.page_styles else 0
       for _ in range(int(rng.integers(max(1, self.config.text_sections // 2), self.config.text_sections + 1))):
         if rng.random() < 0.5:
           sentences += self._fact_paragraph(rng, mentioned)
         else:
-          sentences += self._fact_quiz(rng, mentioned)
+          sentences += self._fact_quiz(rng, mentioned, style)
     return {'text': ' '.join(sentences)}
 
   def _fact_paragraph(self, rng, mentioned: list[int]) -> list[str]:
@@ -359,7 +363,7 @@ class World:
       sentences.append(fact_sentence(e, str(kind), rng))
     return sentences
 
-  def _fact_quiz(self, rng, mentioned: list[int]) -> list[str]:
+  def _fact_quiz(self, rng, mentioned: list[int], style: int = 0) -> list[str]:
     """3-8 'Question: ... Answer: ...' lines about creatures' facts (the knowledge questions' layout, with the
     creature named instead of shown); 70% ask about a creature the document has described before."""
     lines = [str(rng.choice(['Quiz time!', 'Test what you know.', 'Questions and answers.', 'Do you remember?']))]
@@ -375,7 +379,7 @@ class World:
           'food': [f'What does the {e.name} eat?', f'What do {e.plural} eat?'],
           'sound': [f'What sound does the {e.name} make?', f'What sound do {e.plural} make?'],
       }[qtype]))
-      lines.append(f'Question: {q} Answer: {fact_of(e, qtype)}.')
+      lines.append(f'Question: {q} Answer: {styled(fact_of(e, qtype), style)}' + ('.' if style == 0 else ''))
     return lines
 
   def _fact_page(self, rng, mrng, n_img: int) -> dict[str, Any]:
@@ -416,6 +420,12 @@ class World:
     objs = list(scene.objs)
     objs[target] = dataclasses.replace(objs[target], entity=kind)
     return scenes.Scene(bg=scene.bg, objs=tuple(objs)), target
+
+
+def styled(answer: str, style: int) -> str:
+  """An answer in one of the world's answer styles: 0 the bare word (the evaluation's), 1 'It is X.', 2 'The
+  answer is X.'."""
+  return (answer, f'It is {answer}.', f'The answer is {answer}.')[style]
 
 
 def fact_of(e: lexicon.Entity, qtype: str) -> str:
