@@ -22,25 +22,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flamingo_jax.data.world.generate import World, WorldConfig, fact_of, styled
+from flamingo_jax.data.world.generate import FACT_QUESTIONS, World, WorldConfig, fact_of, fact_quiz_line, styled
 
-QUESTIONS = {"home": "Where does the {} live?", "food": "What does the {} eat?",
-             "sound": "What sound does the {} make?"}
 LENGTH = 512  # every prompt padded to one length: one compile per LM
 
 
 def prompt_text(world: World, rng: np.random.Generator, k: int, style: int) -> str:
-    """k answered fact questions in `style`, then an unanswered one ('... Answer:')."""
+    """k answered fact questions in `style` (the world's text-corpus quiz lines), then an unanswered one."""
     def question() -> tuple[str, str]:
         e = world.entities[int(rng.integers(len(world.entities)))]
-        kind = str(rng.choice(list(QUESTIONS)))
-        return QUESTIONS[kind].format(e.name), fact_of(e, kind)
+        kind = str(rng.choice(list(FACT_QUESTIONS)))
+        return FACT_QUESTIONS[kind][0].format(name=e.name), fact_of(e, kind)
 
-    text = ""
-    for _ in range(k):
-        q, a = question()
-        text += f"Question: {q} Answer: {styled(a, style)}" + ("." if style == 0 else "") + " "
-    return text + f"Question: {question()[0]} Answer:"
+    lines = [fact_quiz_line(*question(), style) for _ in range(k)]
+    return " ".join(lines + [f"Question: {question()[0]} Answer:"])
 
 
 def followed(next_id: int, style: int, starts: dict[int, int]) -> bool:

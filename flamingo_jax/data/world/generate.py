@@ -374,12 +374,8 @@ class World:
         k = int(rng.integers(len(self.entities)))
       e = self.entities[k]
       qtype = str(rng.choice(['home', 'food', 'sound']))
-      q = str(rng.choice({
-          'home': [f'Where does the {e.name} live?', f'Where do {e.plural} live?'],
-          'food': [f'What does the {e.name} eat?', f'What do {e.plural} eat?'],
-          'sound': [f'What sound does the {e.name} make?', f'What sound do {e.plural} make?'],
-      }[qtype]))
-      lines.append(f'Question: {q} Answer: {styled(fact_of(e, qtype), style)}' + ('.' if style == 0 else ''))
+      q = str(rng.choice(FACT_QUESTIONS[qtype])).format(name=e.name, plural=e.plural)
+      lines.append(fact_quiz_line(q, fact_of(e, qtype), style))
     return lines
 
   def _fact_page(self, rng, mrng, n_img: int) -> dict[str, Any]:
@@ -420,6 +416,19 @@ class World:
     objs = list(scene.objs)
     objs[target] = dataclasses.replace(objs[target], entity=kind)
     return scenes.Scene(bg=scene.bg, objs=tuple(objs)), target
+
+
+# The text corpus's fact questions about a named creature (singular, plural), by fact.
+FACT_QUESTIONS: dict[str, tuple[str, str]] = {
+    'home': ('Where does the {name} live?', 'Where do {plural} live?'),
+    'food': ('What does the {name} eat?', 'What do {plural} eat?'),
+    'sound': ('What sound does the {name} make?', 'What sound do {plural} make?'),
+}
+
+
+def fact_quiz_line(question: str, answer: str, style: int) -> str:
+  """One line of a text-corpus fact quiz: 'Question: ... Answer: Varno.' (bare answers end the sentence)."""
+  return f'Question: {question} Answer: {styled(answer, style)}' + ('.' if style == 0 else '')
 
 
 def styled(answer: str, style: int) -> str:
