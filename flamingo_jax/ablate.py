@@ -139,7 +139,9 @@ def runnable_rows(config: ml_collections.ConfigDict, names: Sequence[str] | None
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """'experiments/ablations.py:table3,steps=50' -> get_config('table3,steps=50')."""
-    path, _, arg = spec.partition(":")
+    from flamingo_jax.config_files import find_config
+
+    path, _, arg = find_config(spec).partition(":")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--config {spec!r}: no file {path}")
     mod_spec = importlib.util.spec_from_file_location("_ablations_config", path)

@@ -388,6 +388,14 @@ def main(argv):
         print(json.dumps({"results": out}))
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `flamingo-evaluate` console script (pyproject.toml); `--config experiments/X.py` also finds the
+    installed configs (flamingo_jax.config_files)."""
+    from flamingo_jax.config_files import resolve_argv
+
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: flags.FLAGS(resolve_argv(argv)))
+
+
+if __name__ == "__main__":
+    run()

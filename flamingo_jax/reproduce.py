@@ -45,7 +45,9 @@ DEFAULT_SHOTS = (0, 4, 8, 16, 32)
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """'experiments/world.py:steps=300' -> get_config('steps=300')."""
-    path, _, arg = spec.partition(":")
+    from flamingo_jax.config_files import find_config
+
+    path, _, arg = find_config(spec).partition(":")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--config {spec!r}: no file {path}")
     mod_spec = importlib.util.spec_from_file_location("_reproduce_config", path)
@@ -320,8 +322,7 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str, *, pretrain_steps
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m flamingo_jax.reproduce", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True)
-    p.add_argument("--config", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                    "experiments", "world.py"),
+    p.add_argument("--config", default="experiments/world.py",
                    help="experiment config file[:arg] (default experiments/world.py)")
     p.add_argument("--pretrain_steps", type=int, default=300, help="steps of each tower's pretraining")
     p.add_argument("--shots", default=",".join(map(str, DEFAULT_SHOTS)), help="comma-separated numbers of shots")

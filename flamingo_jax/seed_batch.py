@@ -283,8 +283,6 @@ def _train(configs: list, workdirs: list[str], preempt: checkpoint.Preemption) -
             if preempt.flag and saved == i:
                 break
             metrics = batch.train_step([next(d) for d in datas])
-            for log in logs:
-                log.progress(i + 1)
             progress.count()
             if (i + 1) % base.log_every == 0 or i + 1 == total:
                 host = jax.device_get(metrics)

@@ -11,7 +11,7 @@ coordinator, the process count and the index. Elsewhere give --coordinator_addre
 --process_id (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); --nocluster_detection keeps a
 detected cluster's processes apart. A process that dies makes the others exit non-zero within
 --heartbeat_timeout seconds (plus the coordination service's polling). Only process 0 writes logs.
-Logs: TensorBoard event files in DIR (clu metric writers) and DIR/metrics.jsonl, one JSON object per log step
+Logs: TensorBoard event files in DIR (tensorboardX) and DIR/metrics.jsonl, one JSON object per log step
 (a resumed run appends, so a step may appear twice: the later line is the one of the surviving run).
 Checkpoints (flamingo_jax.checkpoint): DIR/checkpoints/<step>, DIR/frozen; a run whose DIR holds checkpoints
 resumes from the newest intact one, on the current config's mesh. SIGTERM / SIGINT: finish the step, save, exit 0.
@@ -282,24 +282,26 @@ class Trainer:
 
 
 class MetricsLog:
-    """metrics.jsonl + clu writers (TensorBoard), written by process 0 only."""
+    """metrics.jsonl + TensorBoard event files, written by process 0 only.
+
+    The event files are written with tensorboardX, not clu's metric writers: clu.metric_writers imports
+    TensorFlow when imported (its SummaryWriter is tf.summary), and a base install trains without TensorFlow
+    (pyproject.toml); tensorboardX writes the same event files with protobuf alone."""
 
     def __init__(self, workdir: str, total_steps: int):
-        from clu import metric_writers, periodic_actions  # imports TensorFlow (~10 s): only when training
-
+        del total_steps  # the progress line and its rate are flamingo_jax.progress's (in the training loop)
         self.primary = jax.process_index() == 0
-        self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.primary)
+        self.writer = None
+        if self.primary:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(workdir)
         self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.primary else None
-        self.progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=self.writer)
-
-    def restart_progress(self, total_steps: int) -> None:
-        """A new progress reporter (after a rollback the steps go back: clu's expects them to grow)."""
-        from clu import periodic_actions
-
-        self.progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=self.writer)
 
     def write(self, step: int, scalars: dict) -> None:
-        self.writer.write_scalars(step, scalars)
+        if self.writer is not None:
+            for name, value in scalars.items():
+                self.writer.add_scalar(name, value, step)
         if self.jsonl:
             self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
             self.jsonl.flush()
@@ -307,7 +309,8 @@ class MetricsLog:
     def close(self) -> None:
         """Flushes and closes both (a full disk here is reported by the caller, not again)."""
         try:
-            getattr(self.writer, "close", self.writer.flush)()
+            if self.writer is not None:
+                self.writer.close()
         except Exception:  # noqa: BLE001 - e.g. ENOSPC while flushing; the run's error says what failed
             logging.warning("closing the TensorBoard writer failed", exc_info=False)
         if self.jsonl:
@@ -419,7 +422,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preempt: checkpoint.
             # prepared after): skipped updates, spikes and rollbacks are decided on exact per-step values.
             trouble = guard.observe({k: v.item() for k, v in
                                      jax.device_get({k: metrics[k] for k in guard_lib.METRICS}).items()})
-            log.progress(step)
             progress.count()
             if step % config.log_every == 0 or step == config.total_steps or trouble:
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -492,7 +494,6 @@ def _roll_back(trainer: "Trainer", data: Any, ckpt: checkpoint.Checkpoints, guar
         next(data)
     if int(c.lr_factor_steps) and float(c.lr_factor) != 1.0:
         guard.lr_until = restored.step + int(c.lr_factor_steps)
-    log.restart_progress(trainer.config.total_steps)
     write_log(step, {"rollback": float(guard.rollbacks), "rollback_to_step": float(restored.step),
                      "skipped_batches": float(c.skip_batches),
                      "lr_factor": float(c.lr_factor) if guard.lr_until > restored.step else 1.0})
@@ -532,8 +533,10 @@ def main(argv, f: dict):
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with the errors a user can cause (an unknown --config.<field>, a value of the
     wrong type, an unreadable config file) as one line on stderr and exit status 1, before anything runs."""
+    from flamingo_jax.config_files import resolve_argv
+
     try:
-        return flags.FLAGS(argv)
+        return flags.FLAGS(resolve_argv(argv))
     except flags.Error as e:
         raise SystemExit(f"error: {' '.join(str(e).split())}") from None
     except (AttributeError, KeyError) as e:  # ml_collections: an override of a field the config lacks
@@ -546,5 +549,10 @@ def parse_flags(argv: list[str]) -> list[str]:
         raise SystemExit(f"error: the config could not be loaded ({one_line(e)})") from None
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `flamingo-train` console script (pyproject.toml)."""
     app.run(functools.partial(main, f=define_flags()), flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()
