@@ -64,10 +64,12 @@ def _case(name, splits, configs=None):
   return type(f'{name.title().replace("_", "")}Test', (tfds.testing.DatasetBuilderTestCase,), attrs)
 
 
-InterleavedGenericTest = _case('interleaved_generic', {'train': 3, 'validation': 1})
-Mmc4Test = _case('mmc4', {'train': 4}, ['all', 'sim024'])
-ImageTextPairsTest = _case('image_text_pairs', {'train': 5, 'validation': 1})
-VideoTextFramesTest = _case('video_text_frames', {'train': 3, 'validation': 1})
+# The real-file builders skip at preparation what cannot train (common.FileBuilder): interleaved_generic's doc2,
+# mmc4's never-downloaded page, the pairs' corrupt jpeg and the clip without frames are not written.
+InterleavedGenericTest = _case('interleaved_generic', {'train': 2, 'validation': 1})
+Mmc4Test = _case('mmc4', {'train': 3}, ['all', 'sim024'])
+ImageTextPairsTest = _case('image_text_pairs', {'train': 4, 'validation': 1})
+VideoTextFramesTest = _case('video_text_frames', {'train': 2, 'validation': 1})
 CocoKarpathyTest = _case('coco_karpathy', {'train': 3, 'val': 1, 'test': 1})
 Flickr30kTest = _case('flickr30k', {'train': 1, 'val': 1, 'test': 1})
 Vqav2Test = _case('vqav2', {'train': 3, 'validation': 2})
@@ -96,16 +98,20 @@ def test_mmc4_places_images_before_matched_sentence_and_filters_by_similarity(tm
   docs = _records('mmc4', 'train', tmp_path, 'all')
   first = docs['docs_shard_0_v2-0']
   assert first['texts'][1] == 'Second sentence about a boat.' and first['image_positions'] == [0, 1]
-  assert docs['docs_shard_0_v2-2']['images'] == [b'']  # never downloaded: stored empty, dropped later
+  assert 'docs_shard_0_v2-2' not in docs  # its one image was never downloaded: skipped and reported
+  report = builders.read_report(builders.get_builder('mmc4', 'all', str(tmp_path)))
+  assert report['splits']['train'] == {'written': 3, 'skipped/missing_image': 1, 'image_removed/missing_image': 1}
   assert docs['docs_shard_1_v2-0']['texts'][0] == 'A zipped shard.'  # released .jsonl.zip shards read too
   strict = _records('mmc4', 'train', tmp_path / 'strict', 'sim024')
   assert strict['docs_shard_0_v2-0']['image_positions'] == [1]  # the 0.2-similarity image is left out
 
 
-def test_pairs_from_folders_and_tars_keep_bad_bytes_for_the_pipeline(tmp_path):
+def test_pairs_from_folders_and_tars_skip_bad_bytes_and_report_them(tmp_path):
   pairs = _records('image_text_pairs', 'train', tmp_path)
   assert pairs['shard-00000/000001']['text'] == 'tar caption 1'
-  assert pairs['00000/000000002']['image'] == b'this is not a jpeg'  # dropped as undecodable downstream
+  assert '00000/000000002' not in pairs  # b'this is not a jpeg': skipped when prepared, and counted
+  report = builders.read_report(builders.get_builder('image_text_pairs', None, str(tmp_path)))
+  assert report['splits']['train'] == {'written': 4, 'skipped/undecodable_image': 1}
 
 
 def test_vqa_joins_questions_and_ten_answers(tmp_path):
@@ -119,7 +125,7 @@ def test_karpathy_train_includes_restval_and_video_frames_are_ordered(tmp_path):
   assert len(coco) == 3 and all(len(r['captions']) == 5 for r in coco.values())
   clips = _records('video_text_frames', 'train', tmp_path / 'v')
   assert len(clips['clip_a']['frames']) == 4 and clips['clip_a']['fps'] == 2.0
-  assert clips['clip_missing']['frames'] == []
+  assert 'clip_missing' not in clips  # no frame folder: skipped as no_frames when prepared
 
 
 def test_missing_manual_files_name_the_fix(tmp_path):

@@ -3,9 +3,10 @@
 Manual directory, one folder per split (train/, validation/, ...), each holding either
   - image files with a caption file of the same stem next to them (img2dataset's 'files' layout:
     00000/000000012.jpg + 00000/000000012.txt), in any sub-folders; or
-  - WebDataset tar shards (*.tar) whose members <key>.jpg|png|... and <key>.txt form pairs.
-An image without a caption gets empty text, a caption without an image an empty image: both are
-dropped and counted by the input pipeline.
+  - WebDataset tar shards (*.tar, LAION-style as img2dataset writes them) whose members <key>.jpg|png|...
+    and <key>.txt (or <key>.json with "caption") form pairs.
+An image without a caption, a caption without an image, an image that does not decode and a truncated
+shard are skipped and counted by reason when the dataset is prepared (common.FileBuilder).
 """
 
 from pathlib import Path
@@ -27,8 +28,10 @@ class Builder(common.FileBuilder):
 
   def _examples(self, root: Path, split: str):
     folder = root / split
-    for tar in sorted(folder.rglob('*.tar')):
+    tars = sorted(folder.rglob('*.tar'))
+    for n, tar in enumerate(tars):
       yield from common.tar_pairs(tar)
+      self.progress.units(n + 1, len(tars))
     stems = {}
     for p in sorted(folder.rglob('*')):
       if p.suffix.lower() in common.IMAGE_EXTENSIONS or p.suffix.lower() == '.txt':
@@ -37,5 +40,5 @@ class Builder(common.FileBuilder):
       image = next((f for f in files if f.suffix.lower() in common.IMAGE_EXTENSIONS), None)
       text = stem.with_suffix('.txt')
       key = str(stem.relative_to(folder))
-      yield key, {'id': key, 'image': common.read_bytes(image) if image else b'',
+      yield key, {'id': key, 'image': common.read_bytes(image) if image else common.MISSING,
                   'text': text.read_text(errors='replace').strip() if text.exists() else ''}

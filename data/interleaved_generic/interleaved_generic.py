@@ -7,6 +7,7 @@ Manual directory:
 Splits: every <split>.jsonl present (train.jsonl, validation.jsonl, ...).
 """
 
+import json
 from pathlib import Path
 
 from flamingo_jax_datasets import common
@@ -25,7 +26,12 @@ class Builder(common.FileBuilder):
     return splits
 
   def _examples(self, root: Path, split: str):
-    for n, doc in enumerate(common.read_jsonl(root / f'{split}.jsonl')):
+    for n, line in enumerate(common.read_jsonl_lines(root / f'{split}.jsonl')):
+      try:
+        doc = json.loads(line)
+      except ValueError as e:
+        yield f'{split}-{n}', common.Skip('bad_json', str(e))
+        continue
       texts, images, positions = [], [], []
       for chunk in doc.get('chunks', []):
         if 'image' in chunk:

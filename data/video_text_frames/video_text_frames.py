@@ -6,7 +6,7 @@ Manual directory:
   frames/<folder>/*.jpg  the clip's frames, in name order
 Videos must be decoded to frames beforehand (e.g. `ffmpeg -i clip.mp4 -r 2 frames/clip/%05d.jpg`): no
 video decoder is a dependency of this project. A clip with no frame folder is stored with no frames
-and dropped by the pipeline (counted as no_frames).
+and skipped when the dataset is prepared (counted as no_frames).
 """
 
 from pathlib import Path

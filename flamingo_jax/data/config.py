@@ -4,7 +4,9 @@ config.data fields:
   source          'world': read the generated world directly (records rendered on demand, no disk);
                   'synthetic': random well-formed batches (data/synthetic.py, handled by the trainer);
                   'tfds': read prepared TFDS builders (array_record) from data_dir; world datasets are
-                  prepared on first use, real-file builders need their manual_dir.
+                  prepared on first use, real-file builders need their manual_dir;
+                  'seqio': seqio Tasks/Mixtures (datasets.<name>.seqio_task; '' = ours over the same
+                  examples as the grain sources; flamingo_jax/data/seqio_source.py).
   data_dir        TFDS data dir (prepared datasets) and cache dir for the world vocabulary.
   manual_dir      where real-file builders find the user's files: <manual_dir>/<builder>/ when present,
                   else manual_dir itself ('' = <data_dir>/downloads/manual); an entry of datasets or
@@ -22,6 +24,8 @@ config.data fields:
   seed            data seed (shuffling, augmentation, windows, p_next draws).
   image_size      S, model input resolution (images are resized keeping aspect, mean-padded).
   num_threads     grain read threads per dataset; prefetch: examples buffered per dataset.
+  num_workers     grain worker PROCESSES per dataset (mp_prefetch) for decode-heavy data; 0 = threads only.
+                  Batches are identical for any value; a checkpoint resumes with the value it was saved with.
   mixture         ordered list of dataset names used for training.
   eval_sets.<name> few-shot evaluation sets: builder, builder_config, kind, support / query splits,
                   frames, fps (flamingo_jax/data/eval_sets.py; the world's five DEV analogues by default).
@@ -30,7 +34,7 @@ config.data fields:
                   contrastive), weight (lambda in the loss), batch_size (GLOBAL; each process reads
                   batch_size // process_count), seq_len, max_images
                   (T_img), frames (F), fps, p_next, p_space, flip_prob, colour_strength, loss_rule,
-                  max_doc_images.
+                  max_doc_images, seqio_task (source 'seqio': a registered Task or Mixture name; '' = ours).
 
 Weights follow the paper: M3W 1.0, ALIGN 0.2, LTIP 0.2, VTP 0.03; the world's analogues use the same.
 Flips are off for the world (its captions and questions say 'left'/'right', which a flip would make
@@ -53,7 +57,7 @@ def _dataset(builder_config: str, kind: str, weight: float, batch_size: int, seq
   d = dict(builder='flamingo_world', builder_config=builder_config, split='train', kind=kind, weight=weight,
            batch_size=batch_size, seq_len=seq_len, max_images=max_images, frames=frames, fps=1.0, p_next=0.5,
            p_space=0.5, flip_prob=0.0, colour_strength=0.1, loss_rule='paper', max_doc_images=32,
-           manual_dir='')
+           manual_dir='', seqio_task='')
   d.update(extra)
   return ml_collections.ConfigDict(d)
 
@@ -71,6 +75,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.image_size = 64
   c.num_threads = 2
   c.prefetch = 16
+  c.num_workers = 0
   c.mixture = ['m3w', 'align', 'ltip', 'vtp']
   c.datasets = ml_collections.ConfigDict({
       # M3W analogue: random 256-token window, first 5 images, phi mapping to the next image with p 0.5.

@@ -37,20 +37,23 @@ def data_dir(data_config: ml_collections.ConfigDict) -> str:
 
 
 def open_source(data_config: ml_collections.ConfigDict, ds_config: ml_collections.ConfigDict,
-                split: str | None = None) -> Sequence[dict[str, Any]]:
-  """Random-access records of one dataset entry (world read directly, or a prepared TFDS builder)."""
+                split: str | None = None, process_index: int = 0, process_count: int = 1
+                ) -> Sequence[dict[str, Any]]:
+  """Random-access records of one dataset entry (world read directly, or a prepared TFDS builder; with
+  several processes only process 0 prepares, see builders.data_source)."""
   split = split or ds_config.split
   if ds_config.builder == 'flamingo_world':
     world = config_lib.world_config(data_config)
-    if data_config.source == 'world':
+    if data_config.source in ('world', 'seqio'):  # seqio's Tasks serve the same source as grain's 'world'
       return generate.WorldSource(generate.World(world), ds_config.builder_config, split)
     module = builders.builder_module('flamingo_world')
     cfg = module.make_config(ds_config.builder_config, world)
-    return builders.data_source('flamingo_world', cfg, split, data_dir(data_config))
-  if data_config.source not in ('world', 'tfds'):
-    raise ValueError(f"config.data.source must be 'world' or 'tfds', got {data_config.source!r}")
+    return builders.data_source('flamingo_world', cfg, split, data_dir(data_config),
+                                process_index=process_index, process_count=process_count)
+  if data_config.source not in ('world', 'tfds', 'seqio'):
+    raise ValueError(f"config.data.source must be 'world', 'tfds' or 'seqio', got {data_config.source!r}")
   return builders.data_source(ds_config.builder, ds_config.builder_config or None, split, data_dir(data_config),
-                              manual_dir(data_config, ds_config))
+                              manual_dir(data_config, ds_config), process_index, process_count)
 
 
 def manual_dir(data_config: ml_collections.ConfigDict, ds_config: ml_collections.ConfigDict) -> str | None:
@@ -85,10 +88,11 @@ def make_dataset_iterator(data_config: ml_collections.ConfigDict, name: str, voc
     raise ValueError(f'dataset {name!r} is not in config.data.datasets ({sorted(data_config.datasets)})')
   ds = data_config.datasets[name]
   pre = preprocess.Preprocessor(example_spec(data_config, name), vocab, train=train)
-  return DatasetIterator(name, source if source is not None else open_source(data_config, ds), pre,
-                         batch_size or ds.batch_size, data_config.seed if seed is None else seed,
+  if source is None:
+    source = open_source(data_config, ds, process_index=process_index, process_count=process_count)
+  return DatasetIterator(name, source, pre, batch_size or ds.batch_size, data_config.seed if seed is None else seed,
                          process_index, process_count, data_config.num_threads, data_config.prefetch,
-                         shuffle=train)
+                         shuffle=train, num_workers=data_config.get('num_workers', 0))
 
 
 class MixtureIterator:
@@ -148,6 +152,10 @@ class MixtureIterator:
       raise ValueError(f'model (lm.vocab_size, image id, eoc id) = {(vocab_size, image_id, eoc_id)} but the data '
                        f'vocabulary gives {want}: set config.model.lm.vocab_size = config.data.vocab.size '
                        f'({self.vocab.base_size})')
+
+  def close(self) -> None:
+    for it in self.iterators.values():
+      it.close()
 
   def metrics(self) -> dict[str, int]:
     """Flat counters for logging: records read, dropped and repaired per reason, per dataset."""
