@@ -163,6 +163,12 @@ def make_data_iterator(config: ml_collections.ConfigDict, process_index: int, pr
         return SyntheticMixture(config.data, local, vocab_size=m.lm.vocab_size, image_id=m.image_token_id,
                                 eoc_id=m.eoc_token_id, seed=config.data.seed, process_index=process_index,
                                 process_count=process_count)
+    if config.data.source == "seqio":
+        from flamingo_jax.data.seqio_source import make_seqio_iterator
+
+        data = make_seqio_iterator(config.data, local, process_index=process_index, process_count=process_count)
+        check_vocabulary(config, data)
+        return data
     from flamingo_jax.data.mixture import make_mixture_iterator
 
     data = make_mixture_iterator(config.data, local, process_index=process_index, process_count=process_count)
@@ -428,6 +434,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preempt: checkpoint.
                 scalars["param_norm"] = float(trainer.param_norm())
                 now = time.perf_counter()
                 scalars["steps_per_sec"] = (step - tick_step) / (now - tick)
+                # data/<dataset>/{records, dropped/<reason>, repaired/<event>}: cumulative, resumed with the data
+                scalars.update({k: float(v) for k, v in getattr(data, "metrics", dict)().items()})
                 tick, tick_step = now, step
                 write_log(step, scalars)
                 last = scalars
