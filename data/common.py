@@ -352,12 +352,11 @@ def tar_samples(tar_path: Path) -> Iterator[tuple[str, dict[str, bytes] | Skip]]
         if not member.isfile():
           continue
         key, field = webdataset_key(member.name)
-        data = tar.extractfile(member).read()
-        if key != current:
+        if key != current:  # a new sample starts: the previous one is complete
           if current is not None:
             yield current, fields
           current, fields = key, {}
-        fields[field.lower()] = data
+        fields[field.lower()] = tar.extractfile(member).read()
       end = tar.offset
     # A complete archive ends with two zero blocks after its last member; a cut at a member boundary
     # reads like a clean end to tarfile, so the size tells.
