@@ -25,9 +25,12 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     """Softmax attention with grouped key/value heads.
 
     q: [B, Lq, H, Dh]; k, v: [B, Lk, G, Dh] with H a multiple of G (G = H is plain MHA);
-    mask: bool, broadcastable to [B, H, Lq, Lk], True = may attend; bias: float, broadcastable likewise.
+    mask: bool, broadcastable to [B, H, Lq, Lk], True = may attend (or a media_attention.OwnImageMask, which
+    computes the same without scoring the masked images); bias: float, broadcastable likewise.
     Returns [B, Lq, H, Dh]. Scores and softmax in float32; rows without any visible key output zeros.
     """
+    if hasattr(mask, "attend"):  # media_attention.OwnImageMask: the per-image mask kept as indices
+        return mask.attend(q, k, v, bias, scale)
     b, lq, h, dh = q.shape
     g = k.shape[2]
     if h % g:

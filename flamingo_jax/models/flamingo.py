@@ -27,6 +27,7 @@ from flamingo_jax.models.layers import Dtype, dtype_of, logical
 from flamingo_jax.models.lm import DecoderLM
 from flamingo_jax.models.resampler import build_resampler, resampler_width
 from flamingo_jax.models.vision import build_vision, vision_output_dim
+from flamingo_jax.models.media_attention import OwnImageMask
 from flamingo_jax.models.xattn import CrossAttentionStack, default_media_index, media_mask, placement
 from flamingo_jax.sharding import constrain
 
@@ -163,7 +164,10 @@ class Flamingo(nn.Module):
         if prefix is not None:
             dec.update(self._prefix_inputs(prefix, media_index))
             media_index = media_index - jnp.repeat(prefix["media_count"], b // prefix["media_count"].shape[0])[:, None]
-        xmask = media_mask(media_index, image_mask, k, c.xattn.mask)
+        if c.xattn.mask == "previous" and prefix is None and OwnImageMask.applies(t, l):
+            xmask = OwnImageMask(media_index, image_mask, k)  # each token scores its own image's keys only
+        else:
+            xmask = media_mask(media_index, image_mask, k, c.xattn.mask)
         h = constrain(self.lm.embed_tokens(tokens, positions, self.new_tokens.embedding), ("act_batch", "act_length", "act_embed"))
         attn = dict(positions=positions, mask=self_mask, bias=bias,
                     cache_index=None if cache is None else cache["lm"]["index"])
