@@ -110,6 +110,118 @@ def xattn_params(w: Weights, layers: dict[int, dict[str, str]], d: int, dv: int)
     return out
 
 
+# A frozen copy matches its source when it differs by no more than bfloat16 rounding (8 bits of mantissa:
+# relative 2^-8 of the element, bounded here by the tensor's largest magnitude, with margin).
+FROZEN_RTOL = 8e-3
+
+
+def _frozen_source(name: str, lm: Weights, vision: Weights, layers_path: str) -> tuple[str, str] | None:
+    """(flag, name in that file) of the --lm / --vision tensor a frozen copy in the checkpoint duplicates."""
+    if name.startswith("vision_encoder."):
+        rest = name[len("vision_encoder."):]
+        for cand in (rest, rest[len("visual."):] if rest.startswith("visual.") else "visual." + rest):
+            if cand in vision:
+                return "--vision", cand
+        return None
+    if m := re.fullmatch(r"lang_encoder\.old_decoder_blocks\.(\d+)\.(.+)", name):
+        rest = f"{layers_path}.{m[1]}.{m[2]}"
+    elif m := re.fullmatch(r"lang_encoder\.(.+)\.(\d+)\.decoder_layer\.(.+)", name):
+        rest = f"{m[1]}.{m[2]}.{m[3]}"
+    elif name.startswith("lang_encoder."):
+        rest = name[len("lang_encoder."):]
+    else:
+        return None
+    return ("--lm", rest) if rest in lm else None
+
+
+def check_frozen_copies(ck: Weights, lm: Weights, vision: Weights, layers_path: str, *, tied_head: str | None,
+                        table_name: str) -> None:
+    """A full OpenFlamingo state_dict also holds the frozen LM and vision weights it ran with. They are not
+    converted (the --lm and --vision files are), so they must equal those files: a checkpoint trained on
+    another LM would otherwise convert into a model whose logits differ from OpenFlamingo's. Raises
+    ConversionError naming the tensors that differ (and by how much)."""
+    bad = []
+    for name in sorted(ck.ignored):
+        if name == tied_head:  # the tied output head is the (resized, trained) input embedding itself
+            src, other = "the checkpoint's " + table_name, ck.tensors[table_name]
+        else:
+            found = _frozen_source(name, lm, vision, layers_path)
+            if found is None:
+                continue
+            flag, other_name = found
+            src, other = f"{flag} {other_name}", (lm if flag == "--lm" else vision).tensors[other_name]
+        a, b = np.asarray(ck.tensors[name], np.float32), np.asarray(other, np.float32)
+        if a.ndim and a.shape[1:] == b.shape[1:] and a.shape[0] != b.shape[0]:
+            # a vocabulary table resized by OpenFlamingo (resize_token_embeddings keeps the first rows)
+            rows = min(a.shape[0], b.shape[0])
+            a, b = a[:rows], b[:rows]
+        if a.shape != b.shape:
+            bad.append(f"{name} has shape {a.shape}, {src} {b.shape}")
+            continue
+        diff, scale = float(np.max(np.abs(a - b), initial=0.0)), float(np.max(np.abs(b), initial=0.0))
+        if diff > FROZEN_RTOL * scale + 1e-6:
+            bad.append(f"{name} differs from {src} by up to {diff:.3g} (largest |value| {scale:.3g})")
+    if bad:
+        shown = "\n  ".join(bad[:8]) + (f"\n  ... and {len(bad) - 8} more" if len(bad) > 8 else "")
+        raise ConversionError(f"{ck.source}: {len(bad)} frozen weight(s) saved in the checkpoint contradict the "
+                              f"files given (OpenFlamingo ran with the checkpoint's; the conversion would use "
+                              f"the files'):\n  {shown}\npass the --lm / --vision the checkpoint was trained with")
+
+
+def _tokenizer_size(lm_dir: str) -> tuple[int, bool] | None:
+    """(len(tokenizer), has a pad token) of the tokenizer saved in the LM directory, as OpenFlamingo's factory
+    sees it before adding its tokens; None without transformers or tokenizer files."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        return None
+    try:
+        tok = AutoTokenizer.from_pretrained(lm_dir, local_files_only=True)
+    except Exception:  # noqa: BLE001 - no tokenizer files in the directory (weights only)
+        return None
+    return len(tok), tok.pad_token is not None
+
+
+def check_added_tokens(table: np.ndarray, lm_table: np.ndarray, n: int, lm_dir: str, source: str) -> None:
+    """--num-new-tokens must be the number OpenFlamingo added (3, or 2 when the tokenizer had a pad token):
+    a wrong count shifts every added id (<image>, <|endofchunk|>) by one. Decided from the tokenizer in the
+    LM directory when there is one; otherwise from the rows: base rows start as the LM's (OpenFlamingo's
+    resize keeps them; training moves them little) while the added ones start from a fresh init. Raises
+    ConversionError naming the count the checkpoint implies."""
+    rows = table.shape[0]
+    tok = _tokenizer_size(lm_dir)
+    if tok is not None:
+        size, has_pad = tok
+        expected = 2 if has_pad else 3
+        if rows != size + expected:
+            raise ConversionError(f"{source}: the embedding has {rows} rows but the tokenizer in {lm_dir} has "
+                                  f"{size} tokens{' and a pad token' if has_pad else ''}, so OpenFlamingo added "
+                                  f"{expected} ({rows - size} by the table): this checkpoint was not trained "
+                                  f"with this tokenizer")
+        if n != expected:
+            raise ConversionError(f"--num-new-tokens {n} contradicts the checkpoint: its {rows} embedding rows are "
+                                  f"the tokenizer's {size} + {expected} added tokens; pass --num-new-tokens "
+                                  f"{expected}")
+        return
+    v = rows - n
+    common = min(rows, lm_table.shape[0])
+    if common <= 3:
+        return
+    a, b = table[:common].astype(np.float32), lm_table[:common].astype(np.float32)
+    rel = np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-12)
+    typical = float(np.median(rel[:max(common - 3, 1)]))
+    if typical > 0.05:  # base rows were trained far from the LM's: the rows cannot tell the count
+        return
+    if n == 2 and v - 1 < common and rel[v - 1] > 0.5:
+        raise ConversionError(f"--num-new-tokens 2 contradicts the checkpoint: its row {v - 1}, which would be a "
+                              f"base token, is not the LM's (relative difference {rel[v - 1]:.2f}, typical base "
+                              f"row {typical:.2g}): it is an added token; pass --num-new-tokens 3")
+    if n == 3 and v < common and rel[v] < 0.05:
+        raise ConversionError(f"--num-new-tokens 3 contradicts the checkpoint: its row {v}, which would be the "
+                              f"first added token, equals the LM's (relative difference {rel[v]:.2g}): it is a "
+                              f"base token; pass --num-new-tokens 2")
+
+
 def infer_every(indices: list[int], num_layers: int) -> int:
     """OpenFlamingo's cross_attn_every_n_layers from the LM layers that have a cross-attention block."""
     if not indices:
@@ -164,6 +276,7 @@ def convert_openflamingo(checkpoint: str, lm: str, vision: str, *, num_new_token
         raise ConversionError(f"{checkpoint}: {embed_name} has shape {table.shape}; expected [V + {num_new_tokens}, "
                               f"{d}] with V <= the LM's vocab_size {lm_cfg.vocab_size}")
     lm_table = lm_params["embed"]["embedding"]
+    check_added_tokens(table, lm_table, num_new_tokens, lm, checkpoint)
     diff = float(np.max(np.abs(lm_table[:v] - table[:v])))
     if diff:
         notes.append(f"the checkpoint's base embedding rows differ from the LM's (max |diff| {diff:.3g}); "
@@ -191,6 +304,9 @@ def convert_openflamingo(checkpoint: str, lm: str, vision: str, *, num_new_token
     ck.ignore(FROZEN_ALIASES, FROZEN_REASON.format("--lm"))
     frozen = {"lang_encoder." + n for n in lm_names} | {"lang_encoder." + layout.head}
     ck.ignore_names(frozen, FROZEN_REASON.format("--lm"))
+    check_frozen_copies(ck, lw, vw, lm_hf.find_root(lw, layout) + layout.layers,
+                        tied_head="lang_encoder." + layout.head if lm_cfg.tie_embeddings else None,
+                        table_name=embed_name)
     ignored = {f"checkpoint:{k}": r for k, r in ck.finish().items()}
     ignored.update({f"lm:{k}": r for k, r in lm_ignored.items()})
     ignored.update({f"vision:{k}": r for k, r in vision_ignored.items()})

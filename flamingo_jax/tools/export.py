@@ -1,6 +1,9 @@
 """One self-contained checkpoint (frozen + trainable params + config) from a training workdir.
 
-  python -m flamingo_jax.tools.export --workdir DIR [--step N] --out OUT
+  python -m flamingo_jax.tools.export --workdir DIR [--step N] --out OUT [--format flamingo_jax|hf-lm|openflamingo]
+
+--format hf-lm writes the run's LM as a HuggingFace directory and --format openflamingo its trainable weights
+as an OpenFlamingo checkpoint.pt (flamingo_jax.convert.outward); the default, described here, is the whole model:
 
 OUT/params/      Orbax (StandardCheckpointer) checkpoint of the whole param tree (plain arrays)
 OUT/config.json  {"format", "config": the training config, "step", "params_sha256" (params_fingerprint of
@@ -178,18 +181,57 @@ def load_exported(path: str, *, shardings: Any = None, verify: bool = False
     return params, ml_collections.ConfigDict(record["config"])
 
 
+def lm_template(manifest: dict) -> str | None:
+    """The HuggingFace directory the run's frozen LM was converted from (recorded by flamingo_jax.convert)."""
+    from flamingo_jax.convert.store import read_manifest
+
+    src = manifest.get("subtrees", {}).get("lm", {})
+    if src.get("source") != "pretrained" or not src.get("path"):
+        return None
+    source = read_manifest(src["path"]).get("source", {})
+    return source.get("lm") or (source.get("src") if source.get("format") == "hf" else None)
+
+
+def export_as(fmt: str, workdir: str, out: str, step: int | None = None, *, template: str | None = None,
+              force: bool = False) -> str:
+    """fmt 'hf-lm': the run's LM as a HuggingFace directory (config.json + model.safetensors) at OUT;
+    'openflamingo': the trainable weights as an OpenFlamingo checkpoint file OUT (flamingo_jax.convert.outward)."""
+    from flamingo_jax.convert import outward
+
+    params, config, step, manifest = read_workdir(workdir, step)
+    if fmt == "openflamingo":
+        return outward.flamingo_to_openflamingo(params, config, out, force=force)
+    template = template or lm_template(manifest)
+    if template is None:
+        raise outward.ConversionError("the run's LM was not converted from a HuggingFace directory: pass "
+                                      "--lm-template HF_DIR (its architecture and tensor names)")
+    return outward.lm_to_hf(params["lm"], config.lm, template, out, force=force)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="a training workdir (flamingo_jax.train --workdir)")
     parser.add_argument("--step", type=int, default=None, help="the step to export (default: the newest intact)")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, help="output directory (a file ending .pt for openflamingo)")
+    parser.add_argument("--format", default="flamingo_jax", choices=["flamingo_jax", "hf-lm", "openflamingo"],
+                        help="flamingo_jax: the whole model (Orbax, load_exported); hf-lm: the LM as a HuggingFace "
+                             "directory; openflamingo: the trainable weights as an OpenFlamingo checkpoint.pt")
+    parser.add_argument("--lm-template", default=None,
+                        help="hf-lm: the HuggingFace directory of the LM's architecture (default: the one the "
+                             "run's LM was converted from)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing export")
     args = parser.parse_args(argv)
     from flamingo_jax.checkpoint import CheckpointError
+    from flamingo_jax.convert.weights import ConversionError
 
     try:
+        if args.format != "flamingo_jax":
+            path = export_as(args.format, args.workdir, args.out, args.step, template=args.lm_template,
+                             force=args.force)
+            print(json.dumps({"out": path, "format": args.format}))
+            return
         out = export(args.workdir, args.out, args.step, force=args.force)
-    except (CheckpointError, FileExistsError, FileNotFoundError) as e:
+    except (CheckpointError, ConversionError, FileExistsError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
     with open(os.path.join(out, "config.json")) as f:
         record = json.load(f)
