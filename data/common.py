@@ -264,7 +264,7 @@ class FileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     for key, rec in self._examples(root, split):
       if isinstance(rec, Skip):
         tally[f'skipped/{rec.reason}'] += 1
-        log.warning('%s %s: skipped %s (%s) %s', self.name, split, key, rec.reason, rec.detail)
+        log.info('%s %s: skipped %s (%s) %s', self.name, split, key, rec.reason, rec.detail)
         self.progress.tick(skipped=1)
         continue
       rec.setdefault('id', str(key))
