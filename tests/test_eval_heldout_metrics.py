@@ -84,7 +84,7 @@ def test_ivqa_accuracy_by_hand():
 
 
 def test_wups_thresholding_by_hand_with_a_given_similarity():
-    # WordNet is not available offline here: WUPS is defined over any word similarity, given as a table.
+    # WUPS is defined over any word similarity: the thresholding checked on a table.
     table = {frozenset(("dog", "puppy")): 0.95, frozenset(("dog", "cat")): 0.8, frozenset(("red", "dog")): 0.3}
     sim = lambda a, b: table.get(frozenset((a, b)), 0.0)  # noqa: E731
     assert hm.wups("dog", "dog", sim) == 1.0
@@ -97,6 +97,34 @@ def test_wups_thresholding_by_hand_with_a_given_similarity():
     # words with no similar word are skipped; nothing similar at all scores 0
     assert hm.wups("blue dog", "dog", sim) == 1.0
     assert hm.wups("blue", "dog", sim) == 0.0
+
+
+def test_wups_with_wordnet_3_0_from_local_files():
+    # The `wups` extra's WordNet 3.0 (NExT-QA's). Wu-Palmer by hand: dog.n.01 and cat.n.01 meet at carnivore.n.01
+    # (depth 12 counting the root as 1), each 2 edges below it: 2 * 12 / (14 + 14) = 0.857, the value NLTK's
+    # WordNet HOWTO prints for dog.wup_similarity(cat).
+    wn = hm.wordnet_reader()
+    assert wn.get_version() == "3.0"
+    dog, cat = wn.synsets("dog")[0], wn.synsets("cat")[0]
+    assert (dog.name(), cat.name()) == ("dog.n.01", "cat.n.01")  # the index offsets land on their synsets
+    common = dog.lowest_common_hypernyms(cat)[0]
+    assert (common.name(), common.max_depth() + 1) == ("carnivore.n.01", 12)
+    assert (dog.shortest_path_distance(common), cat.shortest_path_distance(common)) == (2, 2)
+    assert hm.wordnet_similarity("dog", "cat") == pytest.approx(24 / 28)
+    assert hm.wups("dog", "cat", alpha=0.0) == pytest.approx(24 / 28)
+    assert hm.wups("dog", "cat", alpha=0.9) == pytest.approx(2.4 / 28)  # below NExT-QA's WUPS@0.9 threshold
+    assert hm.wordnet_similarity("dog", "qwzx") == 0.0  # no synset
+
+
+def test_wordnet_dir_without_a_database_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv(hm.WORDNET_ENV, str(tmp_path))
+    hm.wordnet_reader.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="holds no WordNet database"):
+            hm.wordnet_reader()
+    finally:
+        monkeypatch.delenv(hm.WORDNET_ENV)
+        hm.wordnet_reader.cache_clear()
 
 
 def test_choice_accuracy():

