@@ -741,11 +741,31 @@ def restore_params(workdir: str, config: ml_collections.ConfigDict, target: Any,
     return optim.merge(trainable, _restore_frozen(workdir, target, frozen_target, manifest, verify)), step
 
 
+class _DropReadOnlyNotice(pylogging.Filter):
+    """Orbax logs 'Given directory is read only=DIR' as a warning for every read-only CheckpointManager;
+    reading a finished run's checkpoints is the normal case of one, so that line is dropped."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only=")
+
+
+def read_only_manager(directory: str, item_handlers: dict) -> ocp.CheckpointManager:
+    """A CheckpointManager that reads and never writes, created without Orbax's warnings (the options a
+    read-only manager forces are given explicitly, so none is 'set' with a warning)."""
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    drop = _DropReadOnlyNotice()
+    absl_logger = pylogging.getLogger("absl")
+    absl_logger.addFilter(drop)
+    try:
+        return ocp.CheckpointManager(directory, options=options, item_handlers=item_handlers)
+    finally:
+        absl_logger.removeFilter(drop)
+
+
 def _restore_trainable(workdir: str, target: dict, manifest: dict, step: int | None, verify: bool
                        ) -> tuple[dict, int]:
     """target {'trainable': abstract tree} -> (trainable params in their shardings, step)."""
-    options = ocp.CheckpointManagerOptions(read_only=True)
-    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options, item_handlers={
+    manager = read_only_manager(os.path.join(workdir, "checkpoints"), {
         STATE: ocp.PyTreeCheckpointHandler(), META: ocp.JsonCheckpointHandler()})
     try:
         steps = sorted(manager.all_steps()) if step is None else [step]

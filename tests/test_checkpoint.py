@@ -502,22 +502,14 @@ class _Paced:
         self.it.set_state(state)
 
 
-class _NoTensorBoard:
-    """clu's writers import TensorFlow (~10 s a process); these runs only need metrics.jsonl."""
-
-    def write_scalars(self, step, scalars):
-        pass
-
-    def flush(self):
-        pass
-
-
 def _train_main(workdir: str, overrides: str) -> None:
     from flamingo_jax import train
 
     class MetricsLog(train.MetricsLog):
+        """metrics.jsonl only: these runs need no TensorBoard files."""
+
         def __init__(self, workdir: str, total_steps: int):
-            self.primary, self.writer, self.progress = True, _NoTensorBoard(), lambda step: None
+            self.primary, self.writer = True, None
             self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
 
     train.MetricsLog = MetricsLog

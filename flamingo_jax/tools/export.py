@@ -42,9 +42,8 @@ def read_workdir(workdir: str, step: int | None = None) -> tuple[dict, ml_collec
     from flamingo_jax.convert.store import load_converted, params_fingerprint, read_manifest
 
     workdir = os.path.abspath(workdir)
-    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=ocp.CheckpointManagerOptions(
-        read_only=True), item_handlers={checkpoint.STATE: ocp.StandardCheckpointHandler(),
-                                        checkpoint.META: ocp.JsonCheckpointHandler()})
+    manager = checkpoint.read_only_manager(os.path.join(workdir, "checkpoints"), {
+        checkpoint.STATE: ocp.StandardCheckpointHandler(), checkpoint.META: ocp.JsonCheckpointHandler()})
     steps = sorted(manager.all_steps())
     if not steps:
         raise checkpoint.CheckpointError(f"{workdir} holds no step checkpoint (expected {workdir}/checkpoints/<step>)")
