@@ -36,7 +36,14 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     if h % g:
         raise ValueError(f"{h} query heads are not a multiple of {g} key/value heads")
     scale = dh**-0.5 if scale is None else scale
-    if g == h:
+    heads_major = g == h and lq > 1
+    if heads_major:
+        # Heads-major batched matmuls: XLA:CPU runs the einsum form below ~1.5x slower on many short sequences
+        # (the resampler's 68 x [64 x 128] per layer: 73 -> 48 ms, same values) and no faster on long ones;
+        # for one query token (a decode step) the einsum form is 2-3x faster, so it keeps that.
+        qt, kt = jnp.swapaxes(q, 1, 2), jnp.swapaxes(k, 1, 2)  # [B, H, L, Dh]
+        scores = jnp.matmul(qt, jnp.swapaxes(kt, -1, -2), preferred_element_type=jnp.float32) * scale
+    elif g == h:
         # Plain multi-head attention as a 4-D einsum: XLA:CPU lowers the 5-D grouped form below (with its unit
         # group axis) to a dot it runs ~3x slower at long lengths (measured at B=8, L=1024, H=4, Dh=16).
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
@@ -52,6 +59,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     if mask is not None:
         weights = jnp.where(jnp.any(mask, axis=-1, keepdims=True), weights, 0.0)
     weights = weights.astype(v.dtype)
+    if heads_major:
+        return jnp.swapaxes(jnp.matmul(weights, jnp.swapaxes(v, 1, 2)), 1, 2)
     if g == h:
         return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
     out = jnp.einsum("bgrqk,bkgd->bqgrd", weights.reshape(b, g, h // g, lq, k.shape[1]), v)
