@@ -1,7 +1,13 @@
 """flamingo_jax: Flamingo-style visual language models in JAX/Flax (see README.md).
 
 `flamingo_jax.generate(params, config, images, prompt, ...)` is flamingo_jax.inference.generate, imported on
-first use (importing the package stays light: no JAX program is built until then)."""
+first use (importing the package stays light: no JAX program is built until then).
+
+TensorFlow, if anything imports it, is kept quiet and off the accelerators (flamingo_jax.tensorflow_guard)."""
+
+from flamingo_jax import tensorflow_guard as _tensorflow_guard
+
+_tensorflow_guard.install()
 
 
 def __getattr__(name):

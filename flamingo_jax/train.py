@@ -352,6 +352,37 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         if path and not os.path.exists(path):
             raise ValueError(f"config.pretrained.{name}: {path} does not exist (convert one with "
                              f"python -m flamingo_jax.convert, or set it to '' to initialise randomly)")
+        if path:
+            check_pretrained_architecture(name, path, config.model[name])
+
+
+# The fields that fix a tower's parameter shapes; a converted tower must agree with the config on them.
+ARCHITECTURE_FIELDS = ("kind", "family", "width", "layers", "heads", "patch_size", "image_size", "d_model",
+                       "num_layers", "num_heads", "num_kv_heads", "d_ff", "vocab_size", "widths", "depths")
+
+
+def check_pretrained_architecture(name: str, path: str, model_part: ml_collections.ConfigDict) -> None:
+    """ValueError naming the first field where the converted tower at `path` (its config.json, written by
+    flamingo_jax.convert) differs from config.model.<name>: e.g. an open_clip ViT-L/14 given to the paper
+    configs' default NFNet-F6, which would otherwise fail later as a shape error deep in the restore."""
+    from flamingo_jax.convert.store import read_manifest
+
+    try:
+        stored = read_manifest(path).get("config") or {}
+    except (OSError, ValueError):
+        return  # not a converted directory: the restore reports it
+    stored = stored.get(name, stored) if isinstance(stored, dict) else {}
+    for field in ARCHITECTURE_FIELDS:
+        if field in stored and field in model_part:
+            want, got = model_part[field], stored[field]
+            if isinstance(want, (tuple, list)) or isinstance(got, (tuple, list)):
+                want, got = list(want), list(got)
+            if want != got:
+                hint = (f" (e.g. add :vision={stored.get('kind')}:<size> to the config arg, as "
+                        f"experiments/flamingo_*.py take vision=vit:L/14)" if name == "vision" else "")
+                raise ValueError(f"config.pretrained.{name}: {path} holds a tower with {field}={got!r} but "
+                                 f"config.model.{name}.{field} is {want!r}; use the config of the converted "
+                                 f"tower{hint}")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -128,3 +128,16 @@ def test_num_new_tokens_that_contradicts_the_checkpoint_is_an_error(refs, tmp_pa
     with pytest.raises(ConversionError, match="--num-new-tokens 2 contradicts.*pass --num-new-tokens 3"):
         convert_openflamingo(ckpt, lm_dir, vision, num_new_tokens=2)
     assert convert_openflamingo(ckpt, lm_dir, vision, num_new_tokens=3).config.num_new_tokens == 3
+
+
+def test_sharded_conversion_reports_progress_per_shard(tmp_path, capsys):
+    from flamingo_jax.convert.weights import read_dir
+
+    build_hf("llama").save_pretrained(str(tmp_path / "hf"), max_shard_size="20KB")
+    shards = [f for f in os.listdir(tmp_path / "hf") if f.endswith(".safetensors")]
+    assert len(shards) > 2
+    read_dir(str(tmp_path / "hf"))
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("[convert]")]
+    assert len(lines) == len(shards)
+    assert lines[-1].endswith("ETA 0:00") and f"shard {len(shards)}/{len(shards)} (100%)" in lines[-1]
+    assert all("shards/s" in x for x in lines)

@@ -93,3 +93,26 @@ def test_wheel_carries_configs_builders_and_scripts_and_builds_quietly(tmp_path)
         if "=" in line:
             module, _, fn = line.split("=", 1)[1].strip().partition(":")
             assert callable(getattr(importlib.import_module(module), fn)), line
+
+
+_IMPORT_TENSORFLOW = r"""
+import flamingo_jax.tensorflow_guard as guard
+calls = []
+keep = guard.keep_off_accelerators
+guard.keep_off_accelerators = lambda tf: (calls.append(tf.__name__), keep(tf))
+import tensorflow as tf
+tf.config.list_physical_devices()
+print("HOOK", calls, [d.device_type for d in tf.config.get_visible_devices()])
+"""
+
+
+def test_tensorflow_is_kept_off_accelerators_and_quiet_when_imported():
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell has it
+    env["PYTHONPATH"] = ROOT
+    r = subprocess.run([sys.executable, "-c", _IMPORT_TENSORFLOW], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "HOOK ['tensorflow'] ['CPU']" in r.stdout  # set_visible_devices([], 'GPU') ran at TF's import
+    if not any(os.path.exists(f"/dev/nvidia{i}") for i in range(8)):  # a CPU host: TF's CUDA probe is silent
+        assert "cuInit" not in r.stderr and "cpu_feature_guard" not in r.stderr, r.stderr[-2000:]
+

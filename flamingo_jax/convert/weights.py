@@ -15,6 +15,7 @@ import json
 import os
 import re
 import struct
+import sys
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -116,11 +117,17 @@ def read_dir(src: str) -> dict[str, np.ndarray]:
             continue
         if not name.endswith(".index.json"):
             return read_file(path)
+        from flamingo_jax.progress import Progress
+
         with open(path) as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
         out: dict[str, np.ndarray] = {}
+        # A large checkpoint's shards take minutes to read: one line per shard (rate, ETA) on stderr, so a
+        # CLI's stdout stays its result.
+        progress = Progress(f"[convert] {src}: shard", len(shards), unit="shards", every=0.0, stream=sys.stderr)
         for shard in shards:
             out.update(read_file(os.path.join(src, shard)))
+            progress.update(1)
         return out
     raise ConversionError(f"{src}: no {' / '.join(SAFETENSORS_NAMES + TORCH_NAMES)} found")
 
