@@ -130,14 +130,22 @@ def test_num_new_tokens_that_contradicts_the_checkpoint_is_an_error(refs, tmp_pa
     assert convert_openflamingo(ckpt, lm_dir, vision, num_new_tokens=3).config.num_new_tokens == 3
 
 
-def test_sharded_conversion_reports_progress_per_shard(tmp_path, capsys):
-    from flamingo_jax.convert.weights import read_dir
+def test_conversion_reads_shards_lazily_keeps_bfloat16_and_reports_progress(tmp_path, capsys):
+    import ml_dtypes
 
-    build_hf("llama").save_pretrained(str(tmp_path / "hf"), max_shard_size="20KB")
-    shards = [f for f in os.listdir(tmp_path / "hf") if f.endswith(".safetensors")]
-    assert len(shards) > 2
-    read_dir(str(tmp_path / "hf"))
+    from flamingo_jax.convert.weights import LazyTensors, Weights, read_dir
+
+    model = build_hf("llama").to(torch.bfloat16)
+    model.save_pretrained(str(tmp_path / "hf"), max_shard_size="20KB")
+    assert len([f for f in os.listdir(tmp_path / "hf") if f.endswith(".safetensors")]) > 2
+    tensors = read_dir(str(tmp_path / "hf"))
+    assert isinstance(tensors, LazyTensors)  # nothing read yet: each tensor is read from its shard when taken
+    w = Weights(tensors, "hf", progress_every=0.0)
+    names = w.names()
+    for name in names:
+        x = w.take(name)
+        assert x.dtype == ml_dtypes.bfloat16  # never widened
+        np.testing.assert_array_equal(x.astype(np.float32), model.state_dict()[name].float().numpy())
     lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("[convert]")]
-    assert len(lines) == len(shards)
-    assert lines[-1].endswith("ETA 0:00") and f"shard {len(shards)}/{len(shards)} (100%)" in lines[-1]
-    assert all("shards/s" in x for x in lines)
+    assert len(lines) == len(names) and all("tensors/s" in x for x in lines)
+    assert lines[-1].endswith("ETA 0:00") and f"tensor {len(names)}/{len(names)} (100%)" in lines[-1]

@@ -52,8 +52,12 @@ def _cast(params: Any, dtype: str | None) -> Any:
         dt = ml_dtypes.bfloat16
     else:
         dt = np.dtype(dtype)
-    return jax.tree.map(lambda x: np.asarray(x).astype(dt) if np.issubdtype(np.asarray(x).dtype, np.floating)
-                        else x, params)
+    import ml_dtypes
+
+    def floating(x) -> bool:
+        return np.issubdtype(x.dtype, np.floating) or x.dtype == ml_dtypes.bfloat16
+
+    return jax.tree.map(lambda x: np.asarray(x).astype(dt, copy=False) if floating(np.asarray(x)) else x, params)
 
 
 def params_fingerprint(params: Any, to_host: Any = np.asarray) -> str:
@@ -79,7 +83,9 @@ def save_converted(out: str, result: Converted, *, dtype: str | None = None, for
     if os.path.exists(manifest_path) and not force:
         raise FileExistsError(f"{out} already holds a converted checkpoint: choose another --out or pass --force")
     os.makedirs(out, exist_ok=True)
-    params = _cast(result.params, dtype)
+    # float32 unless asked: a bfloat16 source is read as bfloat16 (flamingo_jax.convert.weights) and widened
+    # only here, leaf by leaf; --dtype bfloat16 never widens it.
+    params = _cast(result.params, dtype or "float32")
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(os.path.join(out, "params"), params, force=True)
     ckptr.wait_until_finished()

@@ -1,8 +1,8 @@
 """Reading checkpoint tensors into numpy, and bookkeeping of which names a conversion consumed.
 
-Formats: `.safetensors` (read with safetensors' numpy loader, no torch needed; bfloat16 tensors are read
-through ml_dtypes since numpy has no bfloat16), sharded safetensors (`*.safetensors.index.json`), and
-PyTorch pickles (`.bin`, `.pt`, `.pth`: these need torch, loaded with `weights_only=True`).
+Formats: `.safetensors` and sharded safetensors (`*.safetensors.index.json`), read lazily with safetensors'
+`safe_open` (no torch needed; one tensor at a time, bfloat16 kept as ml_dtypes bfloat16, never widened), and
+PyTorch pickles (`.bin`, `.pt`, `.pth`: these need torch, loaded whole with `weights_only=True`).
 
 `Weights` hands tensors out by name and remembers what was taken; `finish()` raises `UnusedWeightsError`
 listing every name that was neither used nor explicitly ignored with a reason, so nothing is dropped
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
 import sys
 from typing import Iterable, Mapping
 
@@ -39,35 +38,49 @@ class UnusedWeightsError(ConversionError):
 
 # ------------------------------------------------------------------------------------------ reading
 
-_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
-              "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+class LazyTensors(Mapping):
+    """name -> tensor of one or more safetensors files, each read when asked for (safetensors' `safe_open`
+    memory-maps the file; nothing is kept), in its stored dtype: bfloat16 stays bfloat16 (ml_dtypes), so a
+    conversion holds one input tensor at a time and never a widened copy of the checkpoint."""
 
+    def __init__(self, files: dict[str, str], prefix: str = ""):
+        self.files = files  # tensor name (as stored) -> file
+        self.prefix = prefix  # stripped from the stored names (a DDP `module.`)
 
-def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    dtypes = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
-    if dtypes <= set(_ST_DTYPES):
-        from safetensors.numpy import load_file
-        return dict(load_file(path))
-    # numpy has no bfloat16 (or float8): read the raw buffers through ml_dtypes and widen to float32.
-    import ml_dtypes
-    extra = {"BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2}
-    out = {}
-    with open(path, "rb") as f:
-        base = 8 + n
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            dt = _ST_DTYPES.get(info["dtype"]) or extra.get(info["dtype"])
-            if dt is None:
-                raise ConversionError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-            start, stop = info["data_offsets"]
-            f.seek(base + start)
-            arr = np.frombuffer(f.read(stop - start), dtype=dt).reshape(info["shape"])
-            out[name] = arr.astype(np.float32) if info["dtype"] in extra else arr
-    return out
+    @classmethod
+    def open(cls, paths: Iterable[str]) -> "LazyTensors":
+        from safetensors import safe_open
+
+        files: dict[str, str] = {}
+        for path in paths:
+            with safe_open(path, framework="numpy") as f:
+                files.update({k: path for k in f.keys()})
+        return cls(files)
+
+    def without_prefix(self, prefix: str) -> "LazyTensors":
+        return LazyTensors(self.files, self.prefix + prefix)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        from safetensors import safe_open
+
+        stored = self.prefix + name
+        if stored not in self.files:
+            raise KeyError(name)
+        with safe_open(self.files[stored], framework="numpy") as f:
+            try:
+                return f.get_tensor(stored)
+            except (TypeError, ValueError) as e:  # e.g. a float8 dtype numpy cannot hold
+                raise ConversionError(f"{self.files[stored]}: tensor {stored} cannot be read ({e})") from None
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.prefix + name in self.files
+
+    def __iter__(self):
+        n = len(self.prefix)
+        return (k[n:] for k in self.files if k.startswith(self.prefix))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def _read_torch(path: str) -> dict[str, np.ndarray]:
@@ -94,12 +107,16 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
     return out
 
 
-def read_file(path: str) -> dict[str, np.ndarray]:
-    """All tensors of one checkpoint file, by name (a leading DDP `module.` prefix is removed)."""
+def read_file(path: str) -> Mapping[str, np.ndarray]:
+    """All tensors of one checkpoint file, by name (a leading DDP `module.` prefix is removed): safetensors
+    lazily (LazyTensors), PyTorch pickles loaded whole."""
     if not os.path.isfile(path):
         raise ConversionError(f"no checkpoint file at {path}")
     if path.endswith(".safetensors"):
-        tensors = _read_safetensors(path)
+        tensors = LazyTensors.open([path])
+        if len(tensors) and all(k.startswith("module.") for k in tensors):
+            tensors = tensors.without_prefix("module.")
+        return tensors
     elif path.endswith((".bin", ".pt", ".pth", ".ckpt")):
         tensors = _read_torch(path)
     else:
@@ -117,13 +134,15 @@ def read_dir(src: str) -> dict[str, np.ndarray]:
             continue
         if not name.endswith(".index.json"):
             return read_file(path)
-        from flamingo_jax.progress import Progress
-
         with open(path) as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
+        if name.startswith("model.safetensors"):  # shard by shard, each tensor when it is used
+            return LazyTensors.open([os.path.join(src, shard) for shard in shards])
+        from flamingo_jax.progress import Progress
+
         out: dict[str, np.ndarray] = {}
-        # A large checkpoint's shards take minutes to read: one line per shard (rate, ETA) on stderr, so a
-        # CLI's stdout stays its result.
+        # PyTorch shards are loaded whole and take minutes for a large checkpoint: one line per shard (rate,
+        # ETA) on stderr, so a CLI's stdout stays its result.
         progress = Progress(f"[convert] {src}: shard", len(shards), unit="shards", every=0.0, stream=sys.stderr)
         for shard in shards:
             out.update(read_file(os.path.join(src, shard)))
@@ -146,8 +165,13 @@ def read_config(src: str, name: str = "config.json") -> dict:
 class Weights:
     """Tensors by name, handed out once each; `finish()` checks that every name was accounted for."""
 
-    def __init__(self, tensors: Mapping[str, np.ndarray], source: str):
-        self.tensors = dict(tensors)
+    def __init__(self, tensors: Mapping[str, np.ndarray], source: str, *, progress_every: float = 10.0):
+        self.tensors = tensors if isinstance(tensors, LazyTensors) else dict(tensors)
+        from flamingo_jax.progress import Progress
+
+        # A large checkpoint converts for minutes: a line (rate, ETA) every progress_every seconds on stderr.
+        self.progress = Progress(f"[convert] {source}: tensor", len(self.tensors), unit="tensors",
+                                 every=progress_every, stream=sys.stderr)
         self.source = source
         self.used: set[str] = set()
         self.ignored: dict[str, str] = {}  # name -> reason
@@ -159,7 +183,9 @@ class Weights:
         return sorted(self.tensors)
 
     def take(self, name: str, shape: Iterable[int] | None = None) -> np.ndarray:
-        """The tensor `name` as float32 (checked against `shape` if given); marks it used."""
+        """The tensor `name` (checked against `shape` if given); marks it used. Floats come as float32, except
+        16-bit ones (bfloat16, float16), which keep their dtype: converting never widens the checkpoint
+        (flamingo_jax.convert.store widens to float32 at save time unless --dtype bfloat16)."""
         if name not in self.tensors:
             stem = name.rsplit(".", 2)[0]
             near = [k for k in self.tensors if k.startswith(stem)][:10]
@@ -170,6 +196,9 @@ class Weights:
             raise ConversionError(f"{self.source}: weight {name!r} has shape {tuple(x.shape)}, "
                                   f"expected {tuple(shape)} from the config")
         self.used.add(name)
+        self.progress.update(1)
+        if x.dtype.itemsize == 2 and x.dtype.kind in "fV" or str(x.dtype) == "bfloat16":
+            return x
         return x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x
 
     def maybe(self, name: str, shape: Iterable[int] | None = None) -> np.ndarray | None:
