@@ -444,6 +444,7 @@ class Checkpoints:
     """
 
     def __init__(self, workdir: str, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
+        quiet_orbax_info()
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
         self.config, self.mesh = config, mesh
@@ -741,6 +742,28 @@ def restore_params(workdir: str, config: ml_collections.ConfigDict, target: Any,
     return optim.merge(trainable, _restore_frozen(workdir, target, frozen_target, manifest, verify)), step
 
 
+class _OrbaxInfoOff(pylogging.Filter):
+    """Orbax logs dozens of INFO lines per save and restore (threads, throughput, renames) through absl; a run
+    shows its own progress line, so Orbax's records below WARNING are dropped (its warnings and errors stay).
+    ORBAX_INFO=1 keeps them."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return record.levelno >= pylogging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+_ORBAX_INFO_OFF = _OrbaxInfoOff()
+
+
+def quiet_orbax_info() -> None:
+    """Installs _OrbaxInfoOff on absl's logger and its handlers (once; a no-op with ORBAX_INFO=1)."""
+    if os.environ.get("ORBAX_INFO") == "1":
+        return
+    absl_logger = pylogging.getLogger("absl")
+    for target in [absl_logger, *absl_logger.handlers]:
+        if _ORBAX_INFO_OFF not in target.filters:
+            target.addFilter(_ORBAX_INFO_OFF)
+
+
 class _DropReadOnlyNotice(pylogging.Filter):
     """Orbax logs 'Given directory is read only=DIR' as a warning for every read-only CheckpointManager;
     reading a finished run's checkpoints is the normal case of one, so that line is dropped."""
@@ -752,6 +775,7 @@ class _DropReadOnlyNotice(pylogging.Filter):
 def read_only_manager(directory: str, item_handlers: dict) -> ocp.CheckpointManager:
     """A CheckpointManager that reads and never writes, created without Orbax's warnings (the options a
     read-only manager forces are given explicitly, so none is 'set' with a warning)."""
+    quiet_orbax_info()
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
     drop = _DropReadOnlyNotice()
     absl_logger = pylogging.getLogger("absl")
