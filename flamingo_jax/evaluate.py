@@ -394,7 +394,7 @@ def run() -> None:
     from flamingo_jax.config_files import resolve_argv
 
     _define_flags()
-    app.run(main, flags_parser=lambda argv: flags.FLAGS(resolve_argv(argv)))
+    app.run(main, flags_parser=lambda argv: app.parse_flags_with_usage(resolve_argv(argv)))
 
 
 if __name__ == "__main__":
