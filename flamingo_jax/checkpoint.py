@@ -764,6 +764,9 @@ def quiet_orbax_info() -> None:
             target.addFilter(_ORBAX_INFO_OFF)
 
 
+quiet_orbax_info()  # at import: Orbax handlers log INFO from their constructors, before any manager exists
+
+
 class _DropReadOnlyNotice(pylogging.Filter):
     """Orbax logs 'Given directory is read only=DIR' as a warning for every read-only CheckpointManager;
     reading a finished run's checkpoints is the normal case of one, so that line is dropped."""
