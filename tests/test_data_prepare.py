@@ -3,7 +3,6 @@ parquet, hostile manual dirs. Every planted corruption is skipped or repaired an
 none stops the build. Also the prepare command and grain worker processes on a prepared corpus."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -129,7 +128,7 @@ def _corpus_config(mmc4_root, laion_root, data_dir, workers=0):
 def test_prepare_command_reports_and_is_resumable(tmp_path, mmc4_corpus):
   root, expected, _ = mmc4_corpus
   fake_corpora.write_laion_wds(tmp_path / 'laion', 30, corrupt=0.1, image_size=24)
-  overrides = [f'--config.data.source=tfds', f'--config.data.data_dir={tmp_path / "tfds"}',
+  overrides = ['--config.data.source=tfds', f'--config.data.data_dir={tmp_path / "tfds"}',
                '--config.data.datasets.m3w.builder=mmc4', '--config.data.datasets.m3w.builder_config=all',
                f'--config.data.datasets.m3w.manual_dir={root / "manual"}',
                '--config.data.datasets.align.builder=image_text_pairs',

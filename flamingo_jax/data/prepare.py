@@ -23,7 +23,6 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
-import sys
 import time
 from typing import Any
 
