@@ -570,9 +570,11 @@ class Checkpoints:
         self.pending_step = None
         if not os.path.isdir(os.path.join(self.directory, str(pending))):
             self.failed = True
-            # Orbax marks the save finished before its finalize thread logs the exception: give the log record a
-            # moment to arrive, so the report names the real cause (e.g. ENOSPC) rather than only its effect.
-            deadline = time.monotonic() + 2.0
+            # Orbax marks the save finished before its finalize thread logs the exception: give the log record
+            # time to arrive, so the report names the real cause (e.g. ENOSPC) rather than only its effect. On a
+            # loaded machine 2 s was too short (a fresh-clone CI with load ~8 reported the effect twice); the wait
+            # ends as soon as the record arrives and only runs after a failed save.
+            deadline = time.monotonic() + 30.0
             while self._failures.last is None and time.monotonic() < deadline:
                 time.sleep(0.02)
             cause = self._failures.last or RuntimeError("the save ended without writing the step directory")
