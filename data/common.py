@@ -174,18 +174,21 @@ def read_json(path: os.PathLike | str) -> Any:
     return json.load(f)
 
 
-def read_jsonl(path: os.PathLike | str) -> Iterator[dict]:
-  """Lines of a .jsonl file, or of the single .jsonl inside a .zip (MMC4 releases zipped shards)."""
+def _jsonl_text(path: os.PathLike | str, errors: str) -> str:
+  """The text of a .jsonl file, or of the single .jsonl inside a .zip (MMC4 releases zipped shards)."""
   path = Path(path)
   if path.suffix == '.zip':
     with zipfile.ZipFile(path) as z:
       names = [n for n in z.namelist() if n.endswith('.jsonl')]
       if len(names) != 1:
         raise ValueError(f'{path} should hold exactly one .jsonl file, found {names}')
-      lines = z.read(names[0]).decode('utf-8').splitlines()
-  else:
-    lines = path.read_text().splitlines()
-  for line in lines:
+      return z.read(names[0]).decode('utf-8', errors=errors)
+  return path.read_text(errors=errors)
+
+
+def read_jsonl(path: os.PathLike | str) -> Iterator[dict]:
+  """The records of a .jsonl file (or the .jsonl in a .zip); undecodable bytes or a bad line raise."""
+  for line in _jsonl_text(path, 'strict').splitlines():
     if line.strip():
       yield json.loads(line)
 
@@ -193,15 +196,7 @@ def read_jsonl(path: os.PathLike | str) -> Iterator[dict]:
 def read_jsonl_lines(path: os.PathLike | str) -> Iterator[str]:
   """The non-empty lines of a .jsonl file (or the .jsonl in a .zip), unparsed: a builder that must skip a
   bad line (and count it) instead of stopping parses them itself."""
-  path = Path(path)
-  if path.suffix == '.zip':
-    with zipfile.ZipFile(path) as z:
-      names = [n for n in z.namelist() if n.endswith('.jsonl')]
-      if len(names) != 1:
-        raise ValueError(f'{path} should hold exactly one .jsonl file, found {names}')
-      text = z.read(names[0]).decode('utf-8', errors='replace')
-  else:
-    text = path.read_text(errors='replace')
+  text = _jsonl_text(path, 'replace')
   return (line for line in text.splitlines() if line.strip())
 
 

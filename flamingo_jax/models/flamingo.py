@@ -25,9 +25,9 @@ import ml_collections
 from flamingo_jax.models.attention import alibi_bias
 from flamingo_jax.models.layers import Dtype, dtype_of, logical
 from flamingo_jax.models.lm import DecoderLM
+from flamingo_jax.models.media_attention import OwnImageMask
 from flamingo_jax.models.resampler import build_resampler, resampler_width
 from flamingo_jax.models.vision import build_vision, vision_output_dim
-from flamingo_jax.models.media_attention import OwnImageMask
 from flamingo_jax.models.xattn import CrossAttentionStack, default_media_index, media_mask, placement
 from flamingo_jax.sharding import constrain
 

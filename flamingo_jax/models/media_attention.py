@@ -23,18 +23,10 @@ import jax
 import jax.numpy as jnp
 
 from flamingo_jax.models.attention import LARGE_NEGATIVE, dot_product_attention
+from flamingo_jax.models.xattn import media_mask
 
 CHUNK = 32   # query tokens per chunk (measured on a 17-image prompt: 16 copies each window too often, 64+ scores too much)
 WINDOW = 4   # images a chunk may see: 4 x 64 keys per token instead of T x 64; fits when images are >= 11 tokens apart
-
-
-def dense_media_mask(media_index: jax.Array, image_mask: jax.Array, num_tokens_per_image: int) -> jax.Array:
-    """bool[B, 1, L, T * K]: token l may see visual token j iff j belongs to image media_index[l] (1-based)
-    and that image is present. media_index int32[B, L]; image_mask bool[B, T]."""
-    t = image_mask.shape[1]
-    image_of_token = jnp.repeat(jnp.arange(1, t + 1), num_tokens_per_image)  # [T*K]
-    present = jnp.repeat(image_mask, num_tokens_per_image, axis=1)[:, None, :]  # [B, 1, T*K]
-    return ((media_index[:, :, None] == image_of_token) & present)[:, None]
 
 
 @flax.struct.dataclass
@@ -53,7 +45,8 @@ class OwnImageMask:
         return num_images > 2 * WINDOW and length >= 2 * CHUNK
 
     def dense(self) -> jax.Array:
-        return dense_media_mask(self.media_index, self.image_mask, self.tokens_per_image)
+        """The same mask as bool[B, 1, L, T*K] (xattn.media_mask's 'previous' rule)."""
+        return media_mask(self.media_index, self.image_mask, self.tokens_per_image, "previous")
 
     def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, bias: Any = None,
                scale: float | None = None) -> jax.Array:

@@ -21,7 +21,6 @@ import ml_collections
 from flamingo_jax.models import stack
 from flamingo_jax.models.attention import MultiHeadAttention
 from flamingo_jax.models.layers import Dtype, FeedForward, logical, norm
-from flamingo_jax.models.media_attention import dense_media_mask
 from flamingo_jax.sharding import constrain
 
 KINDS = ("gated", "vanilla", "grafting")
@@ -75,15 +74,17 @@ def media_mask(media_index: jax.Array, image_mask: jax.Array, num_tokens_per_ima
     media_index: int32[B, L]; image_mask: bool[B, T] (image present). Visual token k belongs to image
     k // num_tokens_per_image + 1. Returns bool[B, 1, L, T * num_tokens_per_image].
     """
-    if mode == "previous":
-        return dense_media_mask(media_index, image_mask, num_tokens_per_image)
-    if mode != "all_previous":
-        raise ValueError(f"unknown xattn.mask {mode!r}: choose one of {MASKS}")
     t = image_mask.shape[1]
     image_of_token = jnp.repeat(jnp.arange(1, t + 1), num_tokens_per_image)  # [T*N]
     present = jnp.repeat(image_mask, num_tokens_per_image, axis=1)[:, None, :]  # [B, 1, T*N]
     idx = media_index[:, :, None]
-    return ((image_of_token <= idx) & (idx > 0) & present)[:, None]
+    if mode == "previous":
+        sees = idx == image_of_token
+    elif mode == "all_previous":
+        sees = (image_of_token <= idx) & (idx > 0)
+    else:
+        raise ValueError(f"unknown xattn.mask {mode!r}: choose one of {MASKS}")
+    return (sees & present)[:, None]
 
 
 def _gate(module: nn.Module, name: str, enabled: bool, dtype: Dtype) -> jax.Array | float:
