@@ -26,7 +26,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
 
 
 def main() -> None:
@@ -44,19 +43,21 @@ def main() -> None:
 
     config = preset_config(args.preset)
     model = models.build(config.model)
-    abstract = nn.meta.unbox(jax.eval_shape(lambda r: model.init(r, *dummy_inputs(config.model)),
-                                            jax.random.key(0))["params"])
+    abstract = nn.meta.unbox(
+        jax.eval_shape(lambda r: model.init(r, *dummy_inputs(config.model)), jax.random.key(0))["params"])
     trainable, _ = optim.partition(abstract, config.trainable)
     tx, _ = optim.make_optimizer(config.optimizer, trainable, config.total_steps)
     shapes = jax.eval_shape(lambda t: init_state(t, tx, jax.random.key(0)), trainable)
     leaves, treedef = jax.tree.flatten(shapes)
     keys = jax.random.split(jax.random.key(1), len(leaves))
-    filled = [jax.random.normal(k, x.shape, x.dtype) if jnp.issubdtype(x.dtype, jnp.floating)
-              else jnp.zeros(x.shape, x.dtype) for k, x in zip(keys, leaves)
-              if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)]
+    filled = [
+        jax.random.normal(k, x.shape, x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.zeros(
+            x.shape, x.dtype) for k, x in zip(keys, leaves) if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    ]
     it = iter(filled)
-    state = jax.tree.unflatten(treedef, [jax.random.key(0) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-                                         else next(it) for x in leaves])
+    state = jax.tree.unflatten(
+        treedef,
+        [jax.random.key(0) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else next(it) for x in leaves])
     jax.block_until_ready(state)
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(checkpoint._storable(state)))
 
@@ -96,14 +97,20 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     med = {v: {k: statistics.median(x) for k, x in d.items()} for v, d in times.items()}
-    print(json.dumps({
-        "preset": args.preset, "state_bytes": state_bytes, "rounds": args.rounds, "checksum_s": checksum_s,
-        "save_s": {"checksums": med[True]["save"], "none": med[False]["save"]},
-        "restore_s": {"checksums": med[True]["restore"], "none": med[False]["restore"]},
-        "save_overhead": med[True]["save"] / med[False]["save"] - 1,
-        "restore_overhead": med[True]["restore"] / med[False]["restore"] - 1,
-        "all_s": {str(k): v for k, v in times.items()}, "devices": str(jax.devices()[0].platform),
-    }))
+    print(
+        json.dumps({
+            "preset": args.preset,
+            "state_bytes": state_bytes,
+            "rounds": args.rounds,
+            "checksum_s": checksum_s,
+            "save_s": {"checksums": med[True]["save"], "none": med[False]["save"]},
+            "restore_s": {"checksums": med[True]["restore"], "none": med[False]["restore"]},
+            "save_overhead": med[True]["save"] / med[False]["save"] - 1,
+            "restore_overhead": med[True]["restore"] / med[False]["restore"] - 1,
+            "all_s": {str(k): v
+                      for k, v in times.items()},
+            "devices": str(jax.devices()[0].platform),
+        }))
 
 
 if __name__ == "__main__":

@@ -64,10 +64,15 @@ def main() -> None:
         peak, _ = peak_rss_of([sys.executable, "-c", IMPORTS_ONLY])
     else:
         out = os.path.join(a.workdir, f"converted_{a.dtype}")
-        peak, _ = peak_rss_of([sys.executable, "-m", "flamingo_jax.convert", "hf", "--src", src, "--out", out,
-                               "--dtype", a.dtype, "--force"])
-    print(json.dumps({"what": a.what, "checkpoint_bytes": size, "dtype": a.dtype, "peak_rss_bytes": peak,
-                      "peak_over_checkpoint": round(peak / size, 3)}))
+        peak, _ = peak_rss_of([
+            sys.executable, "-m", "flamingo_jax.convert", "hf", "--src", src, "--out", out, "--dtype", a.dtype,
+            "--force"
+        ])
+    print(
+        json.dumps({
+            "what": a.what, "checkpoint_bytes": size, "dtype": a.dtype, "peak_rss_bytes": peak,
+            "peak_over_checkpoint": round(peak / size, 3)
+        }))
 
 
 if __name__ == "__main__":

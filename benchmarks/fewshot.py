@@ -38,8 +38,8 @@ def sizes(preset: str, n_img: int | None, seq_len: int | None) -> dict:
     return p
 
 
-def prompts(p: dict, prompt_len: int, image_id: int, eoc_id: int, left_pad_row0: bool, seed: int = 1
-            ) -> tuple[np.ndarray, np.ndarray]:
+def prompts(p: dict, prompt_len: int, image_id: int, eoc_id: int, left_pad_row0: bool,
+            seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """int32[B, prompt_len] prompts and their token mask (row 0's first 3 tokens masked as left padding when
     left_pad_row0, as tiny_of.py --generate does)."""
     rng = np.random.default_rng(seed)
@@ -90,8 +90,9 @@ def time_calls(fn: Callable[[], object], runs: int) -> dict:
 
 
 def peer_available() -> bool:
-    return all(os.path.exists(x) for x in (os.path.join(PEER_DIR, "venv", "bin", "python"),
-                                           os.path.join(PEER_DIR, "of_root"), PEER))
+    return all(
+        os.path.exists(x)
+        for x in (os.path.join(PEER_DIR, "venv", "bin", "python"), os.path.join(PEER_DIR, "of_root"), PEER))
 
 
 def run_peer(preset: str, extra: list[str], pattern: str, threads: int = 0) -> float:

@@ -48,7 +48,7 @@ def main() -> None:
         image_mask = jax.numpy.ones((p["B"], p["n_img"]), bool)
         dec = decoding.Decoder(model, pad_id=BASE_VOCAB + 2)
         gen = decoding.GenerationConfig(max_new_tokens=a.new_tokens, num_beams=a.beams, stop_ids=(),
-                                        banned_ids=(cfg.image_token_id,))
+                                        banned_ids=(cfg.image_token_id, ))
         tokens, tmask, images = map(jax.device_put, (tokens, tmask, images))
 
         def once():
@@ -61,15 +61,26 @@ def main() -> None:
         if not a.no_openflamingo:
             if not fewshot.peer_available():
                 sys.exit("the peer is not set up: bash ../shared/peer/setup.sh (or pass --no-openflamingo)")
-            extra = ["--generate", "--n-img", str(p["n_img"]), "--seq-len", str(p["T"]), "--prompt-len",
-                     str(a.prompt_len), "--new-tokens", str(a.new_tokens), "--beams", str(a.beams),
-                     "--gen-repeats", str(a.runs)]
-            peer = lambda: fewshot.run_peer(name, extra, r"generate: out shape .*? time=([0-9.]+) ms",  # noqa: E731
-                                            a.of_threads)
+            extra = [
+                "--generate", "--n-img",
+                str(p["n_img"]), "--seq-len",
+                str(p["T"]), "--prompt-len",
+                str(a.prompt_len), "--new-tokens",
+                str(a.new_tokens), "--beams",
+                str(a.beams), "--gen-repeats",
+                str(a.runs)
+            ]
+            peer = lambda: fewshot.run_peer(
+                name,
+                extra,
+                r"generate: out shape .*? time=([0-9.]+) ms",  # noqa: E731
+                a.of_threads)
         res = fewshot.alternate(a.rounds, lambda: fewshot.time_calls(once, a.runs), peer)
-        print(json.dumps(dict(preset=name, device=jax.devices()[0].platform, batch=p["B"], n_img=p["n_img"],
-                              seq_len=p["T"], prompt_len=a.prompt_len, new_tokens=a.new_tokens, beams=a.beams,
-                              runs=a.runs, rounds=a.rounds, **res)), flush=True)
+        print(
+            json.dumps(
+                dict(preset=name, device=jax.devices()[0].platform, batch=p["B"], n_img=p["n_img"], seq_len=p["T"],
+                     prompt_len=a.prompt_len, new_tokens=a.new_tokens, beams=a.beams, runs=a.runs, rounds=a.rounds,
+                     **res)), flush=True)
 
 
 if __name__ == "__main__":

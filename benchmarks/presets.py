@@ -1,15 +1,15 @@
 """Benchmark presets: the configurations OpenFlamingo 2.0.1 was timed with, in `openflamingo` compatibility mode.
 
 Each preset matches ../shared/peer/tiny_of.py's CONFIGS entry of the same name built with `--lm llama`:
-  vision  open_clip VisionTransformer(image_size, patch 8, width, layers, heads, mlp_ratio 4): exact-erf GELU
-          (open_clip's default act_layer), no patch bias, class token dropped, ln_post on the tokens
-          (open_clip 2.24, final_ln_after_pool=False)
-  lm      transformers LlamaConfig(vocab 512, hidden d, intermediate 4d, layers, heads, rms_norm_eps 1e-6,
-          rope theta 1e4, untied head): gated SiLU FFW of width 4d, heads of d / H, no biases
-  tokens  `<|endofchunk|>`, `<image>`, `<PAD>` added (vocab 515)
-  flamingo perceiver depth 6, 64 latents, 8x64 heads, FFW x4; gated cross-attention 8x64 heads, FFW x4,
-          before every LM layer (cross_attn_every_n_layers=1); fp32 everywhere
-  batch   B sequences of L tokens with `n_img` one-frame images each
+    vision  open_clip VisionTransformer(image_size, patch 8, width, layers, heads, mlp_ratio 4): exact-erf GELU
+            (open_clip's default act_layer), no patch bias, class token dropped, ln_post on the tokens
+            (open_clip 2.24, final_ln_after_pool=False)
+    lm      transformers LlamaConfig(vocab 512, hidden d, intermediate 4d, layers, heads, rms_norm_eps 1e-6,
+            rope theta 1e4, untied head): gated SiLU FFW of width 4d, heads of d / H, no biases
+    tokens  `<|endofchunk|>`, `<image>`, `<PAD>` added (vocab 515)
+    flamingo perceiver depth 6, 64 latents, 8x64 heads, FFW x4; gated cross-attention 8x64 heads, FFW x4,
+            before every LM layer (cross_attn_every_n_layers=1); fp32 everywhere
+    batch   B sequences of L tokens with `n_img` one-frame images each
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ DATASET = "bench"
 def preset_model_config(name: str, *, scan_layers: bool = False) -> ml_collections.ConfigDict:
     """config.model of preset `name` (see the module docstring)."""
     p = PRESETS[name]
-    vis = vision_config("vit", "tiny", width=p["vw"], layers=p["vl"], heads=p["vh"], patch_size=8,
-                        image_size=p["img"], act="gelu", ln_post=True)
-    lm = lm_config("llama", vocab_size=BASE_VOCAB, d_model=p["d"], num_layers=p["L"], num_heads=p["H"],
-                   d_ff=4 * p["d"], norm_eps=1e-6, max_len=1024, scan_layers=scan_layers)
+    vis = vision_config("vit", "tiny", width=p["vw"], layers=p["vl"], heads=p["vh"], patch_size=8, image_size=p["img"],
+                        act="gelu", ln_post=True)
+    lm = lm_config("llama", vocab_size=BASE_VOCAB, d_model=p["d"], num_layers=p["L"], num_heads=p["H"], d_ff=4 * p["d"],
+                   norm_eps=1e-6, max_len=1024, scan_layers=scan_layers)
     return openflamingo_config(vis, lm, cross_attn_every_n_layers=1, add_pad_token=True, dtype="float32")
 
 

@@ -63,13 +63,21 @@ def main() -> None:
         if a.openflamingo:
             if not fewshot.peer_available():
                 sys.exit("the peer is not set up: bash ../shared/peer/setup.sh")
-            extra = ["--n-img", str(p["n_img"]), "--seq-len", str(p["T"]), "--prompt-len", str(a.prompt_len),
-                     "--rank-classes", str(a.classes), "--class-len", str(a.class_len)]
+            extra = [
+                "--n-img",
+                str(p["n_img"]), "--seq-len",
+                str(p["T"]), "--prompt-len",
+                str(a.prompt_len), "--rank-classes",
+                str(a.classes), "--class-len",
+                str(a.class_len)
+            ]
             peer = lambda: fewshot.run_peer(name, extra, r"rank: .*? time=([0-9.]+) ms", a.of_threads)  # noqa: E731
         res = fewshot.alternate(a.rounds, lambda: fewshot.time_calls(once, a.runs), peer)
-        print(json.dumps(dict(preset=name, device=jax.devices()[0].platform, batch=p["B"], n_img=p["n_img"],
-                              seq_len=p["T"], prompt_len=a.prompt_len, classes=a.classes, class_len=a.class_len,
-                              chunk=a.chunk, runs=a.runs, rounds=a.rounds, **res)), flush=True)
+        print(
+            json.dumps(
+                dict(preset=name, device=jax.devices()[0].platform, batch=p["B"], n_img=p["n_img"], seq_len=p["T"],
+                     prompt_len=a.prompt_len, classes=a.classes, class_len=a.class_len, chunk=a.chunk, runs=a.runs,
+                     rounds=a.rounds, **res)), flush=True)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,12 @@ import jax  # noqa: E402
 
 from flamingo_jax.ablate import load_config, seeded  # noqa: E402
 from flamingo_jax.seed_batch import SeedBatch  # noqa: E402
-from flamingo_jax.train import (Trainer, initial_state, make_data_iterator, make_step,  # noqa: E402
-                                mesh_and_model)
+from flamingo_jax.train import (
+    Trainer,
+    initial_state,
+    make_data_iterator,
+    make_step,  # noqa: E402
+    mesh_and_model)
 
 
 def timed(fn, batches) -> float:
@@ -59,9 +63,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8, help="timed steps per side and round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--frozen", choices=("shared", "stacked"), default="shared")
-    p.add_argument("--reference", action="store_true",
-                   help="also time one seed at seeds x the batch size (no seed axis: the same examples per step "
-                        "as the batched program, one set of weights)")
+    p.add_argument(
+        "--reference", action="store_true",
+        help="also time one seed at seeds x the batch size (no seed axis: the same examples per step "
+        "as the batched program, one set of weights)")
     args = p.parse_args()
     load_before = os.getloadavg()
 
@@ -107,25 +112,26 @@ def main() -> None:
         part = slice(1 + r * args.steps, 1 + (r + 1) * args.steps)
         s = timed(lambda b: single.train_step(b[0]), stream[part])
         m = timed(batch.train_step, stream[part])
-        rounds.append(dict(single_ms=round(1e3 * s, 2), batched_ms=round(1e3 * m, 2),
-                           ratio=round(m / (args.seeds * s), 3)))
+        rounds.append(
+            dict(single_ms=round(1e3 * s, 2), batched_ms=round(1e3 * m, 2), ratio=round(m / (args.seeds * s), 3)))
         if wide is not None:
             w = timed(wide.train_step, wide_stream[part])
             rounds[-1].update(wide_batch_ms=round(1e3 * w, 2), wide_ratio=round(w / (args.seeds * s), 3))
     single_ms = statistics.median(r["single_ms"] for r in rounds)
     batched_ms = statistics.median(r["batched_ms"] for r in rounds)
-    print(json.dumps(dict(
-        config=args.config, seeds=args.seeds, frozen=args.frozen, steps_per_round=args.steps, rounds=args.rounds,
-        batch_sizes={n: config.data.datasets[n].batch_size for n in config.data.mixture},
-        single_step_ms=single_ms, batched_step_ms=batched_ms,
-        ratio=round(batched_ms / (args.seeds * single_ms), 3),
-        batched_ms_per_seed=round(batched_ms / args.seeds, 2),
-        wide_batch_step_ms=statistics.median(r["wide_batch_ms"] for r in rounds) if wide else None,
-        per_round=rounds, compile_s=dict(single=round(compile_single, 1), batched=round(compile_batched, 1)),
-        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        device=str(jax.devices()[0].device_kind), cpus=os.cpu_count(), machine=platform.machine(),
-        loadavg_before=[round(x, 2) for x in load_before], loadavg_after=[round(x, 2) for x in os.getloadavg()],
-        jax=jax.__version__)))
+    print(
+        json.dumps(
+            dict(config=args.config, seeds=args.seeds, frozen=args.frozen, steps_per_round=args.steps,
+                 rounds=args.rounds, batch_sizes={n: config.data.datasets[n].batch_size
+                                                  for n in config.data.mixture}, single_step_ms=single_ms,
+                 batched_step_ms=batched_ms, ratio=round(batched_ms / (args.seeds * single_ms),
+                                                         3), batched_ms_per_seed=round(batched_ms / args.seeds, 2),
+                 wide_batch_step_ms=statistics.median(r["wide_batch_ms"] for r in rounds) if wide else None,
+                 per_round=rounds, compile_s=dict(single=round(compile_single, 1), batched=round(compile_batched, 1)),
+                 peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                                   1), device=str(jax.devices()[0].device_kind), cpus=os.cpu_count(),
+                 machine=platform.machine(), loadavg_before=[round(x, 2) for x in load_before],
+                 loadavg_after=[round(x, 2) for x in os.getloadavg()], jax=jax.__version__)))
 
 
 if __name__ == "__main__":

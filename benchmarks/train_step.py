@@ -38,7 +38,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 from benchmarks.presets import PRESETS, preset_config  # noqa: E402
 from flamingo_jax import optim  # noqa: E402
@@ -66,7 +65,7 @@ def analytic_matmul_flops(name: str) -> int:
     p = PRESETS[name]
     b, l, n_img, d = p["B"], p["T"], p["n_img"], p["d"]
     vw, vl = p["vw"], p["vl"]
-    s = (p["img"] // 8) ** 2  # patch tokens (class token dropped at the end; 1 extra inside the ViT)
+    s = (p["img"] // 8)**2  # patch tokens (class token dropped at the end; 1 extra inside the ViT)
     n = b * n_img  # images
     # vision forward: patch embed + per layer (qkvo 4 vw^2, FFW 8 vw^2 per token, attention 2 * S^2 * vw)
     vs = s + 1
@@ -137,21 +136,34 @@ def main() -> None:
     achieved = flops / step_s / 1e9
     state_bytes = optim.tree_bytes(trainer.state["trainable"]) + optim.tree_bytes(trainer.state["opt_state"])
     out = dict(
-        benchmark="train_step", preset=args.preset, scan_layers=args.scan_layers, steps=steps,
-        step_ms_median=round(step_s * 1e3, 2), step_ms_min=round(min(times) * 1e3, 2),
+        benchmark="train_step",
+        preset=args.preset,
+        scan_layers=args.scan_layers,
+        steps=steps,
+        step_ms_median=round(step_s * 1e3, 2),
+        step_ms_min=round(min(times) * 1e3, 2),
         tokens_per_s=round(p["B"] * p["T"] / step_s, 1),
-        model_flops_per_step=int(flops), flops_source="xla_cost_analysis",
+        model_flops_per_step=int(flops),
+        flops_source="xla_cost_analysis",
         matmul_flops_per_step=analytic_matmul_flops(args.preset),
         achieved_gflops=round(achieved, 1),
-        peak_matmul_gflops=round(peak, 1), peak_matmul_gflops_before=round(probe_before, 1),
+        peak_matmul_gflops=round(peak, 1),
+        peak_matmul_gflops_before=round(probe_before, 1),
         peak_matmul_gflops_after=round(probe_after, 1),
         mfu=round(achieved / peak, 3),
         peak_rss_mb=round(peak_rss_mb, 1),
-        compile_s=round(first_s - step_s, 2), create_s=round(create_s, 2),
-        state_bytes=int(state_bytes), frozen_bytes=int(optim.tree_bytes(trainer.frozen)),
+        compile_s=round(first_s - step_s, 2),
+        create_s=round(create_s, 2),
+        state_bytes=int(state_bytes),
+        frozen_bytes=int(optim.tree_bytes(trainer.frozen)),
         trainable_params=int(sum(x.size for x in jax.tree.leaves(trainer.state["trainable"]))),
-        loss=round(loss, 4), batch=p["B"], seq_len=p["T"], images_per_seq=p["n_img"],
-        jax=jax.__version__, cpus=os.cpu_count(), machine=platform.machine(),
+        loss=round(loss, 4),
+        batch=p["B"],
+        seq_len=p["T"],
+        images_per_seq=p["n_img"],
+        jax=jax.__version__,
+        cpus=os.cpu_count(),
+        machine=platform.machine(),
         ld_preload=os.environ.get("LD_PRELOAD", ""),
     )
     print(json.dumps(out))

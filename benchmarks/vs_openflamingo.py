@@ -29,14 +29,16 @@ PEER_STEPS = {"tiny": 10, "small": 10, "wide": 6}
 
 
 def ours(preset: str) -> dict:
-    out = subprocess.run([sys.executable, os.path.join(HERE, "train_step.py"), "--preset", preset],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, os.path.join(HERE, "train_step.py"), "--preset", preset], capture_output=True,
+                         text=True, check=True).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("{")))
 
 
 def openflamingo(preset: str, python: str, script: str, of_root: str) -> dict:
-    cmd = [python, script, "--of-root", of_root, "--config", preset, "--lm", "llama", "--steps",
-           str(PEER_STEPS[preset])]
+    cmd = [
+        python, script, "--of-root", of_root, "--config", preset, "--lm", "llama", "--steps",
+        str(PEER_STEPS[preset])
+    ]
     timed = os.path.exists("/usr/bin/time")
     if timed:
         cmd = ["/usr/bin/time", "-f", "FJ_MAXRSS_KB=%M"] + cmd

@@ -64,35 +64,71 @@ TABLE3 = {
 }
 # Paper Table 10 (same setup): overall score only.
 TABLE10 = {
-    "resampler_small": 67.9, "resampler_large": 69.0, "attend_all_previous": 63.5, "p_next_0": 69.6,
-    "p_next_1": 70.4, "lm_c4": 62.8, "vision_unfrozen_random": 61.4, "vision_unfrozen_pretrained": 68.1,
-    "cotrain_text_random": 55.9, "cotrain_text_pretrained": 68.6, "laion_clip": 54.7,
+    "resampler_small": 67.9,
+    "resampler_large": 69.0,
+    "attend_all_previous": 63.5,
+    "p_next_0": 69.6,
+    "p_next_1": 70.4,
+    "lm_c4": 62.8,
+    "vision_unfrozen_random": 61.4,
+    "vision_unfrozen_pretrained": 68.1,
+    "cotrain_text_random": 55.9,
+    "cotrain_text_pretrained": 68.6,
+    "laion_clip": 54.7,
     "m3w_laion_vtp_clip": 64.9,
 }
 
 GROUPS = {
-    "baseline": "-", "no_video": "(i)", "no_image_pairs": "(i)", "laion": "(i)", "no_m3w": "(i)",
-    "round_robin": "(ii)", "no_tanh": "(iii)", "vanilla_xattn": "(iv)", "grafting": "(iv)",
-    "xattn_single": "(v)", "xattn_every4": "(v)", "xattn_every2": "(v)", "mlp_resampler": "(vi)",
-    "transformer_resampler": "(vi)", "clip_vit": "(vii)", "nfnet_f0": "(vii)", "lm_unfrozen_random": "(viii)",
+    "baseline": "-",
+    "no_video": "(i)",
+    "no_image_pairs": "(i)",
+    "laion": "(i)",
+    "no_m3w": "(i)",
+    "round_robin": "(ii)",
+    "no_tanh": "(iii)",
+    "vanilla_xattn": "(iv)",
+    "grafting": "(iv)",
+    "xattn_single": "(v)",
+    "xattn_every4": "(v)",
+    "xattn_every2": "(v)",
+    "mlp_resampler": "(vi)",
+    "transformer_resampler": "(vi)",
+    "clip_vit": "(vii)",
+    "nfnet_f0": "(vii)",
+    "lm_unfrozen_random": "(viii)",
     "lm_unfrozen_pretrained": "(viii)",
 }
 
 LABELS = {
-    "baseline": "Flamingo (baseline)", "no_video": "w/o video-text pairs", "no_image_pairs": "w/o image-text pairs",
-    "laion": "image-text pairs -> LAION", "no_m3w": "w/o M3W", "round_robin": "round robin (vs accumulation)",
-    "no_tanh": "no tanh gating", "vanilla_xattn": "VANILLA XATTN", "grafting": "GRAFTING",
-    "xattn_single": "xattn single, in the middle", "xattn_every4": "xattn every 4th",
-    "xattn_every2": "xattn every 2nd", "mlp_resampler": "MLP resampler",
-    "transformer_resampler": "Transformer resampler", "clip_vit": "vision: CLIP ViT-L/14",
-    "nfnet_f0": "vision: NFNet-F0", "lm_unfrozen_random": "LM unfrozen, random init",
+    "baseline": "Flamingo (baseline)",
+    "no_video": "w/o video-text pairs",
+    "no_image_pairs": "w/o image-text pairs",
+    "laion": "image-text pairs -> LAION",
+    "no_m3w": "w/o M3W",
+    "round_robin": "round robin (vs accumulation)",
+    "no_tanh": "no tanh gating",
+    "vanilla_xattn": "VANILLA XATTN",
+    "grafting": "GRAFTING",
+    "xattn_single": "xattn single, in the middle",
+    "xattn_every4": "xattn every 4th",
+    "xattn_every2": "xattn every 2nd",
+    "mlp_resampler": "MLP resampler",
+    "transformer_resampler": "Transformer resampler",
+    "clip_vit": "vision: CLIP ViT-L/14",
+    "nfnet_f0": "vision: NFNet-F0",
+    "lm_unfrozen_random": "LM unfrozen, random init",
     "lm_unfrozen_pretrained": "LM unfrozen, pretrained",
-    "resampler_small": "resampler small", "resampler_large": "resampler large",
-    "attend_all_previous": "attend to all previous images", "p_next_0": "always previous image (p_next=0)",
-    "p_next_1": "always next image (p_next=1)", "lm_c4": "LM pretrained on C4",
-    "vision_unfrozen_random": "vision unfrozen, random init", "vision_unfrozen_pretrained": "vision unfrozen, pretrained",
+    "resampler_small": "resampler small",
+    "resampler_large": "resampler large",
+    "attend_all_previous": "attend to all previous images",
+    "p_next_0": "always previous image (p_next=0)",
+    "p_next_1": "always next image (p_next=1)",
+    "lm_c4": "LM pretrained on C4",
+    "vision_unfrozen_random": "vision unfrozen, random init",
+    "vision_unfrozen_pretrained": "vision unfrozen, pretrained",
     "cotrain_text_random": "co-train LM on text, random init",
-    "cotrain_text_pretrained": "co-train LM on text, pretrained (lr x0.1)", "laion_clip": "LAION400M + CLIP",
+    "cotrain_text_pretrained": "co-train LM on text, pretrained (lr x0.1)",
+    "laion_clip": "LAION400M + CLIP",
     "m3w_laion_vtp_clip": "M3W + LAION400M + VTP + CLIP",
 }
 
@@ -186,8 +222,8 @@ def _rows(a: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> dict
         if world_scale:
             v = _world_vision(base)[name]
             ov = [("model.vision", v), ("pretrained.vision", _pretrained_path(a.pretrained, "vision", v, base.data))]
-            return ov, True, "", f"world stand-in: {v.kind}-{v.size} " + (
-                "strides (1,1,1,2)" if v.kind == "nfnet" else f"width {v.width}, {v.layers} layer")
+            return ov, True, "", f"world stand-in: {v.kind}-{v.size} " + ("strides (1,1,1,2)" if v.kind == "nfnet" else
+                                                                          f"width {v.width}, {v.layers} layer")
         v, size, path = _paper_vision(a)[name]
         ov = [("model.vision", v), ("data.image_size", size), ("pretrained.vision", path)]
         return ov, True, "", "" if path else f"no {name} checkpoint given ({name}=PATH): random frozen tower"
@@ -230,8 +266,9 @@ def _rows(a: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> dict
     row("p_next_0", [("data.datasets.m3w.p_next", 0.0)])
     row("p_next_1", [("data.datasets.m3w.p_next", 1.0)])
     if world_data:
-        row("lm_c4", [], False, "the world has one text corpus: an LM pretrained on a second (C4-like) corpus "
-                                "needs data the world lacks")
+        row(
+            "lm_c4", [], False, "the world has one text corpus: an LM pretrained on a second (C4-like) corpus "
+            "needs data the world lacks")
     else:
         row("lm_c4", [("pretrained.lm", a.lm_c4)], bool(a.lm_c4),
             "" if a.lm_c4 else "needs a converted C4-pretrained LM: lm_c4=PATH")
@@ -272,16 +309,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.rows = ml_collections.ConfigDict()
     for name in names:
         info = rows[name]
-        paper = ml_collections.ConfigDict(dict(params=0.0, step_time=0.0, overall=TABLE10.get(name, 0.0),
-                                               scores={}))
+        paper = ml_collections.ConfigDict(dict(params=0.0, step_time=0.0, overall=TABLE10.get(name, 0.0), scores={}))
         if name in TABLE3:
             p = TABLE3[name]
             paper.params, paper.step_time, paper.overall = p[0], p[1], p[7]
             paper.scores = dict(zip(DEV, p[2:7]))
-        config.rows[name] = ml_collections.ConfigDict(dict(
-            label=LABELS[name], table="3" if name in TABLE3 else "10", group=GROUPS.get(name, "T10"),
-            paper=paper, overrides=info["overrides"], runnable=info["runnable"], reason=info["reason"],
-            note=info["note"]))
+        config.rows[name] = ml_collections.ConfigDict(
+            dict(label=LABELS[name], table="3" if name in TABLE3 else "10", group=GROUPS.get(name, "T10"), paper=paper,
+                 overrides=info["overrides"], runnable=info["runnable"], reason=info["reason"], note=info["note"]))
     return config
 
 

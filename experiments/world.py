@@ -39,6 +39,7 @@ ICL = dict(m3w_len=256, m3w_images=5, lm_len=1024, lm_batch=4, text_sections=12,
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+
     def parse(recipe: dict) -> ml_collections.ConfigDict:
         return configs.parse_arg(arg, steps=600, lm_layers=4, warmup=30, lr=1e-3, scale=0.5, batch=4, icl=False,
                                  loss="sequence", lp=1.0, vision="vit", clip_names=0.0, clip_pairs=0, **recipe)

@@ -33,8 +33,9 @@ import ml_collections
 from flamingo_jax.configs import seeded  # noqa: F401  (ablate.seeded: a row's seed k)
 
 # The world's analogues of the DEV benchmarks (flamingo_jax.data.eval_sets) -> the paper's column names.
-WORLD_TO_DEV = {"captions": "coco", "knowledge_vqa": "okvqa", "vqa": "vqav2", "video_qa": "msvdqa",
-                "video_captions": "vatex"}
+WORLD_TO_DEV = {
+    "captions": "coco", "knowledge_vqa": "okvqa", "vqa": "vqav2", "video_qa": "msvdqa", "video_captions": "vatex"
+}
 DEV_TO_WORLD = {v: k for k, v in WORLD_TO_DEV.items()}
 EVAL_SHOTS = 4  # Table 3: 4 shots
 
@@ -70,8 +71,8 @@ def _walk(config: ml_collections.ConfigDict, path: str) -> tuple[ml_collections.
 
 
 def _overrides(row: Any) -> list[tuple[str, Any]]:
-    items = row.overrides if hasattr(row, "overrides") else (row.get("overrides", ()) if isinstance(row, Mapping)
-                                                             else row)
+    items = row.overrides if hasattr(row, "overrides") else (row.get("overrides",
+                                                                     ()) if isinstance(row, Mapping) else row)
     out = []
     for item in items:
         if len(item) != 2 or not isinstance(item[0], str):
@@ -97,7 +98,8 @@ def apply_row(base: ml_collections.ConfigDict, row: Any) -> ml_collections.Confi
             current = node[key]
             if op != "=":
                 if not isinstance(current, (list, tuple)):
-                    raise AblationError(f"{clean!r} is not a list: cannot {'append to' if op == '+' else 'remove from'} it")
+                    raise AblationError(
+                        f"{clean!r} is not a list: cannot {'append to' if op == '+' else 'remove from'} it")
                 items = [value] if isinstance(value, str) else list(value)
                 if op == "+":
                     new = list(current) + [x for x in items if x not in current]
@@ -261,8 +263,7 @@ def _write_json(path: str, obj: Any) -> None:
 
 
 def run_one(config: ml_collections.ConfigDict, run_dir: str, *, evaluator: str | None = None,
-            eval_kwargs: Mapping[str, Any] | None = None, pretrain_overrides: Mapping[str, Any] | None = None
-            ) -> dict:
+            eval_kwargs: Mapping[str, Any] | None = None, pretrain_overrides: Mapping[str, Any] | None = None) -> dict:
     """Trains and evaluates one (row, seed); returns the result dict (also written to run_dir/result.json)."""
     from flamingo_jax.train import train
 
@@ -275,13 +276,13 @@ def run_one(config: ml_collections.ConfigDict, run_dir: str, *, evaluator: str |
     t1 = time.perf_counter()
     scores = evaluate_row(config, run_dir, evaluator=evaluator, **dict(eval_kwargs or {}))
     t2 = time.perf_counter()
-    return dict(scores=scores, params=param_count(config.model), step_time=step_time(run_dir),
-                train_seconds=t1 - t0, eval_seconds=t2 - t1, final_loss=final_loss(run_dir))
+    return dict(scores=scores, params=param_count(config.model), step_time=step_time(run_dir), train_seconds=t1 - t0,
+                eval_seconds=t2 - t1, final_loss=final_loss(run_dir))
 
 
 def run_seeds(configs: Sequence[ml_collections.ConfigDict], run_dirs: Sequence[str], *, evaluator: str | None = None,
-              eval_kwargs: Mapping[str, Any] | None = None, pretrain_overrides: Mapping[str, Any] | None = None
-              ) -> list[dict]:
+              eval_kwargs: Mapping[str, Any] | None = None,
+              pretrain_overrides: Mapping[str, Any] | None = None) -> list[dict]:
     """run_one for several seeds of one row: trained as one batched program (flamingo_jax.seed_batch), then
     each evaluated; returns their result dicts. train_seconds is each seed's share of the batched training
     (batch_train_seconds the whole of it, seeds_batched the number of seeds); step_time is read from each
@@ -301,10 +302,10 @@ def run_seeds(configs: Sequence[ml_collections.ConfigDict], run_dirs: Sequence[s
         t1 = time.perf_counter()
         scores = evaluate_row(config, run_dir, evaluator=evaluator, **dict(eval_kwargs or {}))
         t2 = time.perf_counter()
-        out.append(dict(scores=scores, params=param_count(config.model), step_time=step_time(run_dir),
-                        train_seconds=train_seconds / len(configs), eval_seconds=t2 - t1,
-                        final_loss=final_loss(run_dir), batch_train_seconds=train_seconds,
-                        seeds_batched=len(configs)))
+        out.append(
+            dict(scores=scores, params=param_count(config.model), step_time=step_time(run_dir),
+                 train_seconds=train_seconds / len(configs), eval_seconds=t2 - t1, final_loss=final_loss(run_dir),
+                 batch_train_seconds=train_seconds, seeds_batched=len(configs)))
     return out
 
 
@@ -370,8 +371,7 @@ def run_table(config: ml_collections.ConfigDict, workdir: str, rows: Sequence[st
                 batched = False
         if batched:
             print(f"[ablate] {name} seeds {todo} batched -> {os.path.join(workdir, 'rows', name)}", flush=True)
-            run_many = seeds_runner or (lambda cs, ds: run_seeds(cs, ds, evaluator=evaluator,
-                                                                 eval_kwargs=eval_kwargs,
+            run_many = seeds_runner or (lambda cs, ds: run_seeds(cs, ds, evaluator=evaluator, eval_kwargs=eval_kwargs,
                                                                  pretrain_overrides=stage))
             outs = run_many([cfgs[k] for k in todo], [run_dirs[k] for k in todo])
             if len(outs) != len(todo):
@@ -379,18 +379,21 @@ def run_table(config: ml_collections.ConfigDict, workdir: str, rows: Sequence[st
             for k, result in zip(todo, outs):
                 finish(k, result)
         else:
-            run = runner or (lambda c, d: run_one(c, d, evaluator=evaluator, eval_kwargs=eval_kwargs,
-                                                  pretrain_overrides=stage))
+            run = runner or (
+                lambda c, d: run_one(c, d, evaluator=evaluator, eval_kwargs=eval_kwargs, pretrain_overrides=stage))
             for k in todo:
                 print(f"[ablate] {name} seed {k} -> {run_dirs[k]}", flush=True)
                 finish(k, run(cfgs[k], run_dirs[k]))
         results[name] = [done[k] for k in sorted(done)]
-    meta = [dict(name=n, **{k: config.rows[n][k] for k in ("label", "group", "runnable", "reason", "note")},
-                 paper=config.rows[n].paper.to_dict()) for n in names]
+    meta = [
+        dict(name=n, **{k: config.rows[n][k]
+                        for k in ("label", "group", "runnable", "reason", "note")},
+             paper=config.rows[n].paper.to_dict()) for n in names
+    ]
     elapsed = time.perf_counter() - start
-    ablations_table.write_tables(workdir, config.table, meta, results, denominators=denominators,
-                                 extra={"wall_seconds_this_invocation": round(elapsed, 1),
-                                        "seeds": seeds, "seed_batching": seed_batching})
+    ablations_table.write_tables(
+        workdir, config.table, meta, results, denominators=denominators,
+        extra={"wall_seconds_this_invocation": round(elapsed, 1), "seeds": seeds, "seed_batching": seed_batching})
     return results
 
 
@@ -450,10 +453,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         return 0
     os.makedirs(args.workdir, exist_ok=True)
     enable_compilation_cache(os.path.join(args.workdir, "jax_cache"))
-    eval_kwargs = {k: v for k, v in (("max_queries", args.eval_max_queries), ("batch_size", args.eval_batch_size))
-                   if v}
-    run_table(config, args.workdir, names, args.seeds, args.evaluator or None,
-              parse_denominators(args.denominators), eval_kwargs=eval_kwargs, seed_batching=args.seed_batching)
+    eval_kwargs = {k: v for k, v in (("max_queries", args.eval_max_queries), ("batch_size", args.eval_batch_size)) if v}
+    run_table(config, args.workdir, names, args.seeds, args.evaluator or None, parse_denominators(args.denominators),
+              eval_kwargs=eval_kwargs, seed_batching=args.seed_batching)
     print(f"[ablate] wrote {os.path.join(args.workdir, config.table)}.{{md,csv,tex,png}}", flush=True)
     return 0
 

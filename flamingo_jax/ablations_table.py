@@ -22,8 +22,9 @@ from typing import Any, Mapping, Sequence
 
 DEV = ("coco", "okvqa", "vqav2", "msvdqa", "vatex")
 SOTA = {"coco": 143.3, "okvqa": 54.4, "vqav2": 80.2, "msvdqa": 47.9, "vatex": 76.3}
-WORLD_NAMES = {"coco": "captions", "okvqa": "knowledge_vqa", "vqav2": "vqa", "msvdqa": "video_qa",
-               "vatex": "video_captions"}
+WORLD_NAMES = {
+    "coco": "captions", "okvqa": "knowledge_vqa", "vqav2": "vqa", "msvdqa": "video_qa", "vatex": "video_captions"
+}
 BASELINE = "baseline"
 
 
@@ -35,7 +36,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     m = sum(v) / len(v)
     if len(v) == 1:
         return m, 0.0
-    return m, math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+    return m, math.sqrt(sum((x - m)**2 for x in v) / (len(v) - 1))
 
 
 def overall(scores: Mapping[str, float], denominators: Mapping[str, float] | None = None) -> float:
@@ -60,12 +61,12 @@ def summarize(meta: Sequence[Mapping[str, Any]], results: Mapping[str, Sequence[
         o_mean, o_std = mean_std(per_seed)
         scores = {k: mean_std([r.get("scores", {}).get(k, float("nan")) for r in runs]) for k in DEV}
         params = [r["params"] for r in runs if r.get("params") is not None]
-        rows.append(dict(
-            name=m["name"], label=m.get("label", m["name"]), group=m.get("group", ""),
-            runnable=m.get("runnable", True), reason=m.get("reason", ""), note=m.get("note", ""),
-            seeds=len(runs), scores=scores, overall=(o_mean, o_std), overall_per_seed=per_seed,
-            params=params[0] if params else None, step_time=mean_std([r.get("step_time") for r in runs])[0],
-            paper=dict(m.get("paper", {}))))
+        rows.append(
+            dict(name=m["name"], label=m.get("label", m["name"]), group=m.get("group",
+                                                                              ""), runnable=m.get("runnable", True),
+                 reason=m.get("reason", ""), note=m.get("note", ""), seeds=len(runs), scores=scores,
+                 overall=(o_mean, o_std), overall_per_seed=per_seed, params=params[0] if params else None,
+                 step_time=mean_std([r.get("step_time") for r in runs])[0], paper=dict(m.get("paper", {}))))
     base = next((r for r in rows if r["name"] == baseline), None)
     for r in rows:
         p_over = r["paper"].get("overall") or float("nan")
@@ -79,7 +80,7 @@ def summarize(meta: Sequence[Mapping[str, Any]], results: Mapping[str, Sequence[
         if min(r["seeds"], base["seeds"]) < 2:
             r["noise"] = "single seed"
         else:
-            noise = math.sqrt(r["overall"][1] ** 2 + base["overall"][1] ** 2)
+            noise = math.sqrt(r["overall"][1]**2 + base["overall"][1]**2)
             r["noise"] = "within noise" if abs(r["delta"]) <= noise else ""
     return rows
 
@@ -111,30 +112,42 @@ def _signed(x: float, digits: int = 1) -> str:
     return "-" if not math.isfinite(x) else f"{x:+.{digits}f}"
 
 
-HEADER = ["row", "group", "change", "params", "step time (s)", *[f"{k}" for k in DEV], "overall (ours)",
-          "seeds", "paper overall", "Δ ours", "Δ paper", "direction agrees", "note"]
+HEADER = [
+    "row", "group", "change", "params", "step time (s)", *[f"{k}" for k in DEV], "overall (ours)", "seeds",
+    "paper overall", "Δ ours", "Δ paper", "direction agrees", "note"
+]
 
 
 def table_cells(r: Mapping[str, Any]) -> list[str]:
     if not r["runnable"]:
-        return [r["name"], r["group"], r["label"], "-", "-", *["-"] * len(DEV), "not run", "0",
-                _num(r["paper"].get("overall")), "-", _signed(r["paper_delta"]), "n/a", r["reason"]]
+        return [
+            r["name"], r["group"], r["label"], "-", "-", *["-"] * len(DEV), "not run", "0",
+            _num(r["paper"].get("overall")), "-",
+            _signed(r["paper_delta"]), "n/a", r["reason"]
+        ]
     agrees = r["agrees"] + (f" ({r['noise']})" if r.get("noise") else "")
     st = r["step_time"]
-    return [r["name"], r["group"], r["label"], fmt_params(r["params"]),
-            "-" if st is None or not math.isfinite(st) else f"{st:.3f}",
-            *[_pm(r["scores"][k]) for k in DEV], _pm(r["overall"]), str(r["seeds"]),
-            _num(r["paper"].get("overall")), _signed(r["delta"]), _signed(r["paper_delta"]), agrees, r["note"]]
+    return [
+        r["name"], r["group"], r["label"],
+        fmt_params(r["params"]), "-" if st is None or not math.isfinite(st) else f"{st:.3f}",
+        *[_pm(r["scores"][k]) for k in DEV],
+        _pm(r["overall"]),
+        str(r["seeds"]),
+        _num(r["paper"].get("overall")),
+        _signed(r["delta"]),
+        _signed(r["paper_delta"]), agrees, r["note"]
+    ]
 
 
 def to_markdown(rows: Sequence[Mapping[str, Any]], title: str, extra: Mapping[str, Any] | None = None,
                 denominators: Mapping[str, float] | None = None) -> str:
     den = dict(SOTA, **(denominators or {}))
-    lines = [f"# {title}", "",
-             "DEV columns (world analogue in brackets when run on the world): " + ", ".join(
-                 f"{k} [{WORLD_NAMES[k]}]" for k in DEV) + ". Scores: 4 shots, mean ± std over seeds. Overall = "
-             "mean of 100 * score / denominator with denominators " + ", ".join(f"{k} {den[k]}" for k in DEV) +
-             ". Δ = overall - baseline overall. 'direction agrees': the sign of our Δ equals the paper's.", ""]
+    lines = [
+        f"# {title}", "", "DEV columns (world analogue in brackets when run on the world): " +
+        ", ".join(f"{k} [{WORLD_NAMES[k]}]" for k in DEV) + ". Scores: 4 shots, mean ± std over seeds. Overall = "
+        "mean of 100 * score / denominator with denominators " + ", ".join(f"{k} {den[k]}" for k in DEV) +
+        ". Δ = overall - baseline overall. 'direction agrees': the sign of our Δ equals the paper's.", ""
+    ]
     lines.append("| " + " | ".join(HEADER) + " |")
     lines.append("|" + "---|" * len(HEADER))
     for r in rows:
@@ -142,26 +155,32 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], title: str, extra: Mapping[st
     ran = [r for r in rows if r["runnable"] and r["name"] != BASELINE and r["agrees"] != "n/a"]
     agree = sum(r["agrees"] == "yes" for r in ran)
     resolved = [r for r in ran if not r.get("noise")]
-    lines += ["", f"Direction agrees with the paper on {agree} of {len(ran)} rows run "
-                  f"({sum(r['agrees'] == 'yes' for r in resolved)} of {len(resolved)} rows whose effect exceeds "
-                  "the seed noise)."]
+    lines += [
+        "", f"Direction agrees with the paper on {agree} of {len(ran)} rows run "
+        f"({sum(r['agrees'] == 'yes' for r in resolved)} of {len(resolved)} rows whose effect exceeds "
+        "the seed noise)."
+    ]
     if extra:
         lines += ["", "Run: " + ", ".join(f"{k} = {v}" for k, v in extra.items())]
     return "\n".join(lines) + "\n"
 
 
 def to_csv(rows: Sequence[Mapping[str, Any]], path: str) -> None:
-    header = ["row", "group", "label", "runnable", "seeds", "params", "step_time_s",
-              *[f"{k}_{s}" for k in DEV for s in ("mean", "std")], "overall_mean", "overall_std",
-              "paper_overall", "delta", "paper_delta", "agrees", "noise", "reason", "note"]
+    header = [
+        "row", "group", "label", "runnable", "seeds", "params", "step_time_s",
+        *[f"{k}_{s}" for k in DEV for s in ("mean", "std")], "overall_mean", "overall_std", "paper_overall", "delta",
+        "paper_delta", "agrees", "noise", "reason", "note"
+    ]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         for r in rows:
-            w.writerow([r["name"], r["group"], r["label"], r["runnable"], r["seeds"], r["params"] or "",
-                        r["step_time"], *[x for k in DEV for x in r["scores"][k]], *r["overall"],
-                        r["paper"].get("overall", ""), r["delta"], r["paper_delta"], r["agrees"], r.get("noise", ""),
-                        r["reason"], r["note"]])
+            w.writerow([
+                r["name"], r["group"], r["label"], r["runnable"], r["seeds"], r["params"] or "", r["step_time"],
+                *[x for k in DEV for x in r["scores"][k]], *r["overall"], r["paper"].get("overall", ""), r["delta"],
+                r["paper_delta"], r["agrees"],
+                r.get("noise", ""), r["reason"], r["note"]
+            ])
 
 
 def _tex_escape(s: str) -> str:
@@ -172,14 +191,16 @@ def _tex_escape(s: str) -> str:
 
 
 def to_latex(rows: Sequence[Mapping[str, Any]], caption: str) -> str:
-    cols = ["", "Change", "Params", "Step (s)", "COCO", "OKVQA", "VQAv2", "MSVDQA", "VATEX", "Overall", "Paper",
-            "Agrees"]
-    out = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{ll" + "r" * (len(cols) - 2) + "}",
-           r"\toprule", " & ".join(cols) + r" \\", r"\midrule"]
+    cols = [
+        "", "Change", "Params", "Step (s)", "COCO", "OKVQA", "VQAv2", "MSVDQA", "VATEX", "Overall", "Paper", "Agrees"
+    ]
+    out = [
+        r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{ll" + "r" * (len(cols) - 2) + "}", r"\toprule",
+        " & ".join(cols) + r" \\", r"\midrule"
+    ]
     for r in rows:
         c = table_cells(r)
-        body = [r["group"], r["label"], c[3], c[4], *c[5:5 + len(DEV)], c[5 + len(DEV)], c[7 + len(DEV)],
-                r["agrees"]]
+        body = [r["group"], r["label"], c[3], c[4], *c[5:5 + len(DEV)], c[5 + len(DEV)], c[7 + len(DEV)], r["agrees"]]
         out.append(" & ".join(_tex_escape(x) for x in body) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}", r"\caption{" + _tex_escape(caption) + "}", r"\end{table}"]
     return "\n".join(out) + "\n"
@@ -199,8 +220,7 @@ def bar_chart(rows: Sequence[Mapping[str, Any]], path: str, title: str) -> None:
     ours = [nan0(r["overall"][0]) if r["runnable"] else 0.0 for r in rows]
     err = [nan0(r["overall"][1]) if r["runnable"] else 0.0 for r in rows]
     paper = [r["paper"].get("overall") or float("nan") for r in rows]
-    colours = ["tab:green" if r["agrees"] == "yes" else "tab:red" if r["agrees"] == "no" else "tab:grey"
-               for r in rows]
+    colours = ["tab:green" if r["agrees"] == "yes" else "tab:red" if r["agrees"] == "no" else "tab:grey" for r in rows]
     fig, (ax, bx) = plt.subplots(2, 1, figsize=(max(6.0, 0.42 * len(rows) + 2), 7.5), sharex=True)
     ax.bar(x, ours, yerr=err, color=colours, alpha=0.85, capsize=2, label="ours (green: direction agrees, red: not)")
     ax.plot(x, paper, "k_", markersize=14, markeredgewidth=2, label="paper")
@@ -212,8 +232,7 @@ def bar_chart(rows: Sequence[Mapping[str, Any]], path: str, title: str) -> None:
     w = 0.4
     bx.bar([i - w / 2 for i in x], [nan0(r["delta"]) if r["runnable"] else 0.0 for r in rows], w, color=colours,
            alpha=0.85, label="ours")
-    bx.bar([i + w / 2 for i in x], [nan0(r["paper_delta"]) for r in rows], w, color="black", alpha=0.6,
-           label="paper")
+    bx.bar([i + w / 2 for i in x], [nan0(r["paper_delta"]) for r in rows], w, color="black", alpha=0.6, label="paper")
     bx.axhline(0, color="black", linewidth=0.8)
     bx.set_ylabel("Δ overall vs baseline")
     bx.legend(fontsize=8)
@@ -225,14 +244,15 @@ def bar_chart(rows: Sequence[Mapping[str, Any]], path: str, title: str) -> None:
 
 
 def write_tables(out_dir: str, name: str, meta: Sequence[Mapping[str, Any]],
-                 results: Mapping[str, Sequence[Mapping[str, Any]]], *,
-                 denominators: Mapping[str, float] | None = None, extra: Mapping[str, Any] | None = None
-                 ) -> dict[str, str]:
+                 results: Mapping[str, Sequence[Mapping[str, Any]]], *, denominators: Mapping[str, float] | None = None,
+                 extra: Mapping[str, Any] | None = None) -> dict[str, str]:
     """Writes <out_dir>/<name>.md, .csv, .tex, .png and .json (the summary); returns {format: path}."""
     os.makedirs(out_dir, exist_ok=True)
     rows = summarize(meta, results, denominators)
-    title = {"table3": "Table 3: ablations (4 shots, DEV benchmarks)",
-             "table10": "Table 10: extra ablations (4 shots, DEV benchmarks)"}.get(name, f"Ablations: {name}")
+    title = {
+        "table3": "Table 3: ablations (4 shots, DEV benchmarks)",
+        "table10": "Table 10: extra ablations (4 shots, DEV benchmarks)"
+    }.get(name, f"Ablations: {name}")
     paths = {ext: os.path.join(out_dir, f"{name}.{ext}") for ext in ("md", "csv", "tex", "png", "json")}
     with open(paths["md"], "w") as f:
         f.write(to_markdown(rows, title, extra, denominators))

@@ -82,7 +82,6 @@ def one_line(e: BaseException, limit: int = 400) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # Checksums of the step checkpoints' arrays.
 
-
 _M = 1 << 32
 
 
@@ -122,16 +121,16 @@ def _array_sums(x: Any) -> tuple[int, int]:
     if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
         x = jax.random.key_data(x)
     if isinstance(x, jax.Array):
-        blocks = [(shard.data, tuple(sl.start or 0 for sl in shard.index))
-                  for shard in x.addressable_shards if shard.replica_id == 0]
+        blocks = [(shard.data, tuple(sl.start or 0 for sl in shard.index)) for shard in x.addressable_shards
+                  if shard.replica_id == 0]
     else:
         x = np.asarray(x)
-        blocks = [(x, (0,) * x.ndim)]
+        blocks = [(x, (0, ) * x.ndim)]
     s1 = s2 = 0
     for data, offsets in blocks:
         w = _words(np.asarray(jax.device_get(data)))  # explicit: one shard at a time
         shape = tuple(x.shape) + w.shape[len(x.shape):]
-        offsets = offsets + (0,) * (w.ndim - len(offsets))
+        offsets = offsets + (0, ) * (w.ndim - len(offsets))
         strides = tuple(int(np.prod(shape[a + 1:], dtype=np.int64)) % _M for a in range(len(shape)))
         a, b = _block_sums(w, offsets, strides)
         s1, s2 = (s1 + a) % _M, (s2 + b) % _M
@@ -157,8 +156,8 @@ def checksums(tree: Any) -> dict[str, str]:
         from jax.experimental import multihost_utils
         with jax.transfer_guard("allow"):  # process_allgather reads its gathered result with np.asarray
             parts = np.asarray(multihost_utils.process_allgather(np.asarray(sums, np.uint32).reshape(-1, 2)))
-        sums = [(int(a) % _M, int(b) % _M) for a, b in parts.reshape(jax.process_count(), -1, 2)
-                .astype(np.uint64).sum(axis=0)]
+        sums = [(int(a) % _M, int(b) % _M)
+                for a, b in parts.reshape(jax.process_count(), -1, 2).astype(np.uint64).sum(axis=0)]
     return {jax.tree_util.keystr(k): "%08x%08x" % v for (k, _), v in zip(flat, sums)}
 
 
@@ -278,8 +277,7 @@ def frozen_sources(config: ml_collections.ConfigDict, frozen: dict) -> dict:
         if path:
             from flamingo_jax.convert.store import read_manifest
             path = os.path.abspath(path)
-            out[name] = {"source": "pretrained", "path": path,
-                         "sha256": read_manifest(path).get("params_sha256", "")}
+            out[name] = {"source": "pretrained", "path": path, "sha256": read_manifest(path).get("params_sha256", "")}
         else:
             out[name] = {"source": "workdir"}
         out[name]["dtype"] = np.dtype(jax.tree.leaves(frozen[name])[0].dtype).name
@@ -332,14 +330,15 @@ def prepare_frozen(workdir: str, config: ml_collections.ConfigDict, frozen: dict
                               f"{sorted(sources)} ({fix})")
     for k, now in sources.items():
         was = recorded[k]
-        if now["source"] != was["source"] or (now["source"] == "pretrained" and (
-                now["path"] != was["path"] or now["sha256"] != was["sha256"])):
+        if now["source"] != was["source"] or (now["source"] == "pretrained" and
+                                              (now["path"] != was["path"] or now["sha256"] != was["sha256"])):
             raise CheckpointError(
                 f"frozen hash mismatch for {k!r}: this run was trained with {_describe(was)}, the config now "
                 f"gives {_describe(now)} ({fix})")
     if stored:
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                              {k: frozen[k] for k in stored})
+                              {k: frozen[k]
+                               for k in stored})
         try:
             restored = ocp.StandardCheckpointer().restore(os.path.join(root, "params"), target)
         except Exception as e:  # noqa: BLE001 - any failure to read is a damaged store
@@ -457,8 +456,7 @@ class Checkpoints:
             preserve.append(policies.EveryNSteps(interval_steps=keep_every))
         self.options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=bool(config.get("checkpoint_async", True)),
-            preservation_policy=policies.AnyPreservationPolicy(preserve),
-            cleanup_tmp_directories=True, create=True)
+            preservation_policy=policies.AnyPreservationPolicy(preserve), cleanup_tmp_directories=True, create=True)
         self.manager = self._open()
         self.last_save_time = time.monotonic()
         self.frozen_manifest: dict | None = None
@@ -468,9 +466,10 @@ class Checkpoints:
         self._failures = _OrbaxFailures()
 
     def _open(self) -> ocp.CheckpointManager:
-        return ocp.CheckpointManager(self.directory, options=self.options,
-                                     item_handlers={STATE: ocp.StandardCheckpointHandler(),
-                                                    DATA: DataStateHandler(), META: ocp.JsonCheckpointHandler()})
+        return ocp.CheckpointManager(
+            self.directory, options=self.options, item_handlers={
+                STATE: ocp.StandardCheckpointHandler(), DATA: DataStateHandler(), META: ocp.JsonCheckpointHandler()
+            })
 
     # -- saving ------------------------------------------------------------------------------------------
 
@@ -485,12 +484,17 @@ class Checkpoints:
         return due
 
     def metadata(self, step: int) -> dict:
-        mesh = {} if self.mesh is None else {"shape": {k: int(v) for k, v in self.mesh.shape.items()},
-                                             "devices": int(self.mesh.devices.size)}
-        return {"step": step, "config": json.loads(self.config.to_json_best_effort()), "versions": versions(),
-                "mesh": mesh, "process_count": jax.process_count(),
-                "frozen": self.frozen_manifest or {}, "frozen_fingerprint": (self.frozen_manifest or {}).get(
-                    "fingerprint", ""), "time": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+        mesh = {} if self.mesh is None else {
+            "shape": {k: int(v)
+                      for k, v in self.mesh.shape.items()}, "devices": int(self.mesh.devices.size)
+        }
+        return {
+            "step": step, "config": json.loads(self.config.to_json_best_effort()), "versions": versions(), "mesh": mesh,
+            "process_count": jax.process_count(), "frozen": self.frozen_manifest or {},
+            "frozen_fingerprint": (self.frozen_manifest or
+                                   {}).get("fingerprint",
+                                           ""), "time": datetime.datetime.now(datetime.timezone.utc).isoformat()
+        }
 
     def save(self, step: int, state: dict, data_state: Any, guard: dict | None = None) -> bool:
         """Starts an asynchronous save of `state` at `step` (returns once the arrays are on host), with the
@@ -504,8 +508,8 @@ class Checkpoints:
         meta = {**self.metadata(step), "guard": guard or {}}
         if self.verify:
             meta["checksums"] = {"algorithm": CHECKSUM_ALGORITHM, "arrays": checksums(storable)}
-        args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(storable), DATA: DataStateSave(data_state),
-                                     META: ocp.args.JsonSave(meta)})
+        args = ocp.args.Composite(
+            **{STATE: ocp.args.StandardSave(storable), DATA: DataStateSave(data_state), META: ocp.args.JsonSave(meta)})
         self.pending_step = step
         try:
             self.manager.save(step, args=args, force=True)
@@ -535,8 +539,9 @@ class Checkpoints:
     def _last_step(self, failed: int | None = None) -> str:
         """The newest step on disk under its final name, but the one being (or failing to be) saved."""
         failed = self.pending_step if failed is None else failed
-        steps = [s for s in self.manager.all_steps()
-                 if s != failed and os.path.isdir(os.path.join(self.directory, str(s)))]
+        steps = [
+            s for s in self.manager.all_steps() if s != failed and os.path.isdir(os.path.join(self.directory, str(s)))
+        ]
         return str(max(steps)) if steps else "none"
 
     def _failure(self, step: int, e: BaseException) -> str:
@@ -618,9 +623,10 @@ class Checkpoints:
         for s in reversed(steps):
             try:
                 self._check_structure(s, target)
-                out = self.manager.restore(s, args=ocp.args.Composite(**{
-                    STATE: ocp.args.StandardRestore(target), DATA: DataStateRestore(),
-                    META: ocp.args.JsonRestore()}))
+                out = self.manager.restore(
+                    s, args=ocp.args.Composite(**{
+                        STATE: ocp.args.StandardRestore(target), DATA: DataStateRestore(), META: ocp.args.JsonRestore()
+                    }))
                 meta = out[META]
                 self._check_meta(s, meta)
                 if self.verify:
@@ -634,8 +640,8 @@ class Checkpoints:
                 continue
             if damaged:
                 self._move_aside(damaged)
-                logging.warning("resuming from step %d: damaged newer checkpoints %s were moved to %s", s,
-                                damaged, os.path.join(self.workdir, "checkpoints_damaged"))
+                logging.warning("resuming from step %d: damaged newer checkpoints %s were moved to %s", s, damaged,
+                                os.path.join(self.workdir, "checkpoints_damaged"))
             state = {**out[STATE], "rng": jax.random.wrap_key_data(out[STATE]["rng"], impl=impl)}
             if "nonfinite_run" in state:  # a resume starts with no streak (healthy checkpoints hold 0 anyway)
                 state["nonfinite_run"] = state["nonfinite_run"] * 0
@@ -653,11 +659,14 @@ class Checkpoints:
             return
         if not isinstance(saved, Mapping) or "trainable" not in saved:
             return
+
         def paths(tree):
             flat = jax.tree_util.tree_flatten_with_path(tree)[0]
             return {jax.tree_util.keystr(k): (tuple(v.shape), np.dtype(v.dtype).name) for k, v in flat}
+
         def counts(tree):
             return sorted((tuple(v.shape), np.dtype(v.dtype).name) for v in jax.tree.leaves(tree))
+
         if paths(saved["trainable"]) != paths(target["trainable"]) or counts(saved) != counts(target):
             ours, theirs = paths(target["trainable"]), paths(saved["trainable"])
             diff = sorted(set(ours.items()) ^ set(theirs.items()))[:4]
@@ -688,14 +697,12 @@ def check_frozen_fingerprint(step: int, meta: Mapping[str, Any], manifest: Mappi
     """CheckpointError unless step checkpoint `step` (its meta item) was trained with the frozen params that
     workdir/frozen holds (its manifest): the trainer's resume and the evaluation's restore check the same."""
     if meta.get("frozen_fingerprint") != manifest["fingerprint"]:
-        raise CheckpointError(
-            f"frozen hash mismatch: checkpoint {step} was trained with frozen params "
-            f"{str(meta.get('frozen_fingerprint'))[:12]}..., {workdir}/frozen holds "
-            f"{manifest['fingerprint'][:12]}...; use the workdir the checkpoint came from")
+        raise CheckpointError(f"frozen hash mismatch: checkpoint {step} was trained with frozen params "
+                              f"{str(meta.get('frozen_fingerprint'))[:12]}..., {workdir}/frozen holds "
+                              f"{manifest['fingerprint'][:12]}...; use the workdir the checkpoint came from")
 
 
-def load_params(config: ml_collections.ConfigDict | None, workdir: str, step: int | None = None
-                ) -> tuple[dict, int]:
+def load_params(config: ml_collections.ConfigDict | None, workdir: str, step: int | None = None) -> tuple[dict, int]:
     """(whole param tree as host numpy, step) of a training workdir's newest intact step checkpoint (or
     `step`), read without building the model (flamingo_jax.tools.export.read_workdir): for tools and small
     models. Evaluation restores into shardings instead (restore_params), so no host holds the whole tree.
@@ -791,27 +798,26 @@ def read_only_manager(directory: str, item_handlers: dict) -> ocp.CheckpointMana
         absl_logger.removeFilter(drop)
 
 
-def _restore_trainable(workdir: str, target: dict, manifest: dict, step: int | None, verify: bool
-                       ) -> tuple[dict, int]:
+def _restore_trainable(workdir: str, target: dict, manifest: dict, step: int | None, verify: bool) -> tuple[dict, int]:
     """target {'trainable': abstract tree} -> (trainable params in their shardings, step)."""
-    manager = read_only_manager(os.path.join(workdir, "checkpoints"), {
-        STATE: ocp.PyTreeCheckpointHandler(), META: ocp.JsonCheckpointHandler()})
+    manager = read_only_manager(os.path.join(workdir, "checkpoints"),
+                                {STATE: ocp.PyTreeCheckpointHandler(), META: ocp.JsonCheckpointHandler()})
     try:
         steps = sorted(manager.all_steps()) if step is None else [step]
         if not steps:
             raise CheckpointError(f"{workdir} holds no step checkpoint (expected {workdir}/checkpoints/<step>)")
-        args = ocp.args.Composite(**{
-            STATE: ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(
-                target), partial_restore=True),
-            META: ocp.args.JsonRestore()})
+        args = ocp.args.Composite(
+            **{
+                STATE: ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(
+                    target), partial_restore=True), META: ocp.args.JsonRestore()
+            })
         for s in reversed(steps):
             try:
                 out = manager.restore(s, args=args)
             except Exception as e:  # noqa: BLE001 - unreadable: an older step may be intact
                 if step is not None:
                     raise CheckpointError(f"checkpoint {s} of {workdir} cannot be read ({one_line(e)})") from None
-                logging.warning("checkpoint %d of %s cannot be read (%s); trying an older one", s, workdir,
-                                one_line(e))
+                logging.warning("checkpoint %d of %s cannot be read (%s); trying an older one", s, workdir, one_line(e))
                 continue
             meta = out[META]
             check_frozen_fingerprint(s, meta, manifest, workdir)
@@ -846,11 +852,11 @@ def _restore_frozen(workdir: str, target: dict, frozen_target: dict, manifest: d
         else:
             got = read_manifest(src["path"]).get("params_sha256", "")
             dtype = jax.tree.leaves(frozen_target[k])[0].dtype
-            whole, _ = load_converted(src["path"], shardings=jax.tree.map(lambda x: x.sharding, target[k]),
-                                      dtype=dtype)
+            whole, _ = load_converted(src["path"], shardings=jax.tree.map(lambda x: x.sharding, target[k]), dtype=dtype)
             keep = set(traverse_util.flatten_dict(frozen_target[k]))  # e.g. the LM but its trainable rows
-            frozen[k] = traverse_util.unflatten_dict({p: v for p, v in traverse_util.flatten_dict(whole).items()
-                                                      if p in keep})
+            frozen[k] = traverse_util.unflatten_dict(
+                {p: v
+                 for p, v in traverse_util.flatten_dict(whole).items() if p in keep})
         if got != src["sha256"]:
             raise CheckpointError(f"frozen hash mismatch for {k!r}: found {got[:12]}..., {workdir}/frozen records "
                                   f"{src['sha256'][:12]}...")
@@ -874,7 +880,7 @@ class Preemption:
         self.signal_name = ""
         self.multi = jax.process_count() > 1
         self._old = {}
-        signals = (signal.SIGINT,) if self.multi else (signal.SIGTERM, signal.SIGINT)
+        signals = (signal.SIGINT, ) if self.multi else (signal.SIGTERM, signal.SIGINT)
         for sig in signals:
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -888,8 +894,7 @@ class Preemption:
         if self.flag and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.flag, self.signal_name = True, signal.Signals(signum).name
-        pylogging.getLogger("flamingo_jax").warning("%s received: finishing the step, then saving",
-                                                    self.signal_name)
+        pylogging.getLogger("flamingo_jax").warning("%s received: finishing the step, then saving", self.signal_name)
 
     def reached(self, step: int) -> bool:
         """Whether to save and stop after `step` updates (called after every step, on every process)."""
@@ -929,8 +934,11 @@ def checkpoint_bytes(config: ml_collections.ConfigDict) -> dict:
     trainable, frozen = optim.partition(params, config.trainable)
     tx, _ = optim.make_optimizer(config.optimizer, trainable, config.total_steps)
     state = jax.eval_shape(lambda t, r: _storable(init_state(t, tx, r)), trainable, rng)
-    size = lambda tree: sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize  # noqa: E731
-                            for x in jax.tree.leaves(tree))
-    return {"step_checkpoint": size(state), "trainable_params": size(trainable),
-            "optimizer_state": size(state["opt_state"]), "frozen_params": size(frozen),
-            "full_tree": size(state) + size(frozen)}
+    size = lambda tree: sum(
+        int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize  # noqa: E731
+        for x in jax.tree.leaves(tree))
+    return {
+        "step_checkpoint": size(state), "trainable_params": size(trainable),
+        "optimizer_state": size(state["opt_state"]), "frozen_params": size(frozen),
+        "full_tree": size(state) + size(frozen)
+    }

@@ -58,9 +58,8 @@ def _on_cloud_tpu_vm() -> bool:
     return bool(chips) and importlib.util.find_spec("libtpu") is not None
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, auto: bool = True,
-               heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S) -> str | None:
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None,
+               *, auto: bool = True, heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S) -> str | None:
     """Starts jax.distributed as described in the module docstring; returns how ('explicit', the detected
     cluster's name) or None for a single process. Call before any device is used."""
     if jax.distributed.is_initialized():

@@ -49,8 +49,8 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     return out
 
 
-def paper_model_config(size: str, *, xattn_every: int | None = None, scan_layers: bool = True,
-                       vocab_size: int = 32000, vision: str = "nfnet:F6", image_size: int = 320,
+def paper_model_config(size: str, *, xattn_every: int | None = None, scan_layers: bool = True, vocab_size: int = 32000,
+                       vision: str = "nfnet:F6", image_size: int = 320,
                        dtype: str = "bfloat16") -> ml_collections.ConfigDict:
     """config.model for Flamingo-3B/9B/80B (paper Tables 4-5).
 
@@ -101,8 +101,8 @@ def add_training(config: ml_collections.ConfigDict, data: ml_collections.ConfigD
     flamingo_jax.evaluate, reproduce and ablate use unless their flags say otherwise."""
     config.total_steps = total_steps
     config.log_every = log_every
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1, dcn=dict(data=1, fsdp=1, model=1),
-                                                 allow_split_physical_axes=False))
+    config.mesh = ml_collections.ConfigDict(
+        dict(data=-1, fsdp=1, model=1, dcn=dict(data=1, fsdp=1, model=1), allow_split_physical_axes=False))
     config.trainable = list(optim.DEFAULT_TRAINABLE)
     config.optimizer = optim.optimizer_config(warmup_steps=warmup_steps)
     config.data = data
@@ -132,11 +132,10 @@ def paper_experiment(size: str, arg: str | None = None) -> ml_collections.Config
     data_dir (prepared TFDS datasets), tokenizer (a local HuggingFace tokenizer dir of the imported LM)."""
     from flamingo_jax.data.config import default_data_config, real_data_config
 
-    a = parse_arg(arg, xattn_every=PAPER_SIZES[size]["xattn_every"], scan_layers=True, vision="nfnet:F6",
-                  remat="full", manual_dir="", data_dir="", tokenizer="")
+    a = parse_arg(arg, xattn_every=PAPER_SIZES[size]["xattn_every"], scan_layers=True, vision="nfnet:F6", remat="full",
+                  manual_dir="", data_dir="", tokenizer="")
     config = ml_collections.ConfigDict()
-    config.model = paper_model_config(size, xattn_every=a.xattn_every, scan_layers=a.scan_layers,
-                                      vision=a.vision)
+    config.model = paper_model_config(size, xattn_every=a.xattn_every, scan_layers=a.scan_layers, vision=a.vision)
     config.model.remat = a.remat
     config.seed = 0
     data = (real_data_config(a.manual_dir, a.data_dir, a.tokenizer) if a.manual_dir else default_data_config())

@@ -48,7 +48,6 @@ from flamingo_jax.evaluation import harness
 
 TABLE_SCALE = 100.0
 
-
 # ---------------------------------------------------------------------------------------------- params
 
 
@@ -69,15 +68,15 @@ def random_params(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
     return params
 
 
-def load_params(config: ml_collections.ConfigDict, path: str, mesh: jax.sharding.Mesh | None = None
-                ) -> tuple[dict, str]:
+def load_params(config: ml_collections.ConfigDict, path: str,
+                mesh: jax.sharding.Mesh | None = None) -> tuple[dict, str]:
     """(params, checkpoint id) of the newest intact checkpoint under `path` (see load_checkpoint)."""
     params, _, checkpoint_id = load_checkpoint(config, path, mesh)
     return params, checkpoint_id
 
 
-def load_checkpoint(config: ml_collections.ConfigDict, path: str, mesh: jax.sharding.Mesh | None = None
-                    ) -> tuple[dict, int, str]:
+def load_checkpoint(config: ml_collections.ConfigDict, path: str,
+                    mesh: jax.sharding.Mesh | None = None) -> tuple[dict, int, str]:
     """(params, step, checkpoint id) of the newest intact checkpoint under `path` (a training workdir or its
     checkpoints/), restored straight into their shardings on `mesh` (default: eval_mesh(config)): trainable
     params from the step checkpoint, frozen ones from the workdir's frozen store or the converted
@@ -190,8 +189,10 @@ def summarize(cells: Mapping[str, Mapping[str, Any]], checkpoint_id: str, select
 
 def markdown(summary: Mapping[str, Mapping[int, Mapping[str, Any]]], title: str) -> str:
     shots = sorted({s for t in summary.values() for s in t})
-    lines = [f"# {title}", "", "| task | metric | " + " | ".join(f"{s}-shot" for s in shots) + " |",
-             "|---|---|" + "---|" * len(shots)]
+    lines = [
+        f"# {title}", "", "| task | metric | " + " | ".join(f"{s}-shot" for s in shots) + " |",
+        "|---|---|" + "---|" * len(shots)
+    ]
     for task in sorted(summary):
         row = summary[task]
         metric = next(iter(row.values()))["metric"]
@@ -212,9 +213,8 @@ def markdown(summary: Mapping[str, Mapping[int, Mapping[str, Any]]], title: str)
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[str] | None = None,
              shots: Sequence[int] = (0, 4, 8, 16, 32), *, seeds: int = 1, selection: str = "random",
-             checkpoint: str | None = None, params: Any = None, checkpoint_id: str | None = None,
-             batch_size: int = 8, num_beams: int | None = None, length_penalty: float | None = None,
-             max_queries: int = 0,
+             checkpoint: str | None = None, params: Any = None, checkpoint_id: str | None = None, batch_size: int = 8,
+             num_beams: int | None = None, length_penalty: float | None = None, max_queries: int = 0,
              shard: tuple[int, int] | None = None, progress: bool = True, vocab=None, ensemble: int = 1,
              wait_timeout_s: float = 3600.0, mesh: jax.sharding.Mesh | None = None) -> dict:
     """Runs every (task, shots, seed) cell not yet in DIR/eval/results.json; returns
@@ -233,8 +233,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
         if checkpoint or has_checkpoint(workdir):
             params, checkpoint_id = load_params(config, checkpoint or workdir, mesh)
         else:
-            logging.warning("no --checkpoint and no checkpoint in %s: evaluating RANDOMLY INITIALISED params",
-                            workdir)
+            logging.warning("no --checkpoint and no checkpoint in %s: evaluating RANDOMLY INITIALISED params", workdir)
             params = random_params(config, mesh)
             checkpoint_id = f"random-init-seed{config.get('seed', 0)}"
     else:
@@ -257,10 +256,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
     data = harness.EvalData(config.data, vocab=vocab)
     tasks = [data.resolve(t) for t in (tasks or list(config.data.eval_sets))]
     results = Results(workdir)
-    evaluator = harness.Evaluator(models.build(config.model), params, data, batch_size=batch_size,
-                                  num_beams=num_beams, length_penalty=length_penalty, ensemble=ensemble,
-                                  cache_dir=os.path.join(workdir, "eval", "rices_cache"), progress=progress,
-                                  mesh=mesh)
+    evaluator = harness.Evaluator(models.build(config.model), params, data, batch_size=batch_size, num_beams=num_beams,
+                                  length_penalty=length_penalty, ensemble=ensemble,
+                                  cache_dir=os.path.join(workdir, "eval", "rices_cache"), progress=progress, mesh=mesh)
     for task in tasks:
         for n_shots in shots:
             for seed in range(seeds):
@@ -293,13 +291,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
                                            score=score, queries=len(outputs), seconds=round(time.time() - t0, 1))
                 groups = sorted({(c["checkpoint"], c["selection"], c.get("settings", ""))
                                  for c in data_["cells"].values()})
-                data_["summary"] = {f"{ck}/{sel}/{st}": summarize(data_["cells"], ck, sel, st)
-                                    for ck, sel, st in groups}
+                data_["summary"] = {
+                    f"{ck}/{sel}/{st}": summarize(data_["cells"], ck, sel, st)
+                    for ck, sel, st in groups
+                }
                 results.save(data_)
                 with open(os.path.join(results.dir, "results.md"), "w") as f:
-                    f.write("\n".join(markdown(data_["summary"][f"{ck}/{sel}/{st}"],
-                                               f"Few-shot results: {ck} ({sel} support, {st})")
-                                       for ck, sel, st in groups))
+                    f.write("\n".join(
+                        markdown(data_["summary"][f"{ck}/{sel}/{st}"], f"Few-shot results: {ck} ({sel} support, {st})")
+                        for ck, sel, st in groups))
                 logging.info("%s: %s = %.4f", key, data.metric(task), score)
     rows = []
     if primary or not collective:
@@ -350,8 +350,9 @@ def _define_flags():
     flags.DEFINE_integer("seeds", 1, "seeds per cell (support draws)")
     flags.DEFINE_integer("batch_size", 8, "queries per batch")
     flags.DEFINE_integer("num_beams", None, "beam width (1 = greedy); default: config.evaluation.num_beams")
-    flags.DEFINE_float("length_penalty", None, "beam scores are sum log p / length ** length_penalty; default: "
-                       "config.evaluation.length_penalty")
+    flags.DEFINE_float(
+        "length_penalty", None, "beam scores are sum log p / length ** length_penalty; default: "
+        "config.evaluation.length_penalty")
     flags.DEFINE_integer("ensemble", 1, "close-ended tasks: average log-likelihoods over K orders of the shots")
     flags.DEFINE_enum("protocol", "official", ["official", "dev"],
                       "dev: support and queries carved from the training splits (the paper's DEV protocol)")

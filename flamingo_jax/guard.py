@@ -79,12 +79,12 @@ class Guard:
     def __init__(self, c: ml_collections.ConfigDict):
         self.c = c
         self.losses: collections.deque = collections.deque(maxlen=max(int(c.spike_window), 1))
-        self.spike_run = 0      # spikes in a row
-        self.streak = 0         # skipped updates in a row (the state's nonfinite_run)
+        self.spike_run = 0  # spikes in a row
+        self.streak = 0  # skipped updates in a row (the state's nonfinite_run)
         self.rollbacks = 0
-        self.lr_until = 0       # updates with index < lr_until run at lr x lr_factor
+        self.lr_until = 0  # updates with index < lr_until run at lr x lr_factor
         self.last: dict = {}
-        self.trouble = ""       # "" | "streak" | "spike"
+        self.trouble = ""  # "" | "streak" | "spike"
 
     # -- what checkpoints hold -------------------------------------------------------------------------
 

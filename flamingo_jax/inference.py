@@ -65,9 +65,9 @@ def _model_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     return config.model if "model" in config else config
 
 
-def generate(params: Any, config: ml_collections.ConfigDict, images: Sequence[Any], prompt: str, *,
-             vocab=None, num_beams: int = 3, max_new_tokens: int = 20, min_new_tokens: int = 0,
-             length_penalty: float = 0.0, return_details: bool = False):
+def generate(params: Any, config: ml_collections.ConfigDict, images: Sequence[Any], prompt: str, *, vocab=None,
+             num_beams: int = 3, max_new_tokens: int = 20, min_new_tokens: int = 0, length_penalty: float = 0.0,
+             return_details: bool = False):
     """The continuation of `prompt` (one `<image>` per entry of `images`, in order) as text.
 
     params: the model's param tree; config: a training config (its model and data; the vocabulary is
@@ -97,9 +97,9 @@ def generate(params: Any, config: ml_collections.ConfigDict, images: Sequence[An
     image_mask[0, :len(images)] = True
     toks, tmask = decoding.left_pad([ids], decoding.bucket(len(ids)), vocab.pad_id)
     dec = decoding.decoder_for(models.build(mc), pad_id=vocab.pad_id)
-    gen = decoding.GenerationConfig(max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                    min_new_tokens=min_new_tokens, length_penalty=length_penalty,
-                                    stop_ids=(vocab.eoc_id, vocab.eos_id), banned_ids=(vocab.image_id,))
+    gen = decoding.GenerationConfig(max_new_tokens=max_new_tokens, num_beams=num_beams, min_new_tokens=min_new_tokens,
+                                    length_penalty=length_penalty, stop_ids=(vocab.eoc_id, vocab.eos_id),
+                                    banned_ids=(vocab.image_id, ))
     visual = dec.encode(params, batch)
     out = jax.device_get(dec.generate(params, toks, tmask, visual, image_mask, gen))
     best = out["tokens"][0, 0, :out["lengths"][0, 0]].tolist()

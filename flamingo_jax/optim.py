@@ -30,10 +30,22 @@ DEFAULT_TRAINABLE = ("resampler/.*", "xattn/.*", "new_tokens/.*")
 
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:
     """config.optimizer with the paper's values (Adam betas/eps are not stated: the usual defaults)."""
-    c = ml_collections.ConfigDict(dict(
-        lr=1e-4, warmup_steps=5000, schedule="constant", decay_steps=0, end_lr_factor=0.0, b1=0.9, b2=0.999,
-        eps=1e-8, weight_decay=0.1, no_decay=("resampler/.*",), clip_norm=1.0, lr_multipliers=(), fused=True,
-    ))
+    c = ml_collections.ConfigDict(
+        dict(
+            lr=1e-4,
+            warmup_steps=5000,
+            schedule="constant",
+            decay_steps=0,
+            end_lr_factor=0.0,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.1,
+            no_decay=("resampler/.*", ),
+            clip_norm=1.0,
+            lr_multipliers=(),
+            fused=True,
+        ))
     c.update(overrides)
     return c
 
@@ -93,8 +105,8 @@ def _multipliers(c: ml_collections.ConfigDict) -> list[tuple[str, float]]:
     return out
 
 
-def fused_adamw(learning_rate: optax.Schedule, *, b1: float, b2: float, eps: float, clip_norm: float,
-                decay: Params, lr_scale: Params) -> optax.GradientTransformation:
+def fused_adamw(learning_rate: optax.Schedule, *, b1: float, b2: float, eps: float, clip_norm: float, decay: Params,
+                lr_scale: Params) -> optax.GradientTransformation:
     """Global-norm clipping + AdamW with per-leaf weight decay and learning-rate factors, as ONE elementwise
     update per leaf: the same update as optax.chain(clip_by_global_norm(clip_norm), adamw(...)) with
     multi_transform groups, to rounding.
@@ -142,8 +154,8 @@ def fused_adamw(learning_rate: optax.Schedule, *, b1: float, b2: float, eps: flo
     return optax.GradientTransformation(init, update)
 
 
-def make_optimizer(c: ml_collections.ConfigDict, trainable: Params, total_steps: int
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(c: ml_collections.ConfigDict, trainable: Params,
+                   total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW over the trainable tree: global-norm clipping, then per-group AdamW (lr multipliers), weight
     decay off for `no_decay` paths. Returns (transformation, base schedule)."""
     base = schedule(c, total_steps)
@@ -162,6 +174,7 @@ def make_optimizer(c: ml_collections.ConfigDict, trainable: Params, total_steps:
 
     def adamw(factor: float) -> optax.GradientTransformation:
         lr = base if factor == 1.0 else (lambda step: base(step) * factor)
+
         def decay_mask(params):  # by path; leaves of other groups (optax.MaskedNode) stay empty nodes
             return jax.tree_util.tree_map_with_path(
                 lambda path, _: not _matches("/".join(str(k.key) for k in path), c.no_decay), params)

@@ -53,8 +53,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from flamingo_jax import checkpoint, configs, guard, sharding
 from flamingo_jax.progress import Progress
-from flamingo_jax.train import (MODEL_INPUTS, MetricsLog, TrainingError, initial_state, make_data_iterator,
-                                make_step, mesh_and_model)
+from flamingo_jax.train import (MODEL_INPUTS, MetricsLog, TrainingError, initial_state, make_data_iterator, make_step,
+                                mesh_and_model)
 
 
 class SeedBatchError(ValueError):
@@ -124,8 +124,7 @@ def stacked_batches(batches: Sequence[dict], mesh: jax.sharding.Mesh) -> dict:
         spec = sharding.batch_sharding(mesh, x.ndim - 1).spec
         return jax.make_array_from_process_local_data(NamedSharding(mesh, P(None, *spec)), x)
 
-    return {n: {k: one([b[n][k] for b in batches]) for k in (*MODEL_INPUTS, "targets", "loss_mask")}
-            for n in names}
+    return {n: {k: one([b[n][k] for b in batches]) for k in (*MODEL_INPUTS, "targets", "loss_mask")} for n in names}
 
 
 class SeedBatch:
@@ -134,8 +133,7 @@ class SeedBatch:
     state: the stacked train state; shared: frozen subtrees every seed uses (pretrained); seeded: the stacked
     frozen subtrees each seed initialised itself (empty with pretrained towers)."""
 
-    def __init__(self, mesh: jax.sharding.Mesh, step, states: Sequence[dict], shared: dict,
-                 seeded: Sequence[dict]):
+    def __init__(self, mesh: jax.sharding.Mesh, step, states: Sequence[dict], shared: dict, seeded: Sequence[dict]):
         self.mesh, self.n = mesh, len(states)
         self.state_sh = jax.tree.map(lambda x: x.sharding, states[0])
         stacked_sh = jax.tree.map(_leading, self.state_sh)
@@ -149,8 +147,7 @@ class SeedBatch:
         def batched(state, shared, seeded, batches):
             return jax.vmap(lambda s, f, b: step(s, {**shared, **f}, b))(state, seeded, batches)
 
-        self.step_fn = jax.jit(batched, in_shardings=(stacked_sh, shared_sh, seeded_sh if seeded[0] else None,
-                                                      None),
+        self.step_fn = jax.jit(batched, in_shardings=(stacked_sh, shared_sh, seeded_sh if seeded[0] else None, None),
                                out_shardings=(stacked_sh, sharding.replicated(mesh)), donate_argnums=0)
         n = self.n
         self._unstack = jax.jit(lambda s: [jax.tree.map(lambda x: x[i], s) for i in range(n)],
@@ -172,8 +169,8 @@ class SeedBatch:
             if jax.process_count() > 1:
                 from jax._src import distributed
 
-                distributed.global_state.client.wait_at_barrier(
-                    f"flamingo_jax_seed_batch_compiled_{'_'.join(key)}", timeout_in_ms=3_600_000)
+                distributed.global_state.client.wait_at_barrier(f"flamingo_jax_seed_batch_compiled_{'_'.join(key)}",
+                                                                timeout_in_ms=3_600_000)
         return self._compiled[key]
 
     def states(self) -> list[dict]:
@@ -231,8 +228,7 @@ def _restore(ckpts: list[checkpoint.Checkpoints], targets: list[dict]) -> tuple[
         except checkpoint.CheckpointError as e:
             logging.warning("seed batch: step %d is not intact in every seed (%s); trying an older one", s, e)
             continue
-        logging.warning("seed batch: the seeds' newest checkpoints are at steps %s; all resume from step %d",
-                        steps, s)
+        logging.warning("seed batch: the seeds' newest checkpoints are at steps %s; all resume from step %d", steps, s)
         return s, out
     logging.warning("seed batch: no step is held by every seed (newest %s): every seed starts afresh", steps)
     return 0, None
@@ -268,8 +264,8 @@ def _train(configs: list, workdirs: list[str], preempt: checkpoint.Preemption) -
     primary = jax.process_index() == 0
     total = int(base.total_steps)
     # As train's: one stdout line at every log step and at least every 10 s (every seed's loss on it).
-    progress = Progress(f"[train x{n} seeds] step", total, start=start,
-                        enabled=bool(base.get("progress", True)) and primary)
+    progress = Progress(f"[train x{n} seeds] step", total, start=start, enabled=bool(base.get("progress", True)) and
+                        primary)
     last: list[dict] = [{} for _ in range(n)]
     tick, tick_step = time.perf_counter(), start
     saved = start if start else -1

@@ -116,7 +116,7 @@ def make_mesh(mesh_config: ml_collections.ConfigDict | dict, devices: Sequence[A
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(mesh_config, len(devices))
     dcn = dcn_shape(mesh_config, shape)
-    auto = (AxisType.Auto,) * len(MESH_AXES)  # shardings as given (jax.make_mesh's default is Explicit)
+    auto = (AxisType.Auto, ) * len(MESH_AXES)  # shardings as given (jax.make_mesh's default is Explicit)
     split = bool(mesh_config.get("allow_split_physical_axes", False))
     if math.prod(dcn) == 1:
         attr, n = _granules(devices)
@@ -125,8 +125,8 @@ def make_mesh(mesh_config: ml_collections.ConfigDict | dict, devices: Sequence[A
                             f"--config.mesh.dcn.data={n}) so that the mesh splits across them")
         try:
             if split:
-                return Mesh(mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True),
-                            MESH_AXES, axis_types=auto)
+                return Mesh(mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True), MESH_AXES,
+                            axis_types=auto)
             return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
         except (ValueError, NotImplementedError) as e:  # e.g. a TPU torus that this shape would have to split
             raise MeshError(f"mesh {dict(zip(MESH_AXES, shape))} cannot be laid out on the "
@@ -135,9 +135,10 @@ def make_mesh(mesh_config: ml_collections.ConfigDict | dict, devices: Sequence[A
     ici = tuple(n // c for n, c in zip(shape, dcn))
     attr, n = _granules(devices)
     if n != math.prod(dcn):
-        raise MeshError(f"config.mesh.dcn {dict(zip(MESH_AXES, dcn))} asks for {math.prod(dcn)} slices but the "
-                        f"{len(devices)} devices span {n} {'slices' if attr == 'slice_index' else 'processes'}: set config.mesh.dcn "
-                        f"to match")
+        raise MeshError(
+            f"config.mesh.dcn {dict(zip(MESH_AXES, dcn))} asks for {math.prod(dcn)} slices but the "
+            f"{len(devices)} devices span {n} {'slices' if attr == 'slice_index' else 'processes'}: set config.mesh.dcn "
+            f"to match")
     try:
         grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=attr == "process_index",
                                                     allow_split_physical_axes=split)
@@ -177,11 +178,13 @@ def tree_shardings(boxed_tree: Any, mesh: Mesh, rules=RULES) -> Any:
     """NamedShardings for a tree whose leaves are LogicallyPartitioned boxes (values may be abstract).
 
     Returns the UNBOXED structure (plain tree of NamedSharding), matching nn.meta.unbox(boxed_tree)."""
+
     def one(x):
         if _is_box(x):
             value = x.unbox()
             return NamedSharding(mesh, spec_for(x.names, value.shape, mesh, rules))
         return NamedSharding(mesh, P())
+
     return jax.tree.map(one, boxed_tree, is_leaf=_is_box)
 
 
@@ -230,7 +233,7 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     fixed = []
     for name, dim in zip(names, x.shape):
         axes = table.get(name) if name is not None else None
-        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        axes = (axes, ) if isinstance(axes, str) else tuple(axes or ())
         fixed.append(P.UNCONSTRAINED if dim % math.prod(mesh.shape[a] for a in axes) else name)
     return nn.with_logical_constraint(x, tuple(fixed), mesh=mesh)
 

@@ -39,7 +39,6 @@ from flamingo_jax.progress import Progress
 from flamingo_jax.train_step import MODEL_INPUTS, check_normalization, init_state, make_train_step
 
 
-
 def define_flags() -> dict:
     """The CLI's flags, defined only when run as a program (importing the trainer defines none, so other
     modules' CLIs and tests can import it)."""
@@ -49,11 +48,13 @@ def define_flags() -> dict:
         coordinator=flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host)"),
         num_processes=flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)"),
         process_id=flags.DEFINE_integer("process_id", None, "this process's index (multi-host)"),
-        cluster_detection=flags.DEFINE_bool("cluster_detection", True, "start jax.distributed by itself in a "
-                                            "SLURM / Open MPI / Cloud TPU / Kubernetes job (flamingo_jax.cluster)"),
-        heartbeat_timeout=flags.DEFINE_integer("heartbeat_timeout", cluster.HEARTBEAT_TIMEOUT_S,
-                                               "seconds without heartbeats after which a process counts as dead "
-                                               "and the others stop (multi-host)"),
+        cluster_detection=flags.DEFINE_bool(
+            "cluster_detection", True, "start jax.distributed by itself in a "
+            "SLURM / Open MPI / Cloud TPU / Kubernetes job (flamingo_jax.cluster)"),
+        heartbeat_timeout=flags.DEFINE_integer(
+            "heartbeat_timeout", cluster.HEARTBEAT_TIMEOUT_S,
+            "seconds without heartbeats after which a process counts as dead "
+            "and the others stop (multi-host)"),
     )
 
 
@@ -86,8 +87,8 @@ def param_targets(model: nn.Module, model_config: ml_collections.ConfigDict, mes
                         shardings)
 
 
-def init_params(model: nn.Module, model_config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                rng: jax.Array, skip: tuple[str, ...] = ()) -> tuple[dict, dict, dict]:
+def init_params(model: nn.Module, model_config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rng: jax.Array,
+                skip: tuple[str, ...] = ()) -> tuple[dict, dict, dict]:
     """Params initialised straight into their shardings, never whole on one host.
 
     Subtrees named in `skip` (to be loaded from pretrained files) are not initialised at all: the jitted
@@ -178,9 +179,11 @@ def make_data_iterator(config: ml_collections.ConfigDict, process_index: int, pr
 
 def to_global(batches: dict, mesh: jax.sharding.Mesh) -> dict:
     """Process-local numpy batches -> global jax.Arrays sharded over (data, fsdp)."""
+
     def one(x):
         x = np.asarray(x)
         return jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, x.ndim), x)
+
     return {name: {k: one(b[k]) for k in (*MODEL_INPUTS, "targets", "loss_mask")} for name, b in batches.items()}
 
 
@@ -269,8 +272,7 @@ class Trainer:
         """Global L2 norm of the trainable params (computed when logging, not in every step)."""
         fn = self.__dict__.get("_param_norm")
         if fn is None:
-            fn = self.__dict__["_param_norm"] = jax.jit(optax.global_norm,
-                                                        out_shardings=sharding.replicated(self.mesh))
+            fn = self.__dict__["_param_norm"] = jax.jit(optax.global_norm, out_shardings=sharding.replicated(self.mesh))
         return fn(self.state["trainable"])
 
     def compiled_step(self, batches: dict):
@@ -421,8 +423,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preempt: checkpoint.
         ckpt.save(start, trainer.state, data.get_state(), guard.state_dict())
         saved = start
     # One stdout line at every log step and at least every 10 s (process 0; config.progress=False: none).
-    progress = Progress("[train] step", config.total_steps, start=start,
-                        enabled=bool(config.get("progress", True)) and jax.process_index() == 0)
+    progress = Progress("[train] step", config.total_steps, start=start, enabled=bool(config.get("progress", True)) and
+                        jax.process_index() == 0)
 
     def say(message: str) -> None:
         logging.warning(message)
@@ -444,8 +446,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preempt: checkpoint.
             ckpt.save(at, trainer.state, data.get_state(), guard.state_dict())
             saved = at
         else:  # skipped or spiking steps are never checkpointed: the last saved step stays the healthy one
-            logging.warning("step %d: %s checkpoint not written: the run is unhealthy (%d skipped updates in a "
-                            "row, %d loss spikes in a row)", at, why, guard.streak, guard.spike_run)
+            logging.warning(
+                "step %d: %s checkpoint not written: the run is unhealthy (%d skipped updates in a "
+                "row, %d loss spikes in a row)", at, why, guard.streak, guard.spike_run)
 
     try:
         step = start
@@ -457,8 +460,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preempt: checkpoint.
             step += 1
             # The guard reads a few scalars every step (it waits for the step; the data of the next one is
             # prepared after): skipped updates, spikes and rollbacks are decided on exact per-step values.
-            trouble = guard.observe({k: v.item() for k, v in
-                                     jax.device_get({k: metrics[k] for k in guard_lib.METRICS}).items()})
+            trouble = guard.observe(
+                {k: v.item()
+                 for k, v in jax.device_get({k: metrics[k]
+                                             for k in guard_lib.METRICS}).items()})
             progress.count()
             if step % config.log_every == 0 or step == config.total_steps or trouble:
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -479,8 +484,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preempt: checkpoint.
                     ckpt.wait()
                     steps = ckpt.steps()
                     where = (f"the last healthy checkpoint is step {steps[-1]} in {ckpt.directory}: rerun with a "
-                             f"lower optimizer.lr (or guard.rollback=True) to resume from it" if steps else
-                             "no checkpoint was written: rerun with a lower optimizer.lr")
+                             f"lower optimizer.lr (or guard.rollback=True) to resume from it"
+                             if steps else "no checkpoint was written: rerun with a lower optimizer.lr")
                     if guard.c.rollback:
                         what += f"; guard.max_rollbacks={guard.c.max_rollbacks} rollbacks were used up"
                     raise TrainingError(f"{what}; nothing was saved after step {max(saved, 0)}; {where}")
@@ -515,8 +520,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preempt: checkpoint.
     return last
 
 
-def _roll_back(trainer: "Trainer", data: Any, ckpt: checkpoint.Checkpoints, guard: guard_lib.Guard,
-               log: MetricsLog, write_log, step: int, what: str, say) -> int:
+def _roll_back(trainer: "Trainer", data: Any, ckpt: checkpoint.Checkpoints, guard: guard_lib.Guard, log: MetricsLog,
+               write_log, step: int, what: str, say) -> int:
     """Back to the newest healthy checkpoint (every checkpoint is: unhealthy steps are never saved), then
     skip guard.skip_batches batches and lower the learning rate for guard.lr_factor_steps steps. Logged to
     metrics.jsonl and TensorBoard at `step` (rollback: the count, rollback_to_step, skipped_batches,
@@ -533,9 +538,11 @@ def _roll_back(trainer: "Trainer", data: Any, ckpt: checkpoint.Checkpoints, guar
         next(data)
     if int(c.lr_factor_steps) and float(c.lr_factor) != 1.0:
         guard.lr_until = restored.step + int(c.lr_factor_steps)
-    write_log(step, {"rollback": float(guard.rollbacks), "rollback_to_step": float(restored.step),
-                     "skipped_batches": float(c.skip_batches),
-                     "lr_factor": float(c.lr_factor) if guard.lr_until > restored.step else 1.0})
+    write_log(
+        step, {
+            "rollback": float(guard.rollbacks), "rollback_to_step": float(restored.step), "skipped_batches": float(
+                c.skip_batches), "lr_factor": float(c.lr_factor) if guard.lr_until > restored.step else 1.0
+        })
     say(f"rollback {guard.rollbacks}/{c.max_rollbacks}: {what}; restored step {restored.step}, skipped "
         f"{c.skip_batches} batches, learning rate x {guard.lr_scale(restored.step):g} until step "
         f"{max(guard.lr_until, restored.step)}")

@@ -68,7 +68,7 @@ Batch = Mapping[str, jax.Array]
 MODEL_INPUTS = ("tokens", "images", "image_mask", "media_index")
 NORMALIZATIONS = ("sequence", "token")
 # metrics["skipped"]: why an update was not applied (bits; 0 = applied).
-SKIP_NONFINITE_GRADS = 1   # the loss or the gradient is not finite
+SKIP_NONFINITE_GRADS = 1  # the loss or the gradient is not finite
 SKIP_NONFINITE_UPDATE = 2  # the proposed update, or the params it gives, is not finite
 SKIP_UPDATE_TOO_LARGE = 4  # the update's norm exceeds max_update_ratio x the params' norm
 
@@ -104,22 +104,22 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tup
     return jnp.sum((logz - picked) * mask), jnp.sum(mask)
 
 
-def summed_loss(trainable: Params, frozen: Params, model: nn.Module, batch: Batch, rng: jax.Array
-                ) -> tuple[jax.Array, jax.Array]:
+def summed_loss(trainable: Params, frozen: Params, model: nn.Module, batch: Batch,
+                rng: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(summed token loss, token count) of one (micro)batch. `rng` feeds stochastic layers ('dropout')."""
-    logits = model.apply({"params": merge(trainable, frozen)}, batch["tokens"], batch["images"],
-                         batch["image_mask"], batch["media_index"], rngs={"dropout": rng})
+    logits = model.apply({"params": merge(trainable, frozen)}, batch["tokens"], batch["images"], batch["image_mask"],
+                         batch["media_index"], rngs={"dropout": rng})
     return cross_entropy(logits, batch["targets"], batch["loss_mask"])
 
 
 class DatasetLoss(NamedTuple):
     """dataset_gradients' result for one dataset's batch."""
 
-    grads: Params      # gradient of `loss`
-    loss: jax.Array    # the dataset's objective: nll_sum / sequences ('sequence') or / max(tokens, 1) ('token')
+    grads: Params  # gradient of `loss`
+    loss: jax.Array  # the dataset's objective: nll_sum / sequences ('sequence') or / max(tokens, 1) ('token')
     nll_sum: jax.Array  # the masked next-token NLL summed over the whole batch
     tokens: jax.Array  # the number of loss tokens (sum of loss_mask)
-    sequences: int     # B, the batch's rows
+    sequences: int  # B, the batch's rows
 
 
 def dataset_gradients(trainable: Params, frozen: Params, model: nn.Module, batch: Batch, rng: jax.Array,
@@ -150,7 +150,7 @@ def dataset_gradients(trainable: Params, frozen: Params, model: nn.Module, batch
 
         zeros = jax.tree.map(jnp.zeros_like, trainable)
         (grads, total, count), _ = jax.lax.scan(body, (zeros, jnp.zeros(()), jnp.zeros(())),
-                                              (micro, jnp.arange(microbatches)))
+                                                (micro, jnp.arange(microbatches)))
     denom = float(b) if normalization == "sequence" else jnp.maximum(count, 1.0)
     return DatasetLoss(jax.tree.map(lambda g: g / denom, grads), total / denom, total, count, b)
 
@@ -162,10 +162,15 @@ def init_state(trainable: Params, tx: optax.GradientTransformation, rng: jax.Arr
                 nonfinite_run=jnp.zeros((), jnp.int32), nonfinite_total=jnp.zeros((), jnp.int32))
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    weights: Mapping[str, float], microbatches: Mapping[str, int] | None = None,
-                    normalization: str = "sequence", max_update_ratio: float = 0.0,
-                    ) -> Callable[..., tuple[dict, dict]]:
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    weights: Mapping[str, float],
+    microbatches: Mapping[str, int] | None = None,
+    normalization: str = "sequence",
+    max_update_ratio: float = 0.0,
+) -> Callable[..., tuple[dict, dict]]:
     """step(state, frozen, batches[, lr_scale]) -> (new state, metrics). Batches: {dataset: batch}, any subset.
 
     Optimises sum_m weights[m] * (dataset m's objective under `normalization`: 'sequence', the paper's
@@ -178,14 +183,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     check_normalization(normalization)
     max_update_ratio = float(max_update_ratio or 0.0)
 
-    def step(state: dict, frozen: Params, batches: Mapping[str, Batch], lr_scale: jax.Array | None = None
-             ) -> tuple[dict, dict]:
+    def step(state: dict, frozen: Params, batches: Mapping[str, Batch],
+             lr_scale: jax.Array | None = None) -> tuple[dict, dict]:
         metrics = {}
         grads, loss = None, jnp.zeros(())
         step_rng = jax.random.fold_in(state["rng"], state["step"])
         for i, name in enumerate(sorted(batches)):
-            d = dataset_gradients(state["trainable"], frozen, model, batches[name],
-                                  jax.random.fold_in(step_rng, i), microbatches.get(name, 1), normalization)
+            d = dataset_gradients(state["trainable"], frozen, model, batches[name], jax.random.fold_in(step_rng, i),
+                                  microbatches.get(name, 1), normalization)
             w = float(weights[name])
             grads = jax.tree.map(lambda x: w * x, d.grads) if grads is None else jax.tree.map(
                 lambda a, x: a + w * x, grads, d.grads)
@@ -234,9 +239,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         # No param norm metric here: the trainer computes the updated params' norm when it logs
         # (Trainer.param_norm); params_norm above is the norm before the update.
         lr = schedule(state["step"])
-        metrics.update(loss=loss, grad_norm=grad_norm,
-                       learning_rate=lr if lr_scale is None else lr * lr_scale, finite=finite,
-                       skipped=skipped, skipped_run=new_state["nonfinite_run"], update_norm=update_norm,
+        metrics.update(loss=loss, grad_norm=grad_norm, learning_rate=lr if lr_scale is None else lr * lr_scale,
+                       finite=finite, skipped=skipped, skipped_run=new_state["nonfinite_run"], update_norm=update_norm,
                        update_ratio=ratio, nonfinite_total=new_state["nonfinite_total"])
         return new_state, metrics
 

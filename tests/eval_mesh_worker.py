@@ -37,15 +37,15 @@ def main():
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs(model_cfg)))["params"]
     shots = [int(x) for x in args.shots.split(",")]
     out = {}
-    for name, mesh_cfg, devices in (("one", dict(data=1, fsdp=1, model=1), jax.devices()[:1]),
-                                    ("mesh", dict(data=1, fsdp=4, model=2), jax.devices())):
+    for name, mesh_cfg, devices in (("one", dict(data=1, fsdp=1,
+                                                 model=1), jax.devices()[:1]), ("mesh", dict(data=1, fsdp=4,
+                                                                                             model=2), jax.devices())):
         mesh = sharding.make_mesh(mesh_cfg, devices)
         shardings = sharding.tree_shardings(boxed, mesh)
         params = jax.device_put(host, shardings)  # explicit, straight into the shardings
         nonrep = sum(1 for x in jax.tree.leaves(params) if not x.sharding.is_fully_replicated)
         ev = harness.Evaluator(model, params, harness.EvalData(data, vocab=vocab), batch_size=8,
-                               num_beams=args.num_beams, progress=False, mesh=mesh,
-                               cache_dir=tempfile.mkdtemp())
+                               num_beams=args.num_beams, progress=False, mesh=mesh, cache_dir=tempfile.mkdtemp())
         run = out[name] = {"sharded_params": nonrep}
         for task in data.eval_sets:
             for n in shots:
@@ -68,7 +68,7 @@ def main():
         # generation without stop tokens (the untrained model would stop at once): every step of the beam
         # search and the greedy loop with the cache split over the batch
         for beams in (1, 3):
-            gen = decoding.GenerationConfig(max_new_tokens=6, num_beams=beams, banned_ids=(vocab.image_id,))
+            gen = decoding.GenerationConfig(max_new_tokens=6, num_beams=beams, banned_ids=(vocab.image_id, ))
             g = jax.device_get(ev.decoder.generate(params, toks, tmask, visual, np.ones((8, 1), bool), gen))
             run[f"generate{beams}"] = {k: v.tolist() for k, v in g.items()}
     print("EVAL " + json.dumps(out), flush=True)

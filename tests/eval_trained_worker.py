@@ -26,8 +26,8 @@ def config_for(data_dir: str, mesh: tuple[int, int, int]):
     """experiments/tiny.py (the model the checkpoint was trained with) on the tests' world data dir."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("tiny_exp", os.path.join(os.path.dirname(__file__), "..",
-                                                                           "experiments", "tiny.py"))
+    spec = importlib.util.spec_from_file_location(
+        "tiny_exp", os.path.join(os.path.dirname(__file__), "..", "experiments", "tiny.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
@@ -42,14 +42,16 @@ def run_cells(config, workdir: str, tasks, **kw) -> dict:
 
     from flamingo_jax import evaluate
 
-    scores = {"random": evaluate.evaluate(config, workdir, tasks, RANDOM_SHOTS, **kw),
-              "rices": evaluate.evaluate(config, workdir, [RICES[0]], [RICES[1]], selection="rices", **kw)}
+    scores = {
+        "random": evaluate.evaluate(config, workdir, tasks, RANDOM_SHOTS, **kw),
+        "rices": evaluate.evaluate(config, workdir, [RICES[0]], [RICES[1]], selection="rices", **kw)
+    }
     if jax.process_index():
         return {}
     out = {}
     cells = json.load(open(os.path.join(workdir, "eval", "results.json")))["cells"]
     for key, cell in cells.items():
-        (path,) = glob.glob(os.path.join(workdir, "eval", "cells", key, "shard-*.json"))
+        (path, ) = glob.glob(os.path.join(workdir, "eval", "cells", key, "shard-*.json"))
         name = f"{cell['task']}/{cell['shots']}/{cell['selection']}"
         out[name] = dict(score=cell["score"], outputs=json.load(open(path)),
                          returned=scores[cell["selection"]][cell["task"]][cell["shots"]])
@@ -84,13 +86,15 @@ def main():
     if args.mode == "process":
         out = run_cells(config, os.path.join(args.out, "processes"), tasks, checkpoint=args.train_dir, **kw)
         if jax.process_index() == 0:
-            print("EVAL " + json.dumps(dict(processes=jax.process_count(), devices=jax.device_count(),
-                                            cells=out)), flush=True)
+            print("EVAL " + json.dumps(dict(processes=jax.process_count(), devices=jax.device_count(), cells=out)),
+                  flush=True)
         return
 
     host, step = checkpoint.load_params(None, args.train_dir)  # the reference: read whole to host numpy
-    gates = [float(np.max(np.abs(x))) for path, x in jax.tree_util.tree_flatten_with_path(host)[0]
-             if str(path[-1].key).endswith("_gate")]
+    gates = [
+        float(np.max(np.abs(x))) for path, x in jax.tree_util.tree_flatten_with_path(host)[0]
+        if str(path[-1].key).endswith("_gate")
+    ]
     report = {"step": step, "max_abs_gate": max(gates)}  # gates start at exactly 0: nonzero once trained
     for name, mesh_cfg, devices in (("one", (1, 1, 1), jax.devices()[:1]), ("mesh", (1, 4, 2), jax.devices())):
         mesh = sharding.make_mesh(dict(zip(("data", "fsdp", "model"), mesh_cfg)), devices)
@@ -99,12 +103,12 @@ def main():
         restored = dict(
             step=step,
             shardings_as_targets=jax.tree.all(jax.tree.map(lambda x, t: x.sharding == t.sharding, params, target)),
-            sharded_leaves=sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(params)),
-            max_abs_diff_to_host=max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-                                     for a, b in zip(jax.tree.leaves(jax.device_get(params)), jax.tree.leaves(host))),
+            sharded_leaves=sum(not x.sharding.is_fully_replicated
+                               for x in jax.tree.leaves(params)), max_abs_diff_to_host=max(
+                                   float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+                                   for a, b in zip(jax.tree.leaves(jax.device_get(params)), jax.tree.leaves(host))),
             same_structure=jax.tree.structure(params) == jax.tree.structure(host))
-        cells = run_cells(config, os.path.join(args.out, name), tasks, params=params, checkpoint_id=checkpoint_id,
-                          **kw)
+        cells = run_cells(config, os.path.join(args.out, name), tasks, params=params, checkpoint_id=checkpoint_id, **kw)
         report[name] = dict(restored=restored, cells=cells)
     # flamingo_jax.ablate evaluates a row's run through the same path: its workdir's checkpoint, on the
     # config's mesh (fsdp=4, model=2), under the guard

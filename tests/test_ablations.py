@@ -133,8 +133,10 @@ def test_world_model_rows_build(world):
 
 
 def _meta(names, paper_overall):
-    return [dict(name=n, label=n.upper(), group="(x)", runnable=True, reason="", note="",
-                 paper=dict(overall=paper_overall[n])) for n in names]
+    return [
+        dict(name=n, label=n.upper(), group="(x)", runnable=True, reason="", note="",
+             paper=dict(overall=paper_overall[n])) for n in names
+    ]
 
 
 def _scores(frac):
@@ -145,9 +147,12 @@ def _scores(frac):
 def test_summary_math():
     meta = _meta(["baseline", "worse", "better", "noisy"], dict(baseline=70.0, worse=60.0, better=65.0, noisy=69.0))
     results = {
-        "baseline": [dict(scores=_scores(0.50), params=10, step_time=1.0),
-                     dict(scores=_scores(0.54), params=10, step_time=3.0)],
-        "worse": [dict(scores=_scores(0.40), params=8, step_time=0.5), dict(scores=_scores(0.42), params=8)],
+        "baseline": [
+            dict(scores=_scores(0.50), params=10, step_time=1.0),
+            dict(scores=_scores(0.54), params=10, step_time=3.0)
+        ],
+        "worse": [dict(scores=_scores(0.40), params=8, step_time=0.5),
+                  dict(scores=_scores(0.42), params=8)],
         "better": [dict(scores=_scores(0.60), params=12, step_time=1.0)],
         "noisy": [dict(scores=_scores(0.30)), dict(scores=_scores(0.70))],
     }
@@ -177,10 +182,13 @@ def test_overall_with_world_denominators():
 
 def test_write_tables_files(tmp_path):
     meta = _meta(["baseline", "worse"], dict(baseline=70.7, worse=67.3))
-    meta.append(dict(name="lm_c4", label="LM C4", group="T10", runnable=False, reason="needs C4", note="",
-                     paper=dict(overall=62.8)))
-    results = {"baseline": [dict(scores=_scores(0.5), params=1_500_000, step_time=0.2)] * 2,
-               "worse": [dict(scores=_scores(0.4), params=1_500_000, step_time=0.1)] * 2}
+    meta.append(
+        dict(name="lm_c4", label="LM C4", group="T10", runnable=False, reason="needs C4", note="",
+             paper=dict(overall=62.8)))
+    results = {
+        "baseline": [dict(scores=_scores(0.5), params=1_500_000, step_time=0.2)] * 2,
+        "worse": [dict(scores=_scores(0.4), params=1_500_000, step_time=0.1)] * 2
+    }
     paths = ablations_table.write_tables(str(tmp_path), "table3", meta, results, extra=dict(seeds=2))
     for ext in ("md", "csv", "tex", "png", "json"):
         assert os.path.getsize(paths[ext]) > 0
@@ -283,7 +291,7 @@ def test_run_table_trains_and_evaluates_a_row_for_real(tmp_path):
     ablate.run_table(config, str(work), ["baseline"], seeds=1, evaluator=f"{__name__}:_checkpoint_evaluator",
                      eval_kwargs=dict(max_queries=1, batch_size=1))
     run_dir = work / "rows" / "baseline" / "seed0"
-    (call,) = _EVAL_CALLS
+    (call, ) = _EVAL_CALLS
     assert sorted(call.pop("tasks")) == sorted(config.base.data.eval_sets)
     assert call == dict(shots=[ablate.EVAL_SHOTS], step=2, max_queries=1, batch_size=1)
     records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
@@ -296,7 +304,7 @@ def test_run_table_trains_and_evaluates_a_row_for_real(tmp_path):
     assert result["params"] == ablate.param_count(config.base.model)
     assert result["train_seconds"] > 0 and math.isfinite(result["step_time"])
     summary = json.load(open(work / "table3.json"))
-    (row,) = [r for r in summary["rows"] if r["name"] == "baseline"]
+    (row, ) = [r for r in summary["rows"] if r["name"] == "baseline"]
     assert {k: v[0] for k, v in row["scores"].items()} == want and row["seeds"] == 1
     assert row["overall"][0] == pytest.approx(ablations_table.overall({k: v.expected for k, v in want.items()}))
     assert os.path.isfile(work / "table3.md")

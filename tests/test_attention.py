@@ -12,8 +12,9 @@ from flamingo_jax.models.attention import alibi_slopes, dot_product_attention, r
 
 def _qkv(b=2, lq=5, lk=7, h=4, g=4, d=8, seed=0):
     k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
-    return (jax.random.normal(k1, (b, lq, h, d)), jax.random.normal(k2, (b, lk, g, d)),
-            jax.random.normal(k3, (b, lk, g, d)))
+    return (jax.random.normal(k1,
+                              (b, lq, h, d)), jax.random.normal(k2,
+                                                                (b, lk, g, d)), jax.random.normal(k3, (b, lk, g, d)))
 
 
 def test_fully_masked_rows_are_zero_and_others_normalised():
@@ -42,10 +43,12 @@ def test_grouped_kv_heads_equal_repeated_heads():
 
 def test_rotary_scores_depend_only_on_relative_position():
     q, k, _ = _qkv(b=1, lq=1, lk=1, h=1, g=1, d=8)
+
     def score(pq, pk):
         rq = rotary_embedding(q, jnp.array([[pq]]))
         rk = rotary_embedding(k, jnp.array([[pk]]))
         return float(jnp.sum(rq * rk))
+
     np.testing.assert_allclose(score(3, 1), score(10, 8), rtol=1e-5)
     assert abs(score(3, 1) - score(3, 2)) > 1e-4
 
@@ -60,23 +63,24 @@ def _paper_alibi_slopes(n):
     """Press et al. 2022 (ALiBi), their reference get_slopes: for n a power of two the geometric sequence starting at
     2^(-8/n) with that ratio; otherwise the slopes of the closest power of two 2^k below n, then every other slope
     of 2^(k+1) heads (the first n - 2^k of them)."""
+
     def power_of_two(m):
-        start = 2.0 ** (-(2.0 ** -(math.log2(m) - 3)))
-        return [start * start ** i for i in range(m)]
+        start = 2.0**(-(2.0**-(math.log2(m) - 3)))
+        return [start * start**i for i in range(m)]
 
     if math.log2(n).is_integer():
         return power_of_two(n)
-    k = 2 ** math.floor(math.log2(n))
+    k = 2**math.floor(math.log2(n))
     return power_of_two(k) + _paper_alibi_slopes(2 * k)[0::2][:n - k]
 
 
 def test_alibi_slopes_match_the_power_of_two_formula():
-    np.testing.assert_allclose(alibi_slopes(8), 2.0 ** -np.arange(1, 9), rtol=1e-6)
+    np.testing.assert_allclose(alibi_slopes(8), 2.0**-np.arange(1, 9), rtol=1e-6)
 
 
 @pytest.mark.parametrize("heads", [1, 2, 3, 5, 6, 12, 16, 20, 40])
 def test_alibi_slopes_match_the_papers_formula(heads):
     np.testing.assert_allclose(alibi_slopes(heads), _paper_alibi_slopes(heads), rtol=1e-6)
     if heads == 12:  # by hand: 2^-1 .. 2^-8, then 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5
-        want = [2.0 ** -i for i in range(1, 9)] + [2.0 ** -(i + 0.5) for i in range(4)]
+        want = [2.0**-i for i in range(1, 9)] + [2.0**-(i + 0.5) for i in range(4)]
         np.testing.assert_allclose(alibi_slopes(12), want, rtol=1e-6)

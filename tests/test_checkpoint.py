@@ -34,7 +34,6 @@ ROOT = Path(__file__).parents[1]
 # After a failed restore Orbax's reader thread may post to its closed event loop: harmless, but pytest reports it.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
-
 # ---------------------------------------------------------------------------------------------------------
 # Fast: a hand-made state.
 
@@ -85,12 +84,13 @@ def test_restore_gives_back_the_state_and_the_data_position(tmp_path):
     assert restored.step == 6 and restored.data_state == {"step": 6}
     want = _toy_state(6.0)
     _assert_tree_equal(jax.random.key_data(restored.state["rng"]), jax.random.key_data(want["rng"]))
-    _assert_tree_equal({k: v for k, v in restored.state.items() if k != "rng"},
-                       {k: v for k, v in want.items() if k != "rng"})
+    _assert_tree_equal({k: v
+                        for k, v in restored.state.items() if k != "rng"},
+                       {k: v
+                        for k, v in want.items() if k != "rng"})
     meta = restored.meta
     assert meta["step"] == 6 and meta["versions"]["orbax-checkpoint"] and meta["config"]["checkpoint_keep"] == 2
-    assert meta["frozen_fingerprint"] == json.loads((tmp_path / "frozen" / "manifest.json").read_text())[
-        "fingerprint"]
+    assert meta["frozen_fingerprint"] == json.loads((tmp_path / "frozen" / "manifest.json").read_text())["fingerprint"]
 
 
 def test_data_state_is_json_per_process_with_bytes_and_numpy_scalars(tmp_path):
@@ -117,7 +117,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
         files = [p for p in (newest / "state").rglob("*") if p.is_file() and "d" in p.parent.name.split("/")]
         files = files or [p for p in (newest / "state").rglob("*") if p.is_file() and p.stat().st_size > 64]
         for p in files:
-            p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+            p.write_bytes(p.read_bytes()[:p.stat().st_size // 2])
     else:
         for p in (newest / "state").rglob("*"):
             if p.is_file() and p.name != "_METADATA":
@@ -131,7 +131,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
 
 
 def test_no_intact_checkpoint_is_an_error_that_deletes_nothing(tmp_path):
-    config = _saved(tmp_path, steps=(2,))
+    config = _saved(tmp_path, steps=(2, ))
     for p in (tmp_path / "checkpoints" / "2" / "state").rglob("*"):
         if p.is_file() and p.name != "_METADATA":
             p.unlink()
@@ -141,7 +141,7 @@ def test_no_intact_checkpoint_is_an_error_that_deletes_nothing(tmp_path):
 
 
 def test_a_checkpoint_of_another_model_is_a_config_error_not_damage(tmp_path):
-    config = _saved(tmp_path, steps=(2,))
+    config = _saved(tmp_path, steps=(2, ))
     other = _toy_state()
     other["trainable"] = {**other["trainable"], "b": jnp.ones(5)}
     other["opt_state"] = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3)).init(other["trainable"])
@@ -169,9 +169,10 @@ def test_frozen_params_from_a_converted_checkpoint_are_referenced_and_checked(tm
     from flamingo_jax.convert.store import Converted, save_converted
 
     def converted(name, value):
-        return save_converted(str(tmp_path / name), Converted(
-            kind="vision", params={"v": np.full(2, value, np.float32)},
-            config=ml_collections.ConfigDict({"width": 2}), source={"test": name}))
+        return save_converted(
+            str(tmp_path / name),
+            Converted(kind="vision", params={"v": np.full(2, value, np.float32)},
+                      config=ml_collections.ConfigDict({"width": 2}), source={"test": name}))
 
     first, second = converted("conv_a", 1.0), converted("conv_b", 2.0)
     work = tmp_path / "work"
@@ -210,9 +211,9 @@ spec.loader.exec_module(module)
 print("BYTES " + json.dumps(checkpoint_bytes(module.get_config())))
 """
 
-
 # ---------------------------------------------------------------------------------------------------------
 # Slow: the trainer in subprocesses.
+
 
 def _run(cmd: list[str], env: dict, timeout: float = 900) -> str:
     proc = subprocess.run(cmd, env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -230,7 +231,7 @@ def small_config(**kw) -> ml_collections.ConfigDict:
     from tiny import tiny_train_config
 
     mesh = tuple(kw.pop("mesh", (-1, 1, 1)))
-    config = tiny_train_config(mixture=("align",), total_steps=kw.pop("total_steps", 24), mesh=mesh)
+    config = tiny_train_config(mixture=("align", ), total_steps=kw.pop("total_steps", 24), mesh=mesh)
     config.model.vision.layers = 1
     config.model.resampler.depth = 1
     config.model.lm.num_layers = 1
@@ -242,23 +243,23 @@ def small_config(**kw) -> ml_collections.ConfigDict:
 
 # One persistent compilation cache for every subprocess of this file, kept between sessions: only the first
 # run on a machine compiles (results do not depend on it: A and B of the resume test share executables anyway).
-CACHE = os.environ.get("FLAMINGO_JAX_TEST_CACHE",
-                       os.path.join(tempfile.gettempdir(), "flamingo_jax_test_jax_cache"))
+CACHE = os.environ.get("FLAMINGO_JAX_TEST_CACHE", os.path.join(tempfile.gettempdir(), "flamingo_jax_test_jax_cache"))
 
 
 def _env(devices: int = 1) -> dict:
     env = dict(os.environ)
     env.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", JAX_DEFAULT_PRNG_IMPL="unsafe_rbg",
-               JAX_COMPILATION_CACHE_DIR=CACHE,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+               JAX_COMPILATION_CACHE_DIR=CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
     if devices > 1:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return env
 
 
 def _start(workdir: Path, env: dict, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, __file__, "train", str(workdir), json.dumps(kw)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    return subprocess.Popen([sys.executable, __file__, "train",
+                             str(workdir), json.dumps(kw)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=ROOT)
 
 
 def _new_steps(workdir: Path, offset: int) -> list[int]:
@@ -338,13 +339,15 @@ def runs(tmp_path_factory):
             proc.send_signal(signal.SIGTERM)
             out, _ = proc.communicate(timeout=120)
             at = max(_new_steps(b, offset))
-            events.append(dict(kind=kind, resume=resume, rc=proc.returncode, seconds=time.monotonic() - sent,
-                               out=out, at=at, saved=(ckdir / str(at) / "state").is_dir()))
+            events.append(
+                dict(kind=kind, resume=resume, rc=proc.returncode, seconds=time.monotonic() - sent, out=out, at=at,
+                     saved=(ckdir / str(at) / "state").is_dir()))
         else:
             proc.kill()
             proc.communicate()
-            events.append(dict(kind=kind, resume=resume, at=at, lost_save=(resume + every) if slow else None,
-                               committed=(ckdir / str(resume + every)).exists() if slow else None))
+            events.append(
+                dict(kind=kind, resume=resume, at=at, lost_save=(resume + every) if slow else None,
+                     committed=(ckdir / str(resume + every)).exists() if slow else None))
     proc = _start(b, env, **SMALL)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-3000:]
@@ -363,7 +366,7 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one_bitwise(runs):
     losses_a, losses_b = _losses(a), _losses(b)
     assert sorted(losses_a) == sorted(losses_b) == list(range(1, SMALL["total_steps"] + 1))
     assert losses_a == losses_b  # bitwise: the floats of every step are identical
-    _assert_tree_equal(_final_trainable(a, SMALL['total_steps']), _final_trainable(b, SMALL['total_steps']))
+    _assert_tree_equal(_final_trainable(a, SMALL["total_steps"]), _final_trainable(b, SMALL["total_steps"]))
     assert not (b / "checkpoints_damaged").exists()  # killed saves never appear as checkpoints
 
 
@@ -393,12 +396,12 @@ def test_export_writes_one_self_contained_checkpoint(runs, tmp_path):
     _assert_tree_equal(params, checkpoint.load_params(None, str(b))[0])  # the evaluation entry point
     assert config.total_steps == SMALL["total_steps"] and config.model.lm.num_layers == 1
     trainable, frozen = optim.partition(params, list(config.trainable))
-    _assert_tree_equal(trainable, _final_trainable(b, SMALL['total_steps']))
+    _assert_tree_equal(trainable, _final_trainable(b, SMALL["total_steps"]))
     ckptr = ocp.StandardCheckpointer()
     stored = b / "frozen" / "params"
     tree = ckptr.metadata(stored).item_metadata.tree
-    _assert_tree_equal(frozen, ckptr.restore(stored, jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree)))
+    _assert_tree_equal(
+        frozen, ckptr.restore(stored, jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree)))
 
 
 MESH_SCRIPT = r"""

@@ -22,15 +22,19 @@ def test_ablate_help_list_and_flags_reach_run_table(tmp_path, monkeypatch, capsy
     with pytest.raises(SystemExit) as e:
         ablate.main(["--help"])
     assert e.value.code == 0 and "--seed_batching" in capsys.readouterr().out
-    assert ablate.main(["--config", f"{ABLATIONS}:table3", "--workdir", str(tmp_path / "l"), "--list",
-                        "--rows", "baseline,no_video"]) == 0  # a real invocation: prints the rows, runs nothing
+    assert ablate.main([
+        "--config", f"{ABLATIONS}:table3", "--workdir",
+        str(tmp_path / "l"), "--list", "--rows", "baseline,no_video"
+    ]) == 0  # a real invocation: prints the rows, runs nothing
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("baseline") and "data.mixture- = ['vtp']" in out
     calls = []
     monkeypatch.setattr(ablate, "run_table", lambda *a, **k: calls.append((a, k)))
-    assert ablate.main(["--config", f"{ABLATIONS}:table3,steps=7", "--workdir", str(tmp_path / "w"), "--rows",
-                        "baseline,no_video", "--seeds", "3", "--evaluator", "m:f", "--denominators", "coco=100,vqav2=50",
-                        "--eval_max_queries", "5", "--eval_batch_size", "4", "--seed_batching=false"]) == 0
+    assert ablate.main([
+        "--config", f"{ABLATIONS}:table3,steps=7", "--workdir",
+        str(tmp_path / "w"), "--rows", "baseline,no_video", "--seeds", "3", "--evaluator", "m:f", "--denominators",
+        "coco=100,vqav2=50", "--eval_max_queries", "5", "--eval_batch_size", "4", "--seed_batching=false"
+    ]) == 0
     ((config, workdir, rows, seeds, evaluator, denominators), kw), = calls
     assert config.base.total_steps == 7 and workdir == str(tmp_path / "w") and rows == ["baseline", "no_video"]
     assert (seeds, evaluator, denominators) == (3, "m:f", {"coco": 100.0, "vqav2": 50.0})
@@ -44,8 +48,11 @@ def test_reproduce_help_and_flags_reach_reproduce(tmp_path, monkeypatch, capsys)
     calls = []
     monkeypatch.setattr(reproduce, "reproduce", lambda *a, **k: calls.append((a, k)))
     spec = os.path.join(ROOT, "experiments", "world.py") + ":steps=9"
-    assert reproduce.main(["--workdir", str(tmp_path), "--config", spec, "--pretrain_steps", "2", "--shots", "0,8",
-                           "--max_queries", "3", "--eval_batch_size", "6"]) == 0
+    assert reproduce.main([
+        "--workdir",
+        str(tmp_path), "--config", spec, "--pretrain_steps", "2", "--shots", "0,8", "--max_queries", "3",
+        "--eval_batch_size", "6"
+    ]) == 0
     ((config, workdir), kw), = calls
     assert config.total_steps == 9 and workdir == str(tmp_path)
     assert kw == dict(pretrain_steps=2, shots=[0, 8], max_queries=3, eval_batch_size=6, config_spec=spec)
@@ -71,14 +78,14 @@ def test_evaluate_help_and_flags_reach_evaluate(tmp_path):
                            env=env, cwd=ROOT, timeout=300)
     # absl's --help prints the module's flags and exits 1 (absl.flags HelpFlag), not 0 like argparse
     assert help_.returncode == 1 and "--selection" in help_.stdout and "--max_queries" in help_.stdout
-    out = subprocess.run([sys.executable, "-c", _EVALUATE_MAIN, f"--config={ROOT}/experiments/tiny.py",
-                          f"--workdir={tmp_path}", "--tasks=vqa,coco", "--shots=0,4", "--seeds=2",
-                          "--selection=rices", "--checkpoint=/ck", "--batch_size=4", "--num_beams=1",
-                          "--length_penalty=1.5", "--max_queries=7", "--num_shards=2", "--shard_index=1",
-                          "--ensemble=3", "--config.total_steps=11"],
-                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    out = subprocess.run([
+        sys.executable, "-c", _EVALUATE_MAIN, f"--config={ROOT}/experiments/tiny.py", f"--workdir={tmp_path}",
+        "--tasks=vqa,coco", "--shots=0,4", "--seeds=2", "--selection=rices", "--checkpoint=/ck", "--batch_size=4",
+        "--num_beams=1", "--length_penalty=1.5", "--max_queries=7", "--num_shards=2", "--shard_index=1", "--ensemble=3",
+        "--config.total_steps=11"
+    ], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    (line,) = [x for x in out.stdout.splitlines() if x.startswith("CALL ")]
-    assert json.loads(line[5:]) == dict(steps=11, workdir=str(tmp_path), tasks=["vqa", "coco"], shots=[0, 4],
-                                        seeds=2, selection="rices", checkpoint="/ck", batch_size=4, num_beams=1,
+    (line, ) = [x for x in out.stdout.splitlines() if x.startswith("CALL ")]
+    assert json.loads(line[5:]) == dict(steps=11, workdir=str(tmp_path), tasks=["vqa", "coco"], shots=[0, 4], seeds=2,
+                                        selection="rices", checkpoint="/ck", batch_size=4, num_beams=1,
                                         length_penalty=1.5, max_queries=7, shard=[1, 2], ensemble=3)

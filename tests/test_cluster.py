@@ -20,16 +20,17 @@ from flamingo_jax import cluster
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 8
 # experiments/tiny.py on synthetic batches, 4 sequences per dataset (divisible over data*fsdp = 4)
-TINY = [f"--config={ROOT / 'experiments/tiny.py'}", "--config.data.source=synthetic", f"--config.total_steps={STEPS}",
-        "--config.log_every=1", "--config.checkpoint_every=0",
-        *(f"--config.data.datasets.{n}.batch_size=4" for n in ("m3w", "align", "ltip", "vtp"))]
+TINY = [
+    f"--config={ROOT / 'experiments/tiny.py'}", "--config.data.source=synthetic", f"--config.total_steps={STEPS}",
+    "--config.log_every=1", "--config.checkpoint_every=0",
+    *(f"--config.data.datasets.{n}.batch_size=4" for n in ("m3w", "align", "ltip", "vtp"))
+]
 MESH = ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.model=1"]
 BOUND_SLACK_S = 20  # beyond the heartbeat timeout: the coordination service's polling, process teardown
 
 
 def test_detect_reads_the_cluster_environments_jax_bootstraps_from():
-    slurm = dict(SLURM_JOB_ID="7", SLURM_STEP_NODELIST="n[1-2]", SLURM_NTASKS="2", SLURM_PROCID="1",
-                 SLURM_LOCALID="0")
+    slurm = dict(SLURM_JOB_ID="7", SLURM_STEP_NODELIST="n[1-2]", SLURM_NTASKS="2", SLURM_PROCID="1", SLURM_LOCALID="0")
     assert cluster.detect(slurm) == "slurm"
     assert cluster.detect({**slurm, "SLURM_NTASKS": "1"}) is None  # a one-task job: nothing to start
     assert cluster.detect({k: v for k, v in slurm.items() if k != "SLURM_STEP_NODELIST"}) is None  # sbatch shell
@@ -58,8 +59,11 @@ def _free_slurm_job_id() -> int:
 
 
 def _env(devices: int, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JAX_COORDINATOR", "JAX_NUM_PROC",
-                                                                     "JAX_PROCESS_ID", "OMPI_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "JAX_COORDINATOR", "JAX_NUM_PROC", "JAX_PROCESS_ID", "OMPI_"))
+    }
     env.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", **extra)
     env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
     return env
@@ -84,11 +88,12 @@ def launch_slurm(workdir: Path, args: list[str], ntasks: int = 2, devices: int =
     job = _free_slurm_job_id()
     logs = workdir.parent / f"{workdir.name}-logs"
     logs.mkdir(exist_ok=True)
-    return [Launched([f"--workdir={workdir}", *args],
-                     _env(devices, SLURM_JOB_ID=str(job), SLURM_NTASKS=str(ntasks), SLURM_PROCID=str(i),
-                          SLURM_LOCALID=str(i), SLURM_STEP_NODELIST="localhost"),
-                     logs / f"job{job}-task{i}")
-            for i in range(ntasks)]
+    return [
+        Launched([f"--workdir={workdir}", *args],
+                 _env(devices, SLURM_JOB_ID=str(job), SLURM_NTASKS=str(ntasks), SLURM_PROCID=str(i),
+                      SLURM_LOCALID=str(i), SLURM_STEP_NODELIST="localhost"), logs / f"job{job}-task{i}")
+        for i in range(ntasks)
+    ]
 
 
 def losses(workdir: Path) -> list[float]:
@@ -100,8 +105,8 @@ def losses(workdir: Path) -> list[float]:
 def one_process(tmp_path_factory) -> list[float]:
     """The 8 steps' losses of the tiny config trained by one process on 4 devices, mesh data=2, fsdp=2."""
     one = tmp_path_factory.mktemp("one")
-    single = subprocess.run([sys.executable, "-m", "flamingo_jax.train", f"--workdir={one}", *TINY, *MESH],
-                            env=_env(4), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    single = subprocess.run([sys.executable, "-m", "flamingo_jax.train", f"--workdir={one}", *TINY, *MESH], env=_env(4),
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert single.returncode == 0, single.stderr[-3000:]
     assert len(losses(one)) == STEPS
     return losses(one)

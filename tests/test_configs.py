@@ -72,9 +72,9 @@ def test_config_args_and_unknown_keys():
 
 def test_params_tool_prints_integer_counts():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-m", "flamingo_jax.tools.params", "--config",
-                          str(ROOT / "experiments" / "tiny.py")], capture_output=True, text=True, env=env,
-                         check=True, cwd=ROOT).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "flamingo_jax.tools.params", "--config",
+         str(ROOT / "experiments" / "tiny.py")], capture_output=True, text=True, env=env, check=True, cwd=ROOT).stdout
     counts = json.loads(out.strip().splitlines()[-1])
     assert {"total", "lm", "vision", "resampler", "xattn"} <= set(counts)
     assert all(isinstance(v, int) for v in counts.values())

@@ -16,8 +16,12 @@ transformers = pytest.importorskip("transformers")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from flamingo_jax.convert import (ConversionError, UnusedWeightsError, convert_hf, load_converted,  # noqa: E402
-                                  save_converted)
+from flamingo_jax.convert import (
+    ConversionError,
+    UnusedWeightsError,
+    convert_hf,
+    load_converted,  # noqa: E402
+    save_converted)
 from flamingo_jax.convert.__main__ import main as cli  # noqa: E402
 from flamingo_jax.convert.parity import lm_greedy  # noqa: E402
 from flamingo_jax.models.lm import DecoderLM  # noqa: E402
@@ -38,39 +42,43 @@ def randomize(model: "torch.nn.Module", seed: int = 0) -> None:
             elif p.dim() == 1:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
             else:
-                p.copy_(torch.randn(p.shape, generator=g) / (p.shape[-1] ** 0.5 if "emb" not in name
-                                                             and "wte" not in name and "wpe" not in name else 1.0))
+                p.copy_(
+                    torch.randn(p.shape, generator=g) /
+                    (p.shape[-1]**0.5 if "emb" not in name and "wte" not in name and "wpe" not in name else 1.0))
 
 
 def build_hf(family: str):
     tf = transformers
     if family == "llama":
-        return tf.LlamaForCausalLM(tf.LlamaConfig(
-            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=64, rope_theta=500.0))
+        return tf.LlamaForCausalLM(
+            tf.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rope_theta=500.0))
     if family == "mistral":
-        return tf.MistralForCausalLM(tf.MistralConfig(
-            vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=1, max_position_embeddings=64, sliding_window=64, tie_word_embeddings=True))
+        return tf.MistralForCausalLM(
+            tf.MistralConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
+                             sliding_window=64, tie_word_embeddings=True))
     if family == "gpt2":
-        return tf.GPT2LMHeadModel(tf.GPT2Config(
-            vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
-            attn_pdrop=0.0))
+        return tf.GPT2LMHeadModel(
+            tf.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0,
+                          embd_pdrop=0.0, attn_pdrop=0.0))
     if family == "opt":
-        return tf.OPTForCausalLM(tf.OPTConfig(
-            vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=64, word_embed_proj_dim=32, dropout=0.0, attention_dropout=0.0))
+        return tf.OPTForCausalLM(
+            tf.OPTConfig(vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                         max_position_embeddings=64, word_embed_proj_dim=32, dropout=0.0, attention_dropout=0.0))
     if family == "mpt":
-        return tf.MptForCausalLM(tf.MptConfig(
-            vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, expansion_ratio=2, max_seq_len=64))
+        return tf.MptForCausalLM(
+            tf.MptConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, expansion_ratio=2, max_seq_len=64))
     if family == "neox":
-        return tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(
-            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            rotary_pct=0.5, max_position_embeddings=64, hidden_dropout=0.0, attention_dropout=0.0))
+        return tf.GPTNeoXForCausalLM(
+            tf.GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, rotary_pct=0.5, max_position_embeddings=64, hidden_dropout=0.0,
+                             attention_dropout=0.0))
     if family == "neox_sequential":
-        return tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(
-            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            rotary_pct=1.0, use_parallel_residual=False, max_position_embeddings=64, tie_word_embeddings=False))
+        return tf.GPTNeoXForCausalLM(
+            tf.GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, rotary_pct=1.0, use_parallel_residual=False,
+                             max_position_embeddings=64, tie_word_embeddings=False))
     raise ValueError(family)
 
 
@@ -113,8 +121,9 @@ def test_lm_parity(family, tmp_path):
     params, config = load_converted(out)
     assert json.load(open(os.path.join(out, "config.json")))["subtree"] == "lm"
 
-    logits, _ = jax.jit(lambda p, t, m: DecoderLM(config).apply({"params": p}, t, m))(
-        params, jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, bool))
+    logits, _ = jax.jit(lambda p, t, m: DecoderLM(config).apply({"params": p}, t, m))(params,
+                                                                                      jnp.asarray(tokens, jnp.int32),
+                                                                                      jnp.asarray(mask, bool))
     real = mask.astype(bool)
     diff = float(np.max(np.abs(np.asarray(logits)[real] - ref_logits[real])))
     print(f"\n[parity] lm {family}: max |logits - HF| = {diff:.2e} (logit scale {np.abs(ref_logits).max():.1f})")
@@ -154,7 +163,7 @@ def test_unknown_and_unsupported_weights(tmp_path):
     model.save_pretrained(src)
     tensors = load_file(os.path.join(src, "model.safetensors"))
     tensors["transformer.h.0.attn.extra_proj.weight"] = np.zeros((2, 2), np.float32)
-    tensors["mystery"] = np.zeros((1,), np.float32)
+    tensors["mystery"] = np.zeros((1, ), np.float32)
     save_file(tensors, os.path.join(src, "model.safetensors"))
     with pytest.raises(UnusedWeightsError) as e:
         convert_hf(src)

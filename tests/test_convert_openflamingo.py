@@ -43,7 +43,6 @@ VOCAB, IMG, PATCH, VW = 96, 32, 8, 128
 EOC, MEDIA, PAD = VOCAB, VOCAB + 1, VOCAB + 2
 STEPS = 5
 
-
 # ----------------------------------------------------------------------------- loading by path
 
 
@@ -75,8 +74,8 @@ def _to_2tuple(x):
         itertools.repeat(x, 2))
 
 
-@pytest.fixture(scope="module")
-def refs():
+def load_refs():
+    """The OpenFlamingo and open_clip reference modules (loaded from their installed sources), or a skip."""
     of_dir, oc_dir = _package_dir("open_flamingo"), _package_dir("open_clip")
     if of_dir is None or oc_dir is None:
         pytest.skip("open-flamingo==2.0.1 and open_clip_torch==2.24.0 (installed with --no-deps) are needed")
@@ -85,6 +84,11 @@ def refs():
     oc = _load("fj_open_clip", oc_dir, ["pos_embed", "transformer"], pre={"utils": utils_stub})["transformer"]
     of = _load("fj_open_flamingo", os.path.join(of_dir, "src"), ["utils", "helpers", "flamingo_lm", "flamingo"])
     return oc, of
+
+
+@pytest.fixture(scope="module")
+def refs():
+    return load_refs()
 
 
 def randomize(module, seed: int, skip: tuple[str, ...] = ()) -> None:
@@ -100,7 +104,7 @@ def randomize(module, seed: int, skip: tuple[str, ...] = ()) -> None:
             elif "emb" in name or "wte" in name or "latents" in name:
                 p.copy_(torch.randn(p.shape, generator=g))
             else:
-                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1]**0.5)
 
 
 def open_clip_visual(oc, *, act, final_ln_after_pool: bool, seed: int):
@@ -147,11 +151,12 @@ def build_lm(kind: str, d: int, layers: int):
     if kind == "mpt":
         # Like MPT-7B (50432 rows for a 50277-token tokenizer), the LM's table is larger than the tokenizer:
         # OpenFlamingo's resize_token_embeddings(len(tokenizer)) truncates it.
-        return tf.MptForCausalLM(tf.MptConfig(vocab_size=VOCAB + 8, d_model=d, n_layers=layers, n_heads=4,
-                                              max_seq_len=64)), "transformer.blocks"
-    return tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=VOCAB, hidden_size=d, intermediate_size=2 * d,
-                                              num_hidden_layers=layers, num_attention_heads=4,
-                                              num_key_value_heads=2, max_position_embeddings=64)), "model.layers"
+        return tf.MptForCausalLM(
+            tf.MptConfig(vocab_size=VOCAB + 8, d_model=d, n_layers=layers, n_heads=4,
+                         max_seq_len=64)), "transformer.blocks"
+    return tf.LlamaForCausalLM(
+        tf.LlamaConfig(vocab_size=VOCAB, hidden_size=d, intermediate_size=2 * d, num_hidden_layers=layers,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)), "model.layers"
 
 
 def filter_state_dict_to_trainable(model, state_dict):
@@ -161,8 +166,10 @@ def filter_state_dict_to_trainable(model, state_dict):
             continue
         if not p.requires_grad and name in state_dict:
             del state_dict[name]
-    for name in [n for n in state_dict if "lang_encoder.old_decoder_blocks" in n
-                 or "lang_encoder.gated_cross_attn_layers" in n or "vision_encoder" in n]:
+    for name in [
+            n for n in state_dict if "lang_encoder.old_decoder_blocks" in n or
+            "lang_encoder.gated_cross_attn_layers" in n or "vision_encoder" in n
+    ]:
         del state_dict[name]
     return state_dict
 
@@ -232,8 +239,8 @@ def test_openflamingo_parity(refs, tmp_path, lm_kind, layers, every):
     mask = torch.ones(tokens.shape, dtype=torch.long)
     with torch.no_grad():
         ref_logits = model(vision_x=xt, lang_x=torch.tensor(tokens), attention_mask=mask).logits.numpy()
-        ref_gen = model.generate(vision_x=xt, lang_x=torch.tensor(tokens), attention_mask=mask,
-                                 max_new_tokens=STEPS, num_beams=1, do_sample=False, pad_token_id=PAD,
+        ref_gen = model.generate(vision_x=xt, lang_x=torch.tensor(tokens), attention_mask=mask, max_new_tokens=STEPS,
+                                 num_beams=1, do_sample=False, pad_token_id=PAD,
                                  eos_token_id=VOCAB + 50)[:, tokens.shape[1]:].numpy()
 
     out = str(tmp_path / "out")

@@ -26,7 +26,7 @@ def randomize(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            scale = 0.1 if p.dim() == 1 else 1.0 / p.shape[-1] ** 0.5 if p.dim() == 2 else 0.2
+            scale = 0.1 if p.dim() == 1 else 1.0 / p.shape[-1]**0.5 if p.dim() == 2 else 0.2
             p.copy_((1.0 if p.dim() == 1 and "norm" in name else 0.0) + scale * torch.randn(p.shape, generator=g))
 
 

@@ -42,6 +42,7 @@ def _uncached(model, params):
         imgs = jnp.concatenate([imgs, pad_imgs])
         mask = jnp.concatenate([mask, jnp.zeros((ROWS - n, mask.shape[1]), bool)])
         return np.asarray(fwd(params, toks, imgs, mask, tmask))[:n]
+
     return run
 
 
@@ -71,11 +72,13 @@ ROWS_A = [[2, IMG, 3, 1, EOC, IMG, 4], [IMG, 5, 2, 2]]  # two images / one image
 CANDS = [[2], [3, 1], [1, 2, EOC], [3, 4], [1, 5, 2]]  # chunks of 2: a partial last one; shared first tokens
 
 
-@pytest.mark.parametrize("kind,scan,mask,family", [
-    ("vanilla", True, "previous", "llama"),
-    ("grafting", False, "previous", "mpt"),       # ALiBi: the own cache's slots continue the prefix's
-    ("gated", True, "all_previous", "llama"),
-])
+@pytest.mark.parametrize(
+    "kind,scan,mask,family",
+    [
+        ("vanilla", True, "previous", "llama"),
+        ("grafting", False, "previous", "mpt"),  # ALiBi: the own cache's slots continue the prefix's
+        ("gated", True, "all_previous", "llama"),
+    ])
 def test_cached_decoding_equals_uncached(kind, scan, mask, family):
     """Greedy generation and chunked ranking on the cached prefix (visual keys/values projected once, beams
     and candidates sharing the prompt) give the uncached model's tokens and log-likelihoods, for every
@@ -87,9 +90,9 @@ def test_cached_decoding_equals_uncached(kind, scan, mask, family):
     dec = decoding.Decoder(model, pad_id=PAD, rank_chunk=2)
     visual = dec.encode(params, imgs)
     run = _uncached(model, params)
-    gen = decoding.GenerationConfig(max_new_tokens=STEPS, num_beams=1, banned_ids=(IMG,))
+    gen = decoding.GenerationConfig(max_new_tokens=STEPS, num_beams=1, banned_ids=(IMG, ))
     out = jax.device_get(dec.generate(params, toks, tmask, visual, imask, gen))
-    want, totals = _greedy_uncached(run, ROWS_A, imgs, imask, (IMG,))
+    want, totals = _greedy_uncached(run, ROWS_A, imgs, imask, (IMG, ))
     for i in range(2):
         assert out["tokens"][i, 0].tolist() == want[i]
         np.testing.assert_allclose(out["scores"][i, 0], totals[i], rtol=1e-5, atol=1e-5)
@@ -118,7 +121,7 @@ def test_shared_shots_prefix_equals_full_prompts(mask):
     full_t, full_m = decoding.left_pad([SHOTS + q for q in QUERIES], 16, PAD)
     imask = jnp.ones((2, 2), bool)
     for beams in (3, 1):
-        gen = decoding.GenerationConfig(max_new_tokens=STEPS, num_beams=beams, stop_ids=(EOC,), banned_ids=(IMG,))
+        gen = decoding.GenerationConfig(max_new_tokens=STEPS, num_beams=beams, stop_ids=(EOC, ), banned_ids=(IMG, ))
         a = jax.device_get(dec.generate_from(params, prefix, gen))
         b = jax.device_get(dec.generate(params, full_t, full_m, visual, imask, gen))
         np.testing.assert_array_equal(a["tokens"], b["tokens"])
@@ -129,8 +132,8 @@ def test_shared_shots_prefix_equals_full_prompts(mask):
     b = np.asarray(dec.rank(params, full_t, full_m, visual, imask, ctoks, cmask))
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     run = _uncached(model, params)
-    np.testing.assert_allclose(a, _rank_uncached(run, [SHOTS + q for q in QUERIES], imgs, imask, CANDS),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a, _rank_uncached(run, [SHOTS + q for q in QUERIES], imgs, imask, CANDS), rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_decode_steps_reuse_the_cached_visual_keys():
@@ -144,10 +147,10 @@ def test_decode_steps_reuse_the_cached_visual_keys():
     toks, tmask = decoding.left_pad(ROWS_A, 8, PAD)
     visual = dec.encode(params, imgs)
     broken = jax.tree_util.tree_map_with_path(
-        lambda path, x: jnp.zeros_like(x) if path[0].key == "xattn" and any(
-            getattr(k, "key", "") in ("key", "value") for k in path) else x, params)
+        lambda path, x: jnp.zeros_like(x)
+        if path[0].key == "xattn" and any(getattr(k, "key", "") in ("key", "value") for k in path) else x, params)
     prefix = dec.prefill(params, toks, tmask, visual, imask)
-    gen = decoding.GenerationConfig(max_new_tokens=STEPS, num_beams=3, banned_ids=(IMG,))
+    gen = decoding.GenerationConfig(max_new_tokens=STEPS, num_beams=3, banned_ids=(IMG, ))
     a = jax.device_get(dec.generate_from(params, prefix, gen))
     b = jax.device_get(dec.generate_from(broken, prefix, gen))
     np.testing.assert_array_equal(a["tokens"], b["tokens"])

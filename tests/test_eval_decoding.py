@@ -12,7 +12,7 @@ import pytest
 from flamingo_jax.evaluation import decoding
 import tiny
 
-BASE = 4            # base vocabulary: ids 0..3, <image> = 4, <EOC> = 5 -> 6 tokens
+BASE = 4  # base vocabulary: ids 0..3, <image> = 4, <EOC> = 5 -> 6 tokens
 EOS, PAD = 1, 0
 STEPS = 3
 
@@ -32,11 +32,10 @@ def setup():
     params = tiny.set_gates(params, 0.7)
     # Peaked distributions: random-init logits are nearly uniform, which would make the argmax fragile.
     params = jax.tree_util.tree_map_with_path(
-        lambda path, x: x * 40.0 if any(getattr(k, "key", "") in ("head", "unembedding") for k in path) else x,
-        params)
+        lambda path, x: x * 40.0 if any(getattr(k, "key", "") in ("head", "unembedding") for k in path) else x, params)
     dec = decoding.Decoder(model, pad_id=PAD)
     visual = dec.encode(params, imgs)
-    stop, banned = (config.eoc_token_id, EOS), (config.image_token_id,)
+    stop, banned = (config.eoc_token_id, EOS), (config.image_token_id, )
     return dict(model=model, params=params, dec=dec, rows=rows, toks=toks, tmask=tmask, imgs=imgs, mask=mask,
                 visual=visual, stop=stop, banned=banned)
 
@@ -61,8 +60,8 @@ _FORWARDS = {}
 
 def _forward(model):
     if id(model) not in _FORWARDS:
-        _FORWARDS[id(model)] = jax.jit(lambda p, t, i, m, tm: jax.nn.log_softmax(
-            model.apply({"params": p}, t, i, m, None, tm), -1))
+        _FORWARDS[id(model)] = jax.jit(
+            lambda p, t, i, m, tm: jax.nn.log_softmax(model.apply({"params": p}, t, i, m, None, tm), -1))
     return _FORWARDS[id(model)]
 
 
@@ -91,8 +90,8 @@ def test_beam_search_equals_exhaustive_search(setup):
     out = jax.device_get(s["dec"].generate(s["params"], s["toks"], s["tmask"], s["visual"], s["mask"], gen))
     lengths = set()
     for i, row in enumerate(s["rows"]):
-        seqs, scores = _exhaustive(s["model"], s["params"], row, s["imgs"][i:i + 1], s["mask"][i:i + 1],
-                                   s["stop"], s["banned"])
+        seqs, scores = _exhaustive(s["model"], s["params"], row, s["imgs"][i:i + 1], s["mask"][i:i + 1], s["stop"],
+                                   s["banned"])
         order = np.argsort(-scores)[:k]
         got = [list(out["tokens"][i, j, :out["lengths"][i, j]]) for j in range(k)]
         assert got == [seqs[j] for j in order]
@@ -148,21 +147,20 @@ def test_length_penalty_ranks_by_sum_over_length_to_the_alpha(setup):
     and a 2-token answer on prompt 1, but 3-token answers win per token."""
     s = dict(setup)
     s["params"] = jax.tree_util.tree_map_with_path(
-        lambda path, x: x * 0.05 if any(getattr(k, "key", "") in ("head", "unembedding") for k in path) else x,
-        s["params"])
+        lambda path, x: x * 0.05
+        if any(getattr(k, "key", "") in ("head", "unembedding") for k in path) else x, s["params"])
     s["visual"] = s["dec"].encode(s["params"], s["imgs"])
     k, alpha = 9, 1.0
     gen = decoding.GenerationConfig(max_new_tokens=STEPS, num_beams=k, length_penalty=alpha, stop_ids=s["stop"],
                                     banned_ids=s["banned"])
     out = jax.device_get(s["dec"].generate(s["params"], s["toks"], s["tmask"], s["visual"], s["mask"], gen))
     for i, row in enumerate(s["rows"]):
-        seqs, scores = _exhaustive(s["model"], s["params"], row, s["imgs"][i:i + 1], s["mask"][i:i + 1],
-                                   s["stop"], s["banned"])
-        norm = scores / np.array([len(q) for q in seqs], float) ** alpha
+        seqs, scores = _exhaustive(s["model"], s["params"], row, s["imgs"][i:i + 1], s["mask"][i:i + 1], s["stop"],
+                                   s["banned"])
+        norm = scores / np.array([len(q) for q in seqs], float)**alpha
         order = np.argsort(-norm)[:k]
         got = [list(out["tokens"][i, j, :out["lengths"][i, j]]) for j in range(k)]
         assert got == [seqs[j] for j in order], i
         np.testing.assert_allclose(out["scores"][i], norm[order], rtol=1e-5, atol=1e-5)
         assert len(seqs[int(np.argmax(scores))]) < STEPS == len(seqs[int(np.argmax(norm))]), i
         assert out["lengths"][i, 0] == STEPS
-

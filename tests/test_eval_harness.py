@@ -27,18 +27,19 @@ def test_prompt_layouts():
     sup = [dict(captions=["a red cube."], id="s0"), dict(captions=["two dogs"], id="s1")]
     q = dict(captions=["x"], id="q")
     p = prompts.build_prompt(v, "captions", sup, [5, 7], q, text_only=False, seed=0, query_index=3)
-    want = ([v.bos_id, v.image_id] + v.encode("Output: a red cube.") + [v.eoc_id, v.image_id]
-            + v.encode("Output: two dogs") + [v.eoc_id, v.image_id] + v.encode("Output:"))
+    want = ([v.bos_id, v.image_id] + v.encode("Output: a red cube.") + [v.eoc_id, v.image_id] +
+            v.encode("Output: two dogs") + [v.eoc_id, v.image_id] + v.encode("Output:"))
     assert p.tokens == want and p.support == [5, 7]
     z = prompts.build_prompt(v, "captions", sup, [5, 7], q, text_only=True, seed=0, query_index=3)
     assert z.tokens.count(v.image_id) == 1 and z.support == [] and z.text_only == [5, 7]
-    assert z.tokens == [t for t in want if t != v.image_id][:-len(v.encode("Output:"))] + [v.image_id] + v.encode(
-        "Output:")
+    assert z.tokens == [t for t in want if t != v.image_id][:-len(v.encode("Output:"))] + [v.image_id
+                                                                                           ] + v.encode("Output:")
     qa = dict(question="What colour?", answers=["red", "blue", "red"])
     assert prompts.example_text("vqa", qa, np.random.default_rng(0)) == "Question: What colour? Answer: red"
     memes = dict(text="hello", label=1)
-    assert prompts.example_text("classification", memes, np.random.default_rng(0)) == (
-        'is an image with written: "hello" on it. Is it hateful? Answer: yes')
+    assert prompts.example_text(
+        "classification", memes,
+        np.random.default_rng(0)) == ('is an image with written: "hello" on it. Is it hateful? Answer: yes')
     assert prompts.candidate_tokens(v, "classification")[1] == v.encode(" yes") + [v.eoc_id]
     assert prompts.postprocess("vqa", " red<EOC>Question: x") == "red"
     assert prompts.postprocess("captions", ' a "dog" Output: b') == "a dog"
@@ -88,7 +89,7 @@ def test_evaluate_end_to_end_caches_cells_and_shards_agree(world_model, tmp_path
     out = evaluate.evaluate(config, str(tmp_path), ["vqav2"], [2], **kw)  # DEV alias -> the world's 'vqa'
     assert set(out) == {"vqa"} and 0.0 <= out["vqa"][2] <= 1.0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
-    (cell,) = results["cells"].values()
+    (cell, ) = results["cells"].values()
     assert cell["queries"] == 3 and cell["metric"] == "vqa_accuracy"
     assert "| vqa | vqa_accuracy |" in (tmp_path / "eval" / "results.md").read_text()
     unsharded = json.loads(next((tmp_path / "eval" / "cells").glob("*/shard-0-of-1.json")).read_text())
@@ -167,8 +168,10 @@ class _MemesData(harness.EvalData):
 
     def __init__(self, config, vocab):
         super().__init__(config.data, vocab=vocab)
-        self.records = {s: [dict(id=f"m-{s}-{i}", text=f"meme {i}", label=i % 2) for i in range(6)]
-                        for s in ("support", "query")}
+        self.records = {
+            s: [dict(id=f"m-{s}-{i}", text=f"meme {i}", label=i % 2) for i in range(6)]
+            for s in ("support", "query")
+        }
 
     def kind(self, task):
         return "classification"
@@ -241,8 +244,8 @@ def test_evaluate_aggregates_seeds_with_numpy_mean_and_std(world_model, tmp_path
     (numpy's; the sample std, ddof=1, as flamingo_jax.ablations_table) in the tables' units."""
     config, params, vocab = world_model
     per_seed = {0: 0.31, 1: 0.55, 2: 0.12}
-    monkeypatch.setattr(harness.Evaluator, "predict", lambda self, task, shots, seed, *a, **k: [
-        dict(id=f"q{seed}", index=0, prediction=str(seed))])
+    monkeypatch.setattr(harness.Evaluator, "predict",
+                        lambda self, task, shots, seed, *a, **k: [dict(id=f"q{seed}", index=0, prediction=str(seed))])
     monkeypatch.setattr(harness.Evaluator, "score", lambda self, task, outs: per_seed[int(outs[0]["prediction"])])
     out = evaluate.evaluate(config, str(tmp_path), ["vqa"], [2], seeds=3, params=params, checkpoint_id="ck",
                             batch_size=2, num_beams=1, max_queries=1, progress=False, vocab=vocab)
@@ -250,7 +253,7 @@ def test_evaluate_aggregates_seeds_with_numpy_mean_and_std(world_model, tmp_path
     assert out == {"vqa": {2: pytest.approx(vals.mean())}}
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert sorted(c["seed"] for c in results["cells"].values()) == [0, 1, 2]
-    (summary,) = results["summary"].values()
+    (summary, ) = results["summary"].values()
     row = summary["vqa"]["2"]
     assert row["seeds"] == 3
     assert row["mean"] == pytest.approx(100 * vals.mean()) and row["std"] == pytest.approx(100 * vals.std(ddof=1))

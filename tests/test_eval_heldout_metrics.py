@@ -21,8 +21,8 @@ def test_visdial_ndcg_matches_sklearn_at_k_nonzero():
         scores.append(s)
         k = int((rel > 0).sum())
         assert hm.ndcg_round(rel, s) == pytest.approx(ndcg_score([rel], [s], k=k), abs=1e-12)
-    assert hm.ndcg(rels, scores) == pytest.approx(np.mean([ndcg_score([r], [s], k=int((r > 0).sum()))
-                                                           for r, s in zip(rels, scores)]), abs=1e-12)
+    assert hm.ndcg(rels, scores) == pytest.approx(
+        np.mean([ndcg_score([r], [s], k=int((r > 0).sum())) for r, s in zip(rels, scores)]), abs=1e-12)
 
 
 def test_visdial_ndcg_by_hand():
@@ -44,8 +44,8 @@ def test_weighted_average_precision_matches_sklearn_with_ties_and_weights():
         y[0] = 1
         s = rng.integers(0, 6, n).astype(float)  # many ties
         w = rng.choice([1.0, 0.5, 1 / 3], n)
-        assert hm.weighted_average_precision(y, s, w) == pytest.approx(
-            average_precision_score(y, s, sample_weight=w), abs=1e-12)
+        assert hm.weighted_average_precision(y, s, w) == pytest.approx(average_precision_score(y, s, sample_weight=w),
+                                                                       abs=1e-12)
         assert hm.weighted_average_precision(y, s) == pytest.approx(average_precision_score(y, s), abs=1e-12)
 
 
@@ -53,11 +53,11 @@ def test_rareact_mwap_groups_and_weights_by_hand():
     # Two classes: (cut, laptop) id 0 and (cut, bread) id 1 share the verb; (wash, laptop) id 2 shares the noun
     # with class 0 and nothing with class 1.
     rows = [
-        dict(video_id="a", class_id=0, verb="cut", noun="laptop", annotation=1),   # 0: positive of class 0
-        dict(video_id="a", class_id=0, verb="cut", noun="laptop", annotation=1),   # 1: positive, same video
-        dict(video_id="b", class_id=0, verb="cut", noun="laptop", annotation=0),   # 2: negative of class 0
-        dict(video_id="c", class_id=1, verb="cut", noun="bread", annotation=1),    # 3: positive of class 1
-        dict(video_id="d", class_id=1, verb="cut", noun="bread", annotation=2),    # 4: hard negative of class 1
+        dict(video_id="a", class_id=0, verb="cut", noun="laptop", annotation=1),  # 0: positive of class 0
+        dict(video_id="a", class_id=0, verb="cut", noun="laptop", annotation=1),  # 1: positive, same video
+        dict(video_id="b", class_id=0, verb="cut", noun="laptop", annotation=0),  # 2: negative of class 0
+        dict(video_id="c", class_id=1, verb="cut", noun="bread", annotation=1),  # 3: positive of class 1
+        dict(video_id="d", class_id=1, verb="cut", noun="bread", annotation=2),  # 4: hard negative of class 1
         dict(video_id="e", class_id=2, verb="wash", noun="laptop", annotation=1),  # 5: positive of class 2
     ]
     scores = np.array([[0.9, 0.1, 0.2], [0.3, 0.2, 0.1], [0.5, 0.0, 0.0], [0.4, 0.8, 0.0], [0.0, 0.9, 0.0],
@@ -77,9 +77,9 @@ def test_rareact_mwap_groups_and_weights_by_hand():
 
 def test_ivqa_accuracy_by_hand():
     answers = ["dog", "dog", "puppy", "Dog.", "cat"]
-    assert hm.ivqa_accuracy("dog", answers) == 1.0        # 3 of 5 (after normalisation) -> min(1, 3/2)
-    assert hm.ivqa_accuracy("puppy", answers) == 0.5      # 1 of 5 -> 1/2
-    assert hm.ivqa_accuracy("a cat", answers) == 0.5      # articles dropped
+    assert hm.ivqa_accuracy("dog", answers) == 1.0  # 3 of 5 (after normalisation) -> min(1, 3/2)
+    assert hm.ivqa_accuracy("puppy", answers) == 0.5  # 1 of 5 -> 1/2
+    assert hm.ivqa_accuracy("a cat", answers) == 0.5  # articles dropped
     assert hm.ivqa_accuracy("horse", answers) == 0.0
 
 
@@ -88,7 +88,7 @@ def test_wups_thresholding_by_hand_with_a_given_similarity():
     table = {frozenset(("dog", "puppy")): 0.95, frozenset(("dog", "cat")): 0.8, frozenset(("red", "dog")): 0.3}
     sim = lambda a, b: table.get(frozenset((a, b)), 0.0)  # noqa: E731
     assert hm.wups("dog", "dog", sim) == 1.0
-    assert hm.wups("puppy", "dog", sim, alpha=0.9) == 0.95              # above the threshold: kept
+    assert hm.wups("puppy", "dog", sim, alpha=0.9) == 0.95  # above the threshold: kept
     assert hm.wups("cat", "dog", sim, alpha=0.9) == pytest.approx(0.08)  # below: one tenth
     assert hm.wups("cat", "dog", sim, alpha=0.0) == 0.8
     # "red dog" vs "dog": pred->truth: red~dog 0.3 (x0.1 at alpha .9) * dog~dog 1; truth->pred: dog~dog 1.

@@ -53,8 +53,8 @@ def test_video_eval_at_30_frames_runs_through_the_linear_interpolation(world, mo
     table = np.asarray(params["resampler"]["time_embeddings"], np.float64)
     pos = np.linspace(0, table.shape[0] - 1, 30)
     expected = np.stack([np.interp(pos, np.arange(table.shape[0]), table[:, d]) for d in range(table.shape[1])], 1)
-    np.testing.assert_allclose(np.asarray(original(params["resampler"]["time_embeddings"], 30)), expected,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(original(params["resampler"]["time_embeddings"], 30)), expected, rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_class_list_ranking_chunks_and_ensembling_on_creature_kind(world):
@@ -107,16 +107,18 @@ def test_prompt_ensembling_averages_log_likelihoods_over_shot_orders(world):
         orders = [prompts.shot_orders(3, 3, 0, q)[e] for q in (0, 1)]
         permuted = [[sup[i] for i in o] for sup, o in zip(chosen, orders)]
         args = ("memes", "classification", 3, 0, [0, 1], [queries[0], queries[1]], pool, {}, None, permuted)
-        per_order.append(np.array(single._rank("classification", *single._inputs(*args), [queries[0], queries[1]],
-                                               None)))
-    assert prompts.shot_orders(3, 3, 0, 0)[0] == [0, 1, 2] and len({tuple(o) for o in prompts.shot_orders(
-        5, 6, 0, 0)}) > 1  # the drawn order first, then random permutations
+        per_order.append(
+            np.array(single._rank("classification", *single._inputs(*args), [queries[0], queries[1]], None)))
+    assert prompts.shot_orders(3, 3, 0, 0)[0] == [
+        0, 1, 2
+    ] and len({tuple(o)
+               for o in prompts.shot_orders(5, 6, 0, 0)}) > 1  # the drawn order first, then random permutations
     mean = np.mean(per_order, axis=0)
     np.testing.assert_allclose([o["score"] for o in outs], mean[:, 1] - mean[:, 0], rtol=1e-5, atol=1e-5)
     assert not np.allclose(per_order[0], per_order[1])  # the orders do change the prompt
     plain = single.predict("memes", shots=3, seed=0, max_queries=2)
-    np.testing.assert_allclose([o["score"] for o in plain], per_order[0][:, 1] - per_order[0][:, 0],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose([o["score"] for o in plain], per_order[0][:, 1] - per_order[0][:, 0], rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_zero_shot_close_ended_prompts_have_no_text_only_examples(world):
@@ -149,7 +151,8 @@ def test_heldout_prompt_layouts():
     v = _Vocab()
     dialog = dict(caption="a car", history_questions=["is it red"], history_answers=["yes"], question="how many",
                   options=["one", "two"], answer_index=1)
-    assert prompts.query_text("dialog", dialog) == "Caption: a car. Question: is it red? Answer: yes. Question: how many? Answer:"
+    assert prompts.query_text("dialog",
+                              dialog) == "Caption: a car. Question: is it red? Answer: yes. Question: how many? Answer:"
     assert prompts.example_text("dialog", dialog, np.random.default_rng(0)).endswith("Answer: two")
     choice = dict(question="What next?", options=["Sit.", "Eat."], answer_index=0)
     assert prompts.example_text("video_choice", choice, np.random.default_rng(0)) == "Question: What next? Answer: Sit."

@@ -29,8 +29,11 @@ DEV = {"captions": "coco", "vqa": "vqav2", "knowledge_vqa": "okvqa", "video_qa":
 
 
 def _env(devices: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JAX_COORDINATOR", "JAX_NUM_PROC",
-                                                                     "JAX_PROCESS_ID", "OMPI_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "JAX_COORDINATOR", "JAX_NUM_PROC", "JAX_PROCESS_ID", "OMPI_"))
+    }
     env.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", JAX_TRANSFER_GUARD="disallow")
     env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
     return env
@@ -57,9 +60,12 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def devices_run(trained, tmp_path_factory):
     workdir, data_dir = trained
-    out = subprocess.run([sys.executable, str(WORKER), "--mode", "devices", "--train_dir", str(workdir),
-                          "--data_dir", data_dir, "--out", str(tmp_path_factory.mktemp("devices"))],
-                         env=_env(8), cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    out = subprocess.run([
+        sys.executable,
+        str(WORKER), "--mode", "devices", "--train_dir",
+        str(workdir), "--data_dir", data_dir, "--out",
+        str(tmp_path_factory.mktemp("devices"))
+    ], env=_env(8), cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr[-4000:]
     return _report(out.stdout)
 
@@ -90,8 +96,7 @@ def test_trained_checkpoint_on_8_devices_equals_one_device_under_the_transfer_gu
         assert [o["index"] for o in c["outputs"]] == list(range(len(c["outputs"]))) and 2 <= len(c["outputs"]) <= 4
     _assert_same_cells(mesh, one)
     # ablate's evaluation of the run (its workdir, the config's mesh, under the guard): the same 0-shot scores
-    assert r["ablate"] == pytest.approx({DEV[t]: 100 * mesh[f"{t}/0/random"]["score"] for t in WORLD_TASKS},
-                                        abs=1e-9)
+    assert r["ablate"] == pytest.approx({DEV[t]: 100 * mesh[f"{t}/0/random"]["score"] for t in WORLD_TASKS}, abs=1e-9)
 
 
 def _free_port() -> int:
@@ -107,11 +112,13 @@ def test_two_processes_give_one_process_scores(trained, devices_run, tmp_path):
     procs = []
     for i in range(2):
         log = open(tmp_path / f"process{i}.out", "w"), open(tmp_path / f"process{i}.err", "w")
-        procs.append((subprocess.Popen(
-            [sys.executable, str(WORKER), "--mode", "process", "--tasks", ",".join(PROCESS_TASKS),
-             "--train_dir", str(workdir), "--data_dir", data_dir,
-             "--out", str(tmp_path), "--coordinator_address", address, "--num_processes", "2",
-             "--process_id", str(i)], env=_env(4), cwd=ROOT, stdout=log[0], stderr=log[1]), log))
+        procs.append((subprocess.Popen([
+            sys.executable,
+            str(WORKER), "--mode", "process", "--tasks", ",".join(PROCESS_TASKS), "--train_dir",
+            str(workdir), "--data_dir", data_dir, "--out",
+            str(tmp_path), "--coordinator_address", address, "--num_processes", "2", "--process_id",
+            str(i)
+        ], env=_env(4), cwd=ROOT, stdout=log[0], stderr=log[1]), log))
     rcs = []
     for p, log in procs:
         try:
@@ -120,7 +127,8 @@ def test_two_processes_give_one_process_scores(trained, devices_run, tmp_path):
             p.kill()
             for f in log:
                 f.close()
-    assert rcs == [0, 0], (tmp_path / "process0.err").read_text()[-3000:] + (tmp_path / "process1.err").read_text()[-3000:]
+    assert rcs == [0,
+                   0], (tmp_path / "process0.err").read_text()[-3000:] + (tmp_path / "process1.err").read_text()[-3000:]
     r = _report((tmp_path / "process0.out").read_text())
     assert r["processes"] == 2 and r["devices"] == 8
     want = {k: v for k, v in devices_run["mesh"]["cells"].items() if k.split("/")[0] in PROCESS_TASKS}

@@ -29,10 +29,15 @@ from flamingo_jax.convert.outward import flamingo_to_openflamingo, lm_to_hf  # n
 from flamingo_jax.convert.weights import ConversionError  # noqa: E402
 from flamingo_jax.models import build  # noqa: E402
 from test_convert_lm import build_hf, randomize as randomize_lm  # noqa: E402
-from test_convert_openflamingo import (TOL, build_openflamingo, images, randomize,  # noqa: E402,F401
-                                       refs, tokens_with_images)
+from test_convert_openflamingo import TOL, build_openflamingo, images, load_refs, randomize  # noqa: E402
+from test_convert_openflamingo import tokens_with_images  # noqa: E402
 
 pytestmark = pytest.mark.parity
+
+
+@pytest.fixture(scope="module")
+def refs():
+    return load_refs()
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "mpt"])
@@ -83,8 +88,11 @@ def test_openflamingo_round_trip_and_openflamingo_runs_the_export(refs, tmp_path
 
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     exported = torch.load(path, map_location="cpu", weights_only=True)
-    trainable = {k for k in saved if k.startswith("perceiver.") or "gated_cross_attn_layer." in k
-                 or k == "lang_encoder.transformer.wte.weight"}
+    trainable = {
+        k
+        for k in saved
+        if k.startswith("perceiver.") or "gated_cross_attn_layer." in k or k == "lang_encoder.transformer.wte.weight"
+    }
     assert set(exported) == trainable
     for k in trainable:
         torch.testing.assert_close(exported[k], saved[k], rtol=0, atol=0, msg=k)

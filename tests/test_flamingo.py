@@ -44,8 +44,7 @@ def test_cached_decoding_equals_full_recomputation(variant):
     full = jax.jit(model.apply)({"params": params}, tokens, imgs, IMAGE_MASK)
     visual = model.apply({"params": params}, imgs, method=model.encode)
     cache = model.apply({"params": params}, B, 16, method=model.init_cache)
-    step = jax.jit(lambda t, c: model.apply({"params": params}, t, visual, IMAGE_MASK, cache=c,
-                                            method=model.decode))
+    step = jax.jit(lambda t, c: model.apply({"params": params}, t, visual, IMAGE_MASK, cache=c, method=model.decode))
     logits, cache = step(tokens[:, :5], cache)
     outs = [logits]
     for t in range(5, L):
@@ -58,8 +57,10 @@ def test_params_split_into_top_level_subtrees_with_logical_names(variant):
     _, _, params, boxed, _, _ = variant
     assert set(params) == set(SUBTREES)
     leaves = jax.tree_util.tree_leaves_with_path(boxed["params"], is_leaf=lambda x: isinstance(x, nn.Partitioned))
-    unnamed = [jax.tree_util.keystr(p) for p, x in leaves
-               if not isinstance(x, nn.LogicallyPartitioned) or len(x.names) != x.value.ndim]
+    unnamed = [
+        jax.tree_util.keystr(p) for p, x in leaves
+        if not isinstance(x, nn.LogicallyPartitioned) or len(x.names) != x.value.ndim
+    ]
     assert not unnamed, f"params without logical axis names: {unnamed}"
 
 
@@ -82,7 +83,7 @@ def test_without_tanh_gating_the_images_change_the_output_at_init():
 
 def test_video_frames_with_temporal_embeddings_and_interpolation():
     config = tiny_model_config("gated", max_frames=2)
-    tokens = tokens_with_images(config, 1, L, image_positions=(1,))
+    tokens = tokens_with_images(config, 1, L, image_positions=(1, ))
     clip = images(1, 1, frames=2)
     model, params, _ = init_params(config, tokens, clip, jnp.ones((1, 1), bool))
     assert params["resampler"]["time_embeddings"].shape[0] == 2
@@ -99,10 +100,10 @@ def test_precision_policy_stores_frozen_params_in_bf16():
     config = tiny_model_config("gated")
     config.dtype = "bfloat16"
     config.param_dtype.vision = config.param_dtype.lm = "bfloat16"
-    tokens = tokens_with_images(config, 1, 8, image_positions=(1,))
+    tokens = tokens_with_images(config, 1, 8, image_positions=(1, ))
     imgs = images(1, 1)
-    shapes = jax.eval_shape(lambda: nn.meta.unbox(build(config).init(jax.random.key(0), tokens, imgs,
-                                                                       jnp.ones((1, 1), bool))))["params"]
+    shapes = jax.eval_shape(
+        lambda: nn.meta.unbox(build(config).init(jax.random.key(0), tokens, imgs, jnp.ones((1, 1), bool))))["params"]
     dtypes = {k: {x.dtype for x in jax.tree.leaves(v)} for k, v in shapes.items()}
     assert dtypes["vision"] == dtypes["lm"] == {jnp.dtype("bfloat16")}
     assert dtypes["resampler"] == dtypes["xattn"] == dtypes["new_tokens"] == {jnp.dtype("float32")}
@@ -135,7 +136,7 @@ def test_remat_gives_the_same_loss_and_gradients(variant):
 
     plain = build(config)
     l0, g0 = jax.jit(jax.value_and_grad(loss(plain)))(params)
-    for policy in ("full", "dots") if config.xattn.kind == "gated" else ("full",):
+    for policy in ("full", "dots") if config.xattn.kind == "gated" else ("full", ):
         remat_config = config.copy_and_resolve_references()
         remat_config.remat = policy
         remat = build(remat_config)

@@ -34,7 +34,6 @@ from tiny import tiny_train_config
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
-
 # ---------------------------------------------------------------------------------------------------------
 # The trainer on the tiny config: healthy for 10 steps, then lr=1e9.
 
@@ -121,8 +120,8 @@ def test_lr_1e9_without_rollback_stops_truthfully_and_a_sane_rerun_resumes(healt
 def _rollback_run(base: Path, tmp_path: Path, name: str) -> Path:
     workdir = tmp_path / name
     shutil.copytree(base, workdir)
-    train(_config(20, lr=1e9, rollback=True, max_bad_steps=3, lr_factor=1e-12, lr_factor_steps=100,
-                  skip_batches=2), str(workdir))
+    train(_config(20, lr=1e9, rollback=True, max_bad_steps=3, lr_factor=1e-12, lr_factor_steps=100, skip_batches=2),
+          str(workdir))
     return workdir
 
 
@@ -165,8 +164,7 @@ def test_rollbacks_are_limited(healthy, tmp_path):
     base, _ = healthy
     workdir = _copy(base, tmp_path)
     with pytest.raises(TrainingError, match="guard.max_rollbacks=1 rollbacks were used up"):
-        train(_config(20, lr=1e9, rollback=True, max_bad_steps=2, max_rollbacks=1, skip_batches=1),
-              str(workdir))
+        train(_config(20, lr=1e9, rollback=True, max_bad_steps=2, max_rollbacks=1, skip_batches=1), str(workdir))
     assert _steps(workdir) == [5, 10]
 
 
@@ -178,8 +176,8 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or not shutil.which("mount"):
         return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                           str(path)], capture_output=True).returncode == 0
 
 
 def test_disk_full_on_tmpfs_is_one_error_and_the_rerun_is_bit_exact(healthy, tmp_path, monkeypatch):
@@ -326,8 +324,8 @@ def test_a_flipped_byte_in_a_step_checkpoint_is_found_and_the_run_falls_back(tmp
     want = _toy_state(4.0)
     for i, f in enumerate(files):
         n = f.stat().st_size
-        for pos in sorted({0, n // 3, n // 2, (2 * n) // 3, n - 1} | ({n // 7 * k for k in range(1, 7)}
-                                                                       if f == data else set())):
+        for pos in sorted({0, n // 3, n // 2, (2 * n) // 3, n - 1} | ({n // 7 * k
+                                                                       for k in range(1, 7)} if f == data else set())):
             run = tmp_path / f"flip_{i}_{pos}"
             shutil.copytree(src, run)
             target = run / f.relative_to(src)
@@ -352,8 +350,8 @@ def test_a_flipped_byte_in_a_step_checkpoint_is_found_and_the_run_falls_back(tmp
 def test_the_damage_warning_is_one_readable_line():
     e = ValueError('DATA_LOSS: Error reading "x/.zarray": CRC-32C checksum verification failed '
                    "[source locations='tensorstore/kvstore/ocdbt/format/btree.cc:123\\ntensorstore/a.cc:1'] "
-                   "[tensorstore_spec='{\"driver\": \"zarr\", \"kvstore\": {\"path\": \"/very/long\"}}'] "
-                   + "<tensorstore.Spec object at 0x7f00deadbeef> " + "tail " * 200)
+                   "[tensorstore_spec='{\"driver\": \"zarr\", \"kvstore\": {\"path\": \"/very/long\"}}'] " +
+                   "<tensorstore.Spec object at 0x7f00deadbeef> " + "tail " * 200)
     line = checkpoint.one_line(e)
     assert "\n" not in line and "source locations" not in line and "tensorstore_spec" not in line
     assert line.startswith("ValueError: DATA_LOSS: Error reading") and line.endswith(" ...") and len(line) < 420
@@ -379,9 +377,10 @@ def test_cli_errors_are_one_line_fast_and_create_nothing(tmp_path, args, expecte
     config = [] if not args else ["--config", str(ROOT / "experiments/tiny.py")]
     # "Fast" means before anything is compiled, not a wall time (this machine's speed drifts 2x): with
     # JAX_LOG_COMPILES every compilation would log lines to stderr, and stderr must hold the one error line.
-    out = subprocess.run([sys.executable, "-m", "flamingo_jax.train", "--workdir", str(workdir), *config, *args],
-                         env=dict(os.environ, JAX_PLATFORMS="cpu", JAX_LOG_COMPILES="1"), capture_output=True,
-                         text=True, cwd=ROOT, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "flamingo_jax.train", "--workdir",
+                          str(workdir), *config, *args], env=dict(os.environ, JAX_PLATFORMS="cpu",
+                                                                  JAX_LOG_COMPILES="1"), capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
     lines = [l for l in out.stderr.splitlines() if l.strip()]
     assert out.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-2000:]
     assert expected in lines[0]
@@ -395,13 +394,12 @@ def test_cli_errors_are_one_line_fast_and_create_nothing(tmp_path, args, expecte
 def test_a_loss_spike_is_k_times_the_running_median_for_n_steps_and_makes_the_run_unhealthy():
     from flamingo_jax import guard as guard_lib
 
-    g = guard_lib.Guard(guard_lib.guard_config(spike_factor=2.0, spike_steps=3, spike_window=10,
-                                               spike_min_history=5))
+    g = guard_lib.Guard(guard_lib.guard_config(spike_factor=2.0, spike_steps=3, spike_window=10, spike_min_history=5))
     ok = dict(skipped=0, skipped_run=0, update_norm=0.1, update_ratio=1e-3)
     for loss in (10.0, 9.0, 11.0, 10.0, 9.5, 10.5):
         assert g.observe({**ok, "loss": loss}) == "" and g.healthy
     assert g.observe({**ok, "loss": 25.0}) == "" and not g.healthy  # one spike: not yet trouble, not saved
-    assert g.observe({**ok, "loss": 10.0}) == "" and g.healthy      # back: the spike run resets
+    assert g.observe({**ok, "loss": 10.0}) == "" and g.healthy  # back: the spike run resets
     assert [g.observe({**ok, "loss": 30.0}) for _ in range(3)] == ["", "", "spike"]
     assert "loss spike at step 9" in g.describe(9) and "median 10" in g.describe(9)
     # the spikes never entered the median's window; a checkpoint's guard state brings back the same decisions

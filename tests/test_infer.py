@@ -22,7 +22,7 @@ def run_dir(tmp_path_factory):
     from flamingo_jax import train
 
     workdir = tmp_path_factory.mktemp("infer") / "run"
-    train.train(tiny.tiny_train_config(mixture=("m3w",), total_steps=1), str(workdir))
+    train.train(tiny.tiny_train_config(mixture=("m3w", ), total_steps=1), str(workdir))
     return workdir
 
 
@@ -32,8 +32,12 @@ def test_cli_prints_a_caption_for_an_image_file(run_dir, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
 
     def infer(prompt, *extra):
-        cmd = [sys.executable, "-m", "flamingo_jax.infer", "--checkpoint", str(run_dir), "--images", str(image),
-               "--prompt", prompt, "--data_dir", str(tmp_path / "data"), *extra]
+        cmd = [
+            sys.executable, "-m", "flamingo_jax.infer", "--checkpoint",
+            str(run_dir), "--images",
+            str(image), "--prompt", prompt, "--data_dir",
+            str(tmp_path / "data"), *extra
+        ]
         return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
     out = infer("<image>Output:", "--num_beams", "3", "--max_new_tokens", "5", "--min_new_tokens", "3", "--json")

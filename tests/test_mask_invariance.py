@@ -35,8 +35,8 @@ from flamingo_jax.models.xattn import default_media_index, media_mask
 from tiny import IMAGE, VOCAB, init_params, set_gates, tiny_model_config
 
 CASES = 16
-B, L, T = 4, 16, 3          # rows, tokens, image slots of every batch (one compile per shape)
-PREFILL = 10                # cached decoding: the prompt chunk, then L - PREFILL single-token steps
+B, L, T = 4, 16, 3  # rows, tokens, image slots of every batch (one compile per shape)
+PREFILL = 10  # cached decoding: the prompt chunk, then L - PREFILL single-token steps
 GATE = 0.8
 TOL = dict(atol=2e-5, rtol=1e-5)
 SENSITIVE = 1e-3
@@ -46,10 +46,10 @@ SENSITIVE = 1e-3
 @dataclasses.dataclass
 class Case:
     seed: int
-    tokens: np.ndarray       # int32[B, L], left-padded (pad slots hold random garbage ids)
-    token_mask: np.ndarray   # bool[B, L]
-    images: np.ndarray       # float32[B, T, 1, H, W, 3]; slots past a row's image count are garbage too
-    image_mask: np.ndarray   # bool[B, T]
+    tokens: np.ndarray  # int32[B, L], left-padded (pad slots hold random garbage ids)
+    token_mask: np.ndarray  # bool[B, L]
+    images: np.ndarray  # float32[B, T, 1, H, W, 3]; slots past a row's image count are garbage too
+    image_mask: np.ndarray  # bool[B, T]
     pads: list[int]
     image_pos: list[list[int]]  # absolute positions of each row's <image> tokens
 
@@ -139,8 +139,7 @@ def _run(tiny, case: Case, **changes):
     _, params, fwd, _ = tiny
     args = dict(tokens=case.tokens, images=case.images, image_mask=case.image_mask, token_mask=case.token_mask)
     args.update(changes)
-    return np.asarray(fwd(params, *(jnp.asarray(args[k]) for k in ("tokens", "images", "image_mask",
-                                                                     "token_mask"))))
+    return np.asarray(fwd(params, *(jnp.asarray(args[k]) for k in ("tokens", "images", "image_mask", "token_mask"))))
 
 
 SEEDS = range(CASES)
@@ -164,8 +163,8 @@ def test_batch_of_rows_equals_each_row_alone(tiny):
             j = (i + 1) % B
             other = _run(tiny, case, tokens=case.tokens[i:i + 1], images=case.images[j:j + 1],
                          image_mask=case.image_mask[i:i + 1], token_mask=case.token_mask[i:i + 1])
-            assert_sensitive(case, f"row {i} alone with row {j}'s pixels", batch[i, case.real(i)],
-                             other[0, case.real(i)])
+            assert_sensitive(case, f"row {i} alone with row {j}'s pixels", batch[i, case.real(i)], other[0,
+                                                                                                         case.real(i)])
 
 
 def _right_padded(case: Case) -> tuple[np.ndarray, np.ndarray]:
@@ -203,8 +202,7 @@ def test_text_before_the_first_image_gets_no_cross_attention(tiny):
     for seed in SEEDS:
         case = make_case(3000 + seed)
         base = _run(tiny, case)
-        other = _run(tiny, case, images=np.random.default_rng(case.seed + 1).random(case.images.shape,
-                                                                                    np.float32))
+        other = _run(tiny, case, images=np.random.default_rng(case.seed + 1).random(case.images.shape, np.float32))
         zeros = _run(tiny, case, images=np.zeros_like(case.images))
         for i in range(B):
             before = slice(case.pads[i], case.first_image(i))
@@ -241,8 +239,8 @@ def test_no_later_image_and_no_absent_image_changes_a_token(tiny):
                 assert_close(case, f"row {i}: image {j} changed, tokens that saw < {j} images", out[i, keep],
                              base[i, keep], exact=True)
                 # Control: the tokens whose own image is j change.
-                assert_sensitive(case, f"row {i}: image {j} changed, tokens of image {j}",
-                                 out[i, real & (idx[i] == j)], base[i, real & (idx[i] == j)])
+                assert_sensitive(case, f"row {i}: image {j} changed, tokens of image {j}", out[i, real & (idx[i] == j)],
+                                 base[i, real & (idx[i] == j)])
 
 
 @pytest.fixture(scope="module")
@@ -343,8 +341,7 @@ def decoder(tiny):
         """log-probs [B, steps + 1, V] after the prompt's last token and after each continuation token but
         the last."""
         visual = encode(params, jnp.asarray(case.images))
-        prefix = dec.prefill(params, case.tokens[:, :PREFILL], case.token_mask[:, :PREFILL], visual,
-                             case.image_mask)
+        prefix = dec.prefill(params, case.tokens[:, :PREFILL], case.token_mask[:, :PREFILL], visual, case.image_mask)
         cache = own(params, prefix)
         outs = [np.asarray(prefix["logp"])]
         for t in range(PREFILL, L - 1):

@@ -11,6 +11,7 @@ from flamingo_jax import sharding
 
 
 class Dev:
+
     def __init__(self, i, process=0, slice_index=None, platform="cpu", kind="cpu", coords=None):
         self.id, self.process_index, self.platform, self.device_kind = i, process, platform, kind
         if slice_index is not None:
@@ -92,7 +93,7 @@ def test_param_rules_map_each_logical_axis_to_its_mesh_axis():
     assert spec(("layers", "embed", "mlp"), (3, 32, 64)) == P(None, "fsdp", "model")  # scanned layers
     for name in ("head_dim", "layers", "latents", "frames", "positions", "norm", "conv_h", "conv_w", "conv_in",
                  "conv_out", "unknown_name", None):
-        assert spec((name,), (8,)) == P(None), name
+        assert spec((name, ), (8, )) == P(None), name
     assert spec(("vocab", "embed"), (42, 32)) == P(None, "fsdp")  # 4 does not divide 42
     assert spec(("embed", "embed"), (32, 32)) == P("fsdp", None)  # fsdp is taken
     assert spec(("heads", "mlp"), (4, 64)) == P("model", None)  # model is taken

@@ -24,13 +24,13 @@ def test_partition_and_merge_roundtrip():
     trainable, frozen = optim.partition(PARAMS, (*optim.DEFAULT_TRAINABLE, "lm/layers_.*"))
     assert "layers_0" in trainable["lm"] and "embed" in frozen["lm"]
     with pytest.raises(ValueError, match="no parameter matches"):
-        optim.partition(PARAMS, ("nothing/.*",))
+        optim.partition(PARAMS, ("nothing/.*", ))
 
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_frozen_params_have_no_optimizer_state(fused):
     trainable, frozen = optim.partition(PARAMS, optim.DEFAULT_TRAINABLE)
-    c = optim.optimizer_config(lr_multipliers=("resampler/.*=0.1",), fused=fused)
+    c = optim.optimizer_config(lr_multipliers=("resampler/.*=0.1", ), fused=fused)
     tx, _ = optim.make_optimizer(c, trainable, 100)
     state = tx.init(trainable)
     n_trainable = sum(x.size for x in jax.tree.leaves(trainable))
@@ -51,8 +51,8 @@ def test_warmup_then_constant_and_cosine():
 @pytest.mark.parametrize("fused", [True, False])
 def test_weight_decay_skips_the_resampler_and_multipliers_scale_the_step(fused):
     trainable = {"resampler": {"w": jnp.ones(3)}, "xattn": {"w": jnp.ones(3)}, "lm": {"w": jnp.ones(3)}}
-    c = optim.optimizer_config(lr=1.0, warmup_steps=0, weight_decay=0.5, clip_norm=0.0,
-                               lr_multipliers=("lm/.*=0.1",), fused=fused)
+    c = optim.optimizer_config(lr=1.0, warmup_steps=0, weight_decay=0.5, clip_norm=0.0, lr_multipliers=("lm/.*=0.1", ),
+                               fused=fused)
     tx, _ = optim.make_optimizer(c, trainable, 10)
     zero_grads = jax.tree.map(jnp.zeros_like, trainable)
     updates, _ = tx.update(zero_grads, tx.init(trainable), trainable)
@@ -67,10 +67,12 @@ def test_fused_adamw_equals_the_optax_chain(clip_norm):
     """fused_adamw (one elementwise pass per leaf) makes the same updates as optax.chain(clip_by_global_norm,
     multi_transform(adamw per lr group, masked decay)) over several steps with warmup, groups and clipping."""
     keys = iter(jax.random.split(jax.random.key(0), 64))
-    params = {"resampler": {"w": jax.random.normal(next(keys), (5, 3))},
-              "xattn": {"w": jax.random.normal(next(keys), (4,)), "gate": jnp.zeros(())},
-              "lm": {"w": jax.random.normal(next(keys), (2, 2))}}
-    kw = dict(lr=0.1, warmup_steps=2, weight_decay=0.3, clip_norm=clip_norm, lr_multipliers=("lm/.*=0.1",))
+    params = {
+        "resampler": {"w": jax.random.normal(next(keys), (5, 3))},
+        "xattn": {"w": jax.random.normal(next(keys), (4, )), "gate": jnp.zeros(
+            ())}, "lm": {"w": jax.random.normal(next(keys), (2, 2))}
+    }
+    kw = dict(lr=0.1, warmup_steps=2, weight_decay=0.3, clip_norm=clip_norm, lr_multipliers=("lm/.*=0.1", ))
     fused, _ = optim.make_optimizer(optim.optimizer_config(**kw, fused=True), params, 10)
     chain, _ = optim.make_optimizer(optim.optimizer_config(**kw, fused=False), params, 10)
     p_f, p_c = params, params

@@ -38,10 +38,11 @@ print("RESULT " + json.dumps({"scores": scores, "tf_modules": tf}))
 
 def test_tiny_config_trains_and_evaluates_without_tensorflow(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
-    r = subprocess.run([sys.executable, "-c", _TRAIN_AND_EVALUATE, str(tmp_path / "w")], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-c", _TRAIN_AND_EVALUATE, str(tmp_path / "w")], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    (line,) = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+    (line, ) = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
     result = json.loads(line[len("RESULT "):])
     assert result["tf_modules"] == []
     assert 0.0 <= result["scores"]["vqa"]["0"] <= 1.0
@@ -59,17 +60,19 @@ def test_find_config_outside_a_checkout(tmp_path, monkeypatch):
     (tmp_path / "experiments" / "tiny.py").write_text("")
     assert config_files.find_config("experiments/tiny.py") == "experiments/tiny.py"  # a local file wins
     assert config_files.resolve_argv(["--config=experiments/world.py:steps=3", "--x", "--config", "a.py"]) == [
-        "--config=" + os.path.join(config_files.installed_dir(), "world.py") + ":steps=3", "--x", "--config", "a.py"]
+        "--config=" + os.path.join(config_files.installed_dir(), "world.py") + ":steps=3", "--x", "--config", "a.py"
+    ]
 
 
 def test_wheel_carries_configs_builders_and_scripts_and_builds_quietly(tmp_path):
     pytest.importorskip("setuptools", minversion="77")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v", "-w",
-                        str(tmp_path), ROOT], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v", "-w",
+         str(tmp_path), ROOT], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     log = (r.stdout + r.stderr).lower()
     assert "would be ignored" not in log and "deprecat" not in log
-    (wheel,) = [f for f in os.listdir(tmp_path) if f.endswith(".whl")]
+    (wheel, ) = [f for f in os.listdir(tmp_path) if f.endswith(".whl")]
     names = set(zipfile.ZipFile(tmp_path / wheel).namelist())
     for config in os.listdir(os.path.join(ROOT, "experiments")):
         if config.endswith(".py"):
@@ -109,10 +112,8 @@ print("HOOK", calls, [d.device_type for d in tf.config.get_visible_devices()])
 def test_tensorflow_is_kept_off_accelerators_and_quiet_when_imported():
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell has it
     env["PYTHONPATH"] = ROOT
-    r = subprocess.run([sys.executable, "-c", _IMPORT_TENSORFLOW], env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run([sys.executable, "-c", _IMPORT_TENSORFLOW], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "HOOK ['tensorflow'] ['CPU']" in r.stdout  # set_visible_devices([], 'GPU') ran at TF's import
     if not any(os.path.exists(f"/dev/nvidia{i}") for i in range(8)):  # a CPU host: TF's CUDA probe is silent
         assert "cuInit" not in r.stderr and "cpu_feature_guard" not in r.stderr, r.stderr[-2000:]
-

@@ -92,8 +92,8 @@ def config_file(tmp_path_factory) -> str:
 
 def test_cpu_plan_param_bytes_match_shapes(config_file):
     env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    r = subprocess.run([sys.executable, "-c", SCRIPT, config_file], env=env, cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", SCRIPT, config_file], env=env, cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     res = _last_json(r.stdout)
     out = res["plan"]
@@ -112,9 +112,10 @@ def test_cpu_plan_param_bytes_match_shapes(config_file):
 
 def test_cli_over_budget_does_not_fit(config_file):
     # No XLA_FLAGS: the tool sets up its 8 forced devices itself.
-    r = subprocess.run([sys.executable, "-m", "flamingo_jax.tools.plan", f"--config={config_file}",
-                        "--mesh=data=2,fsdp=1,model=4", "--target=cpu", "--memory_gb=0.0001"],
-                       env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([
+        sys.executable, "-m", "flamingo_jax.tools.plan", f"--config={config_file}", "--mesh=data=2,fsdp=1,model=4",
+        "--target=cpu", "--memory_gb=0.0001"
+    ], env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = _last_json(r.stdout)
     assert out["devices"] == 8 and out["verdict"] == "does not fit"
@@ -122,9 +123,9 @@ def test_cli_over_budget_does_not_fit(config_file):
 
 
 def test_bad_target_is_one_line_error(config_file):
-    r = subprocess.run([sys.executable, "-m", "flamingo_jax.tools.plan", f"--config={config_file}",
-                        "--target=tpu:v9:2x2"], env=_env(), cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "flamingo_jax.tools.plan", f"--config={config_file}", "--target=tpu:v9:2x2"], env=_env(),
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "unknown --target 'tpu:v9:2x2'" in r.stderr.strip().splitlines()[-1]
 
@@ -155,8 +156,8 @@ GENERATE = textwrap.dedent("""
 
 def test_generate_plan_holds_the_kv_cache(config_file):
     env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    r = subprocess.run([sys.executable, "-c", GENERATE, config_file], env=env, cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", GENERATE, config_file], env=env, cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     res = _last_json(r.stdout)
     short, long = res["runs"]

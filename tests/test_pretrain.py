@@ -59,7 +59,7 @@ def _clip_batches():
     mask = np.zeros((B, L), np.float32)
     for i in range(B):
         images[i, 0, 0, :, :, i % 3] = 1.0
-        images[i, 0, 0, : s // 2 * (i // 3 + 1) // 2] *= 0.3
+        images[i, 0, 0, :s // 2 * (i // 3 + 1) // 2] *= 0.3
         images[i] += 0.05 * rng.random(images[i].shape)
         tokens[i, :3] = (1, 3 + i, 2)
         mask[i, :3] = 1
@@ -75,9 +75,9 @@ def _text_batches(start: int = 0):
     uninterrupted one does when it resumes at the right step."""
     seq = np.tile(np.arange(4, 4 + 6), 4)
     for i in itertools.count(start):
-        tokens = np.stack([np.roll(seq, i + r)[: L + 1] for r in range(4)]).astype(np.int32)
+        tokens = np.stack([np.roll(seq, i + r)[:L + 1] for r in range(4)]).astype(np.int32)
         mask = np.ones((4, L), np.float32)
-        mask[:, : i % 3] = 0.0
+        mask[:, :i % 3] = 0.0
         yield dict(tokens=tokens[:, :-1], targets=tokens[:, 1:], loss_mask=mask)
 
 
@@ -170,8 +170,7 @@ def test_pretrain_lm_learns_resumes_and_plugs_in(tmp_path, flamingo_config):
     toks = jnp.asarray(next(_text_batches())["tokens"][:2])
     lm_logits, _ = DecoderLM(lm_cfg).apply({"params": reference}, toks)
     logits = jax.jit(model.apply)({"params": merged}, toks, tiny.images(), jnp.ones((2, 3), bool))
-    np.testing.assert_allclose(np.asarray(logits[..., : lm_cfg.vocab_size]), np.asarray(lm_logits),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(logits[..., :lm_cfg.vocab_size]), np.asarray(lm_logits), rtol=1e-4, atol=1e-4)
 
 
 def test_default_path_depends_on_the_tower(flamingo_config):

@@ -17,8 +17,8 @@ def _converted_vit(tmp_path, size: str) -> str:
     out = tmp_path / "vision"
     out.mkdir()
     config = json.loads(vision_config("vit", size).to_json_best_effort())
-    (out / "config.json").write_text(json.dumps({"format": FORMAT, "kind": "vision", "subtree": "vision",
-                                                 "config": config}))
+    (out / "config.json").write_text(
+        json.dumps({"format": FORMAT, "kind": "vision", "subtree": "vision", "config": config}))
     return str(out)
 
 
@@ -26,8 +26,9 @@ def test_paper_config_refuses_a_vit_in_the_nfnet_slot_and_takes_it_with_vision_a
     vit = _converted_vit(tmp_path, "L/14")
     config = load_config("experiments/flamingo_9b.py")
     config.pretrained.vision = vit
-    with pytest.raises(ValueError, match=r"config.pretrained.vision: .* holds a tower with kind='vit' but "
-                                         r"config.model.vision.kind is 'nfnet'.*vision=vit:<size>"):
+    with pytest.raises(
+            ValueError, match=r"config.pretrained.vision: .* holds a tower with kind='vit' but "
+            r"config.model.vision.kind is 'nfnet'.*vision=vit:<size>"):
         train.check_config(config)
     config = load_config("experiments/flamingo_9b.py:vision=vit:L/14")
     config.pretrained.vision = vit

@@ -30,8 +30,10 @@ def test_shares_separate_a_copying_lm_from_a_one_style_lm():
         return first[1] if m.group(1) == "It is" else first[2] if m.group(1) else bare_first
 
     plain = probe_lm_style.style_shares(one_style, vocab, prompts=6, examples=(0, 4))
-    assert plain == {"k=0/style=0": 1.0, "k=0/style=1": 0.0, "k=0/style=2": 0.0,
-                     "k=4/style=0": 1.0, "k=4/style=1": 0.0, "k=4/style=2": 0.0}
+    assert plain == {
+        "k=0/style=0": 1.0, "k=0/style=1": 0.0, "k=0/style=2": 0.0, "k=4/style=0": 1.0, "k=4/style=1": 0.0,
+        "k=4/style=2": 0.0
+    }
     copying = probe_lm_style.style_shares(copier, vocab, prompts=6, examples=(0, 4))
     assert copying["k=4/style=0"] == copying["k=4/style=1"] == copying["k=4/style=2"] == 1.0, copying
     assert copying["k=0/style=1"] == 0.0  # no example: nothing to copy

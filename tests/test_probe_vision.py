@@ -34,8 +34,9 @@ def test_probe_and_supervised_ceiling_on_a_saved_tower(tmp_path):
     import flax.linen as nn
 
     params = nn.meta.unbox(build_vision(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"])
-    tower = save_converted(str(tmp_path / "tower"), Converted(kind="vision", params=jax.device_get(params),
-                                                              config=cfg, source={"test": "random"}))
+    tower = save_converted(
+        str(tmp_path / "tower"),
+        Converted(kind="vision", params=jax.device_get(params), config=cfg, source={"test": "random"}))
     out = probe_vision.probe([tower], n_images=240)[tower]
     assert set(out) == {"background", "colour", "kind"}
     # even a random tower's features carry the background's colour; their kind probe stays near chance

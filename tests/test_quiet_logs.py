@@ -10,7 +10,7 @@ from flamingo_jax import checkpoint
 
 
 def _record(path: str, level: int) -> logging.LogRecord:
-    return logging.LogRecord("absl", level, path, 1, "message %s", ("x",), None)
+    return logging.LogRecord("absl", level, path, 1, "message %s", ("x", ), None)
 
 
 def test_orbax_info_is_dropped_and_its_warnings_kept(monkeypatch):

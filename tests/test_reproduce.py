@@ -17,7 +17,9 @@ from flamingo_jax import reproduce
 from flamingo_jax.ablate import WORLD_TO_DEV
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "experiments", "world.py") + ":steps=4,scale=0.02,batch=2,warmup=1,lm_layers=2,m3w_len=64,m3w_images=2,lm_len=64,lm_batch=2,text_sections=1"
+TINY = os.path.join(
+    ROOT, "experiments", "world.py"
+) + ":steps=4,scale=0.02,batch=2,warmup=1,lm_layers=2,m3w_len=64,m3w_images=2,lm_len=64,lm_batch=2,text_sections=1"
 TASKS = ("captions", "video_qa")  # one image and one video task: fewer decoder compiles
 SHOTS = (0, 2)
 
@@ -32,8 +34,8 @@ def run(tmp_path_factory):
     out, err = io.StringIO(), io.StringIO()
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        stages = reproduce.reproduce(config, workdir, pretrain_steps=3, shots=SHOTS, max_queries=2,
-                                     eval_batch_size=2, config_spec=TINY)
+        stages = reproduce.reproduce(config, workdir, pretrain_steps=3, shots=SHOTS, max_queries=2, eval_batch_size=2,
+                                     config_spec=TINY)
     wall = time.perf_counter() - t0
     sys.stdout.write(out.getvalue())  # still shown by pytest on a failure
     sys.stderr.write(err.getvalue())
@@ -75,8 +77,10 @@ def test_report_holds_the_evaluated_scores(run):
     assert {c["checkpoint"] for c in cells.values()} == {checkpoint_id}  # never "random-init-..."
     assert stages["evaluate"]["checkpoint_step"] == config.total_steps
     scores = stages["evaluate"]["scores"]
-    rows = {r["task (DEV analogue)"].split(" (")[0]: r for r in _table(
-        open(os.path.join(workdir, "report.md")).read(), "| task (DEV analogue) |")}
+    rows = {
+        r["task (DEV analogue)"].split(" (")[0]: r
+        for r in _table(open(os.path.join(workdir, "report.md")).read(), "| task (DEV analogue) |")
+    }
     for c in cells.values():
         if c["selection"] != "random":
             continue
@@ -94,8 +98,10 @@ def test_report_puts_every_score_in_its_own_cell(tmp_path):
     config = reproduce.load_config(TINY)  # all five world eval sets
     tasks = list(config.data.eval_sets)
     scores = {t: {"0": 10.0 + i, "4": 20.0 + 2 * i} for i, t in enumerate(tasks)}
-    fake = dict(stages, evaluate=dict(scores=scores, checkpoint_step=7, seconds=5.0,
-                                      rices=dict(shots=4, scores={t: 30.0 + i for i, t in enumerate(tasks)})))
+    fake = dict(
+        stages, evaluate=dict(scores=scores, checkpoint_step=7, seconds=5.0,
+                              rices=dict(shots=4, scores={t: 30.0 + i
+                                                          for i, t in enumerate(tasks)})))
     reproduce.write_report(config, str(tmp_path), fake, config_spec="x")
     report = (tmp_path / "report.md").read_text()
     rows = _table(report, "| task (DEV analogue) |")
@@ -153,8 +159,10 @@ def test_report_json_matches_report_md(run):
         assert list(by) == shots, task
         assert all(isinstance(v, float) for v in by.values()), task
     assert list(rep["overall"]) == shots
-    assert rep["overall"] == {s: v if math.isfinite(v) else None
-                              for s, v in reproduce.overall_by_shots(stages["evaluate"]["scores"]).items()}
+    assert rep["overall"] == {
+        s: v if math.isfinite(v) else None
+        for s, v in reproduce.overall_by_shots(stages["evaluate"]["scores"]).items()
+    }
     timed = list(reproduce.STAGES[:-1])
     assert list(rep["seconds"]) == timed + ["total"]
     assert rep["seconds"]["total"] == pytest.approx(sum(rep["seconds"][n] for n in timed), abs=0.05)
@@ -174,15 +182,19 @@ def test_report_json_matches_report_md(run):
     with open(os.path.join(workdir, "train", "eval", "results.json")) as f:
         cells = json.load(f)["cells"].values()
     for task, v in rep["rices"]["scores"].items():
-        measured = [100.0 * c["score"] for c in cells if c["task"] == task and c["selection"] == "rices"
-                    and str(c["shots"]) == top]
+        measured = [
+            100.0 * c["score"] for c in cells
+            if c["task"] == task and c["selection"] == "rices" and str(c["shots"]) == top
+        ]
         assert measured == [pytest.approx(v)], task
     rices_rows = _table(report, "| task | random | RICES |")
     assert {r["task"]: r["RICES"] for r in rices_rows[:-1]} == {t: _cell(v) for t, v in rep["rices"]["scores"].items()}
     assert rices_rows[-1]["RICES"] == _cell(rep["rices"]["overall"])
     times = {r["stage"]: r["seconds"] for r in _table(report, "| stage | seconds |")}
-    assert times == {**{n: f"{rep['seconds'][n]:.0f}" for n in timed},
-                     "**total (before the report)**": f"{rep['seconds']['total']:.0f}"}
+    assert times == {
+        **{n: f"{rep['seconds'][n]:.0f}"
+           for n in timed}, "**total (before the report)**": f"{rep['seconds']['total']:.0f}"
+    }
 
 
 def test_every_stage_prints_progress_with_rate_and_eta(run):
@@ -195,8 +207,9 @@ def test_every_stage_prints_progress_with_rate_and_eta(run):
                          re.M), kind
     for task in TASKS:
         for s in SHOTS:
-            assert re.search(rf"^\[evaluate\] {task} {s}-shot seed 0 shard 0/1: 2/2 \(100%\)  {num} queries/s  "
-                             rf"ETA 0:00$", out, re.M), (task, s)
+            assert re.search(
+                rf"^\[evaluate\] {task} {s}-shot seed 0 shard 0/1: 2/2 \(100%\)  {num} queries/s  "
+                rf"ETA 0:00$", out, re.M), (task, s)
 
 
 def test_default_shots_are_0_4_8_16_32():

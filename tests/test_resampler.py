@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flamingo_jax.models.resampler import (build_resampler, interpolate_rows, pooling_matrix,
-                                           resampler_config)
+from flamingo_jax.models.resampler import (build_resampler, interpolate_rows, pooling_matrix, resampler_config)
 from tiny import KEY
 
 
@@ -44,7 +43,7 @@ def test_time_embeddings_distinguish_frames():
     # Identical frames + swapped time rows give the same set of tokens: unchanged output ...
     np.testing.assert_allclose(m.apply(p, feats), m.apply(p2, feats), atol=1e-5)
     # ... while changing one frame's time row changes it.
-    bump = jax.random.normal(jax.random.key(2), (8,))  # not a constant: LayerNorm would remove that
+    bump = jax.random.normal(jax.random.key(2), (8, ))  # not a constant: LayerNorm would remove that
     p3 = {"params": {**p["params"], "time_embeddings": p["params"]["time_embeddings"].at[0].add(bump)}}
     assert float(jnp.abs(m.apply(p3, feats) - m.apply(p, feats)).max()) > 1e-4
 
@@ -75,9 +74,10 @@ def test_ablation_resamplers_have_a_similar_parameter_budget():
 def _reference_perceiver(params, feats, c):
     """The perceiver written as the paper and OpenFlamingo write it: latents attend to concat(LN(x), LN(z))
     in every layer, with the latents broadcast to every item first."""
+
     def ln(x, p):
         mu = x.mean(-1, keepdims=True)
-        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        var = ((x - mu)**2).mean(-1, keepdims=True)
         y = (x - mu) / jnp.sqrt(var + c.norm_eps) * p["scale"]
         return y + p["bias"] if "bias" in p else y
 
@@ -93,7 +93,7 @@ def _reference_perceiver(params, feats, c):
         zn = ln(z, p["latent_norm"])
         kv = jnp.concatenate([ln(x, p["media_norm"]), zn], axis=1)
         q, k, v = dense(zn, p["attn"]["query"]), dense(kv, p["attn"]["key"]), dense(kv, p["attn"]["value"])
-        w = jax.nn.softmax(jnp.einsum("nqhd,nkhd->nhqk", q, k) / q.shape[-1] ** 0.5, axis=-1)
+        w = jax.nn.softmax(jnp.einsum("nqhd,nkhd->nhqk", q, k) / q.shape[-1]**0.5, axis=-1)
         z = z + dense(jnp.einsum("nhqk,nkhd->nqhd", w, v), p["attn"]["out"], in_dims=2)
         h = dense(ln(z, p["ffw_norm"]), p["ffw"]["wi"])
         z = z + dense(jnp.square(jax.nn.relu(h)), p["ffw"]["wo"])

@@ -30,9 +30,10 @@ def _config(tmp):
     config.checkpoint_every = 2  # checkpoints at steps 2 and 3: the resume test goes back to 2
     mesh, model = mesh_and_model(config)
     params, _, _ = init_params(model, config.model, mesh, jax.random.key(1234))
-    config.pretrained.vision = save_converted(str(tmp / "vision"), Converted(
-        kind="vision", params=jax.tree.map(np.asarray, params["vision"]), config=config.model.vision,
-        source={"test": "seed_batch"}))
+    config.pretrained.vision = save_converted(
+        str(tmp / "vision"),
+        Converted(kind="vision", params=jax.tree.map(np.asarray, params["vision"]), config=config.model.vision,
+                  source={"test": "seed_batch"}))
     return config
 
 
@@ -141,8 +142,8 @@ def test_ablate_batches_a_rows_seeds(tmp_path):
     import importlib.util
     import os
 
-    spec = importlib.util.spec_from_file_location("_abl", os.path.join(os.path.dirname(__file__), "..",
-                                                                       "experiments", "ablations.py"))
+    spec = importlib.util.spec_from_file_location(
+        "_abl", os.path.join(os.path.dirname(__file__), "..", "experiments", "ablations.py"))
     abl = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(abl)
     config = abl.get_config("table3")
@@ -160,8 +161,7 @@ def test_ablate_batches_a_rows_seeds(tmp_path):
     ablate.run_table(config, str(tmp_path / "a"), ["baseline", "no_video"], seeds=3, runner=runner,
                      seeds_runner=seeds_runner)
     assert batches == [[base, base + 1, base + 2]] * 2 and not singles
-    out = ablate.run_table(config, str(tmp_path / "a"), ["baseline"], seeds=4, runner=runner,
-                           seeds_runner=seeds_runner)
+    out = ablate.run_table(config, str(tmp_path / "a"), ["baseline"], seeds=4, runner=runner, seeds_runner=seeds_runner)
     assert singles == [base + 3] and len(batches) == 2  # one seed left: run alone
     assert [r["seed"] for r in out["baseline"]] == [0, 1, 2, 3]
     ablate.run_table(config, str(tmp_path / "b"), ["baseline"], seeds=2, runner=runner, seeds_runner=seeds_runner,

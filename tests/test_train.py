@@ -79,9 +79,12 @@ def reference():
 @pytest.fixture(scope="module")
 def eight_devices(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("mesh_resume")
-    out = subprocess.run([sys.executable, WORKER, "--meshes", MESHES, "--steps", str(STEPS), "--resume_at",
-                          str(RESUME_AT), "--workdir", str(workdir)], env=_env(8),
-                         capture_output=True, text=True, cwd=ROOT, timeout=900)
+    out = subprocess.run([
+        sys.executable, WORKER, "--meshes", MESHES, "--steps",
+        str(STEPS), "--resume_at",
+        str(RESUME_AT), "--workdir",
+        str(workdir)
+    ], env=_env(8), capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     return _records(out.stdout)
 
@@ -95,8 +98,7 @@ def test_metrics_jsonl_has_the_promised_fields(single_device, reference):
     # the default objective is the paper's per-sequence sum; loss/<dataset> stays the per-token mean
     weights = {n: d.weight for n, d in tiny_train_config().data.datasets.items()}
     for r in rows:
-        np.testing.assert_allclose(r["loss"], sum(weights[n] * r[f"seq_loss/{n}"] for n in ("m3w", "align")),
-                                   rtol=1e-5)
+        np.testing.assert_allclose(r["loss"], sum(weights[n] * r[f"seq_loss/{n}"] for n in ("m3w", "align")), rtol=1e-5)
         assert r["seq_loss/m3w"] > r["loss/m3w"]
     # train() logs the steps that the Trainer takes (same device, same program)
     np.testing.assert_allclose(losses, reference["real"]["loss"], rtol=1e-6)
@@ -142,9 +144,14 @@ def test_two_processes_match_one_process(reference, eight_devices):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, WORKER, "--meshes", "8,1,1", "--steps", str(STEPS), "--process",
-                               str(i), "--of", "2", "--port", str(port)], env=_env(4), cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen([
+            sys.executable, WORKER, "--meshes", "8,1,1", "--steps",
+            str(STEPS), "--process",
+            str(i), "--of", "2", "--port",
+            str(port)
+        ], env=_env(4), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)
+    ]
     outs = [p.communicate(timeout=900) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
@@ -159,8 +166,10 @@ def test_frozen_params_unchanged_trainable_moved_and_no_optimizer_state_for_froz
     # and every trainable array moved (the gates, the resampler, the cross-attention layers)
     flat = jax.tree_util.tree_flatten_with_path(after["trainable"])[0]
     assert len(flat) == len(jax.tree.leaves(before["trainable"])) > 10
-    still = [jax.tree_util.keystr(path) for (path, x), y in zip(flat, jax.tree.leaves(before["trainable"]))
-             if np.array_equal(x, y)]
+    still = [
+        jax.tree_util.keystr(path) for (path, x), y in zip(flat, jax.tree.leaves(before["trainable"]))
+        if np.array_equal(x, y)
+    ]
     assert not still, f"trainable params that did not move: {still}"
     trainable_bytes = optim.tree_bytes(trainer.state["trainable"])
     opt_bytes = optim.tree_bytes(trainer.state["opt_state"])
@@ -235,8 +244,8 @@ def test_sigint_saves_and_the_rerun_resumes_the_real_data_pipeline_exactly(tmp_p
 
     rows_a, rows_b = ([json.loads(l) for l in (w / "metrics.jsonl").read_text().splitlines()] for w in (a, b))
     assert [r["step"] for r in rows_b] == [1, 2, 3, 4, 5]  # the rerun did not start over
-    assert [[k for k in r if k.startswith("loss/")] for r in rows_a] == [["loss/m3w"], ["loss/align"]] * 2 + [
-        ["loss/m3w"]]
+    assert [[k for k in r if k.startswith("loss/")]
+            for r in rows_a] == [["loss/m3w"], ["loss/align"]] * 2 + [["loss/m3w"]]
     assert [r["loss"] for r in rows_b] == [r["loss"] for r in rows_a]  # bitwise
     want, got = _saved_trainable(a, 5), _saved_trainable(b, 5)
     for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -260,8 +269,10 @@ def test_unknown_loss_normalization_is_an_error_before_anything_is_built():
 
 
 def test_cli_reports_config_errors_in_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "flamingo_jax.train", "--config", str(ROOT / "experiments/tiny.py"),
-                          "--workdir", str(tmp_path), "--config.mesh.data=3", "--config.data.source=synthetic"],
-                         env=_env(1), capture_output=True, text=True, cwd=ROOT, timeout=300)
+    out = subprocess.run([
+        sys.executable, "-m", "flamingo_jax.train", "--config",
+        str(ROOT / "experiments/tiny.py"), "--workdir",
+        str(tmp_path), "--config.mesh.data=3", "--config.data.source=synthetic"
+    ], env=_env(1), capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode != 0
     assert "error: mesh" in out.stderr and "config.mesh" in out.stderr

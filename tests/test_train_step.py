@@ -19,8 +19,7 @@ WEIGHTS = {"a": 1.0, "b": 0.2}
 def setup():
     config = tiny_model_config("gated", num_layers=2)
     rng = np.random.default_rng(0)
-    kw = dict(frames=1, image_size=IMAGE, vocab_size=VOCAB, image_id=config.image_token_id,
-              eoc_id=config.eoc_token_id)
+    kw = dict(frames=1, image_size=IMAGE, vocab_size=VOCAB, image_id=config.image_token_id, eoc_id=config.eoc_token_id)
     batches = {"a": synthetic_batch(rng, 4, 12, 2, **kw), "b": synthetic_batch(rng, 4, 8, 1, **kw)}
     # Rows with different numbers of loss tokens (so a per-token mean, a per-row mean and a per-sequence sum
     # all differ), and in "b" a row without any: it still counts as one of the B sequences.
@@ -63,8 +62,7 @@ def _assert_trees_close(got, want, rtol=2e-4, atol=1e-6):
 def _applied_update(model, trainable, frozen, batches, normalization):
     """One step with SGD(1): new params = params - applied gradient, so the gradient can be read back."""
     tx = optax.sgd(1.0)
-    step = jax.jit(make_train_step(model, tx, optax.constant_schedule(1.0), WEIGHTS,
-                                   normalization=normalization))
+    step = jax.jit(make_train_step(model, tx, optax.constant_schedule(1.0), WEIGHTS, normalization=normalization))
     state, metrics = step(init_state(trainable, tx, KEY), frozen, batches)
     assert int(state["step"]) == 1
     return jax.tree.map(jnp.subtract, trainable, state["trainable"]), metrics
@@ -129,8 +127,7 @@ def test_microbatches_give_the_full_batch_gradient(setup, normalization):
         assert float(full.tokens) == float(micro.tokens) and full.sequences == micro.sequences
         _assert_trees_close(micro.grads, full.grads)
     if normalization == "sequence":  # and the full batch is the hand-computed objective
-        np.testing.assert_allclose(micro.loss, _sequence_objective(model, trainable, frozen, batches["b"]),
-                                   rtol=1e-5)
+        np.testing.assert_allclose(micro.loss, _sequence_objective(model, trainable, frozen, batches["b"]), rtol=1e-5)
 
 
 def test_round_robin_makes_one_update_per_dataset_batch(setup):

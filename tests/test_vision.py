@@ -16,7 +16,6 @@ from flamingo_jax.models import vision
 from flamingo_jax.models.vision import (NFBlock, WSConv2D, build_vision, standardize_weight, vision_config,
                                         vision_num_tokens, vision_output_dim)
 
-
 KEY = jax.random.key(0, impl="unsafe_rbg")  # threefry init compiles 3-7x slower on XLA:CPU
 
 
@@ -39,9 +38,10 @@ def nfnet_tiny():
     model = build_vision(cfg)
     images = _images(cfg)
     variables = jax.jit(model.init)(KEY, images)  # boxed: LogicallyPartitioned leaves
-    apply = jax.jit(functools.partial(
-        model.apply, mutable=["intermediates"],
-        capture_intermediates=lambda mdl, method: isinstance(mdl, (NFBlock, WSConv2D)) and method == "__call__"))
+    apply = jax.jit(
+        functools.partial(
+            model.apply, mutable=["intermediates"],
+            capture_intermediates=lambda mdl, method: isinstance(mdl, (NFBlock, WSConv2D)) and method == "__call__"))
     return cfg, variables, images, apply
 
 
@@ -57,7 +57,7 @@ def vit_tiny():
 def test_nfnet_tiny_output_shape(nfnet_tiny):
     cfg, variables, images, apply = nfnet_tiny
     out, _ = apply({"params": nn.unbox(variables["params"])}, images)
-    assert vision_num_tokens(cfg) == (64 // 32) ** 2 and vision_output_dim(cfg) == 64
+    assert vision_num_tokens(cfg) == (64 // 32)**2 and vision_output_dim(cfg) == 64
     assert out.shape == (2, 4, 64) and out.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(out))) and float(jnp.std(out)) > 0
 
@@ -76,8 +76,7 @@ def test_nf_blocks_return_shortcut_at_init(nfnet_tiny):
     np.testing.assert_array_equal(inter["block2"]["__call__"][0], inter["block1"]["__call__"][0])
 
     params = jax.tree_util.tree_map_with_path(
-        lambda path, x: jnp.ones_like(x) if "skip_gain" in jax.tree_util.keystr(path) else x,
-        params)
+        lambda path, x: jnp.ones_like(x) if "skip_gain" in jax.tree_util.keystr(path) else x, params)
     _, state = apply({"params": params}, images)  # same tree and shapes: no recompilation
     for i in range(5):
         block = state["intermediates"][f"block{i}"]
@@ -95,8 +94,8 @@ def test_ws_conv_standardises(nfnet_tiny):
     @jax.jit
     def expected(images, stem):  # one compilation instead of one per eager op
         x = (images - jnp.asarray(cfg.pixel_mean)) / jnp.asarray(cfg.pixel_std)
-        conv = jax.lax.conv_general_dilated(x, standardize_weight(stem["kernel"], stem["gain"]), (2, 2), "SAME",
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC")) + stem["bias"]
+        conv = jax.lax.conv_general_dilated(x, standardize_weight(stem["kernel"], stem["gain"]),
+                                            (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + stem["bias"]
         return standardize_weight(raw, jnp.ones(6)), standardize_weight(raw, gain), conv
 
     w, w_gain, want = map(np.asarray, expected(images, params["stem_conv0"]))
@@ -190,7 +189,7 @@ def test_config_errors_and_overrides():
 # exact value (Gauss-Hermite quadrature below), far from any other activation's (gelu 1.70, relu 1.71, silu 1.79).
 _NP_ACTS = {
     "relu": lambda x: np.maximum(x, 0.0),
-    "gelu_tanh": lambda x: 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3))),
+    "gelu_tanh": lambda x: 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3))),
     "gelu": lambda x: 0.5 * x * (1.0 + np.vectorize(math.erf)(x / np.sqrt(2.0))),
     "silu": lambda x: x / (1.0 + np.exp(-x)),
 }
@@ -201,7 +200,7 @@ def test_nf_gamma_makes_the_activation_unit_variance(name):
     z, w = np.polynomial.hermite_e.hermegauss(300)
     w = w / np.sqrt(2.0 * np.pi)  # E[f(z)] = sum w f(z) for z ~ N(0, 1)
     y = _NP_ACTS[name](z)
-    gamma = 1.0 / np.sqrt(np.sum(w * y * y) - np.sum(w * y) ** 2)
+    gamma = 1.0 / np.sqrt(np.sum(w * y * y) - np.sum(w * y)**2)
     np.testing.assert_allclose(vision.NF_GAMMA[name], gamma, rtol=1e-3)
     x = np.linspace(-4.0, 4.0, 33, dtype=np.float32)
     np.testing.assert_allclose(np.asarray(vision.nf_activation(name)(jnp.asarray(x))),
@@ -277,11 +276,10 @@ def test_nf_blocks_match_an_independent_numpy_block(nfnet_tiny):
     out = lambda i: np.asarray(inter[f"block{i}"]["__call__"][0], np.float64)  # noqa: E731
     p = jax.tree.map(np.asarray, params)
     alpha = 0.2
-    for i, beta, stride, groups in [(2, 1 / math.sqrt(1 + alpha ** 2), 1, 16 // 8),
-                                    (3, 1 / math.sqrt(1 + 2 * alpha ** 2), 2, 32 // 8)]:
+    for i, beta, stride, groups in [(2, 1 / math.sqrt(1 + alpha**2), 1, 16 // 8),
+                                    (3, 1 / math.sqrt(1 + 2 * alpha**2), 2, 32 // 8)]:
         want = _np_nf_block(out(i - 1), p[f"block{i}"], beta=beta, alpha=alpha, stride=stride, groups=groups)
         assert out(i).shape == want.shape
-        np.testing.assert_allclose(out(i), want, rtol=1e-4, atol=1e-4 * np.abs(want).max(),
-                                   err_msg=f"block{i}")
+        np.testing.assert_allclose(out(i), want, rtol=1e-4, atol=1e-4 * np.abs(want).max(), err_msg=f"block{i}")
         # the residual branch is a sizeable part of the output (so alpha, SE and beta are all tested)
         assert np.abs(want - np.asarray(inter[f"block{i}"]["shortcut"][0])).max() > 0.05 * np.abs(want).max()

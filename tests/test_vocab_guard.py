@@ -28,8 +28,9 @@ def _vocab(words: str) -> SentencePieceVocab:
 
 
 def _config(lm_dir: str) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(model=dict(lm=dict(vocab_size=64), image_token_id=64, eoc_token_id=65),
-                                          pretrained=dict(lm=lm_dir, vision="")))
+    return ml_collections.ConfigDict(
+        dict(model=dict(lm=dict(vocab_size=64), image_token_id=64, eoc_token_id=65),
+             pretrained=dict(lm=lm_dir, vision="")))
 
 
 def _lm_dir(tmp_path, vocab_sha256):

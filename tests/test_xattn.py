@@ -12,13 +12,13 @@ from tiny import KEY
 
 def test_placements_of_the_paper_and_openflamingo():
     assert placement(xattn_config(every=1), 24) == tuple(range(24))
-    assert placement(xattn_config(every=4), 40) == tuple(range(0, 40, 4))          # 9B: 10 layers
-    assert len(placement(xattn_config(every=7), 80)) == 12                          # 80B: 12 layers
-    assert placement(xattn_config(every=4, offset=3), 8) == (3, 7)                  # OpenFlamingo rule
-    assert placement(xattn_config(placement="middle"), 24) == (12,)
+    assert placement(xattn_config(every=4), 40) == tuple(range(0, 40, 4))  # 9B: 10 layers
+    assert len(placement(xattn_config(every=7), 80)) == 12  # 80B: 12 layers
+    assert placement(xattn_config(every=4, offset=3), 8) == (3, 7)  # OpenFlamingo rule
+    assert placement(xattn_config(placement="middle"), 24) == (12, )
     assert placement(xattn_config(placement="list", layers=(5, 1)), 24) == (1, 5)
     with pytest.raises(ValueError):
-        placement(xattn_config(placement="list", layers=(30,)), 24)
+        placement(xattn_config(placement="list", layers=(30, )), 24)
 
 
 def test_default_media_index_is_inclusive():
@@ -30,8 +30,8 @@ def test_media_mask_previous_and_all_previous():
     idx = jnp.array([[0, 1, 2, 2]])
     present = jnp.array([[True, True, False]])
     prev = media_mask(idx, present, 2, "previous")[0, 0]
-    np.testing.assert_array_equal(prev, [[0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0],
-                                         [0, 0, 1, 1, 0, 0]])
+    np.testing.assert_array_equal(prev,
+                                  [[0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0], [0, 0, 1, 1, 0, 0]])
     allp = media_mask(jnp.array([[0, 1, 3]]), jnp.array([[True, True, True]]), 1, "all_previous")[0, 0]
     np.testing.assert_array_equal(allp, [[0, 0, 0], [1, 0, 0], [1, 1, 1]])
 
@@ -45,9 +45,9 @@ def block():
     params = m.init(KEY, y, visual, jnp.ones((1, 1, 8, 12), bool))["params"]
     params = jax.tree.map(lambda x: x, params)
     params = {**params, "attn_gate": jnp.array(1.0), "ffw_gate": jnp.array(0.0)}
-    xattn_only = jax.jit(lambda v, idx, mode: m.apply({"params": params}, y, v,
-                                                      media_mask(idx, jnp.ones((1, 3), bool), 4, mode)) - y,
-                         static_argnums=2)
+    xattn_only = jax.jit(
+        lambda v, idx, mode: m.apply({"params": params}, y, v, media_mask(idx, jnp.ones((1, 3), bool), 4, mode)) - y,
+        static_argnums=2)
     return xattn_only, visual
 
 

@@ -53,8 +53,10 @@ def init_params(config, tokens, imgs, image_mask, media_index=None):
 
 def set_gates(params, value: float):
     """Every tanh gate set to `value`."""
+
     def fix(path, x):
         return jnp.full_like(x, value) if str(path[-1].key).endswith("_gate") else x
+
     return jax.tree_util.tree_map_with_path(fix, params)
 
 

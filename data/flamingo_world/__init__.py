@@ -2,4 +2,4 @@
 
 from .flamingo_world import Builder, FlamingoWorldConfig, make_config
 
-__all__ = ['Builder', 'FlamingoWorldConfig', 'make_config']
+__all__ = ["Builder", "FlamingoWorldConfig", "make_config"]

@@ -20,49 +20,49 @@ from flamingo_jax.data.world import generate
 
 @dataclasses.dataclass(eq=False)
 class FlamingoWorldConfig(tfds.core.BuilderConfig):
-  subset: str = 'interleaved'
-  world: generate.WorldConfig = dataclasses.field(default_factory=generate.WorldConfig)
+    subset: str = "interleaved"
+    world: generate.WorldConfig = dataclasses.field(default_factory=generate.WorldConfig)
 
 
-def make_config(subset: str, world: generate.WorldConfig = generate.WorldConfig(), name: str | None = None
-                ) -> FlamingoWorldConfig:
-  """A config for `subset` of `world`; the default name is '<subset>-<hash of the world parameters>'."""
-  if subset not in generate.SUBSET_KINDS:
-    raise ValueError(f'unknown world subset {subset!r}; choose from {sorted(generate.SUBSET_KINDS)}')
-  if name is None:
-    name = f'{subset}-{hashlib.sha256(repr(world).encode()).hexdigest()[:10]}'
-  return FlamingoWorldConfig(name=name, subset=subset, world=world,
-                             description=f'Generated world subset {subset!r}: {world}')
+def make_config(subset: str, world: generate.WorldConfig = generate.WorldConfig(),
+                name: str | None = None) -> FlamingoWorldConfig:
+    """A config for `subset` of `world`; the default name is '<subset>-<hash of the world parameters>'."""
+    if subset not in generate.SUBSET_KINDS:
+        raise ValueError(f"unknown world subset {subset!r}; choose from {sorted(generate.SUBSET_KINDS)}")
+    if name is None:
+        name = f"{subset}-{hashlib.sha256(repr(world).encode()).hexdigest()[:10]}"
+    return FlamingoWorldConfig(name=name, subset=subset, world=world,
+                               description=f"Generated world subset {subset!r}: {world}")
 
 
 TINY_WORLD = generate.WorldConfig(image_size=32, scale=0.02, video_frames=8)
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
-  """The generated world; every split is a deterministic function of the config's WorldConfig."""
+    """The generated world; every split is a deterministic function of the config's WorldConfig."""
 
-  name = 'flamingo_world'
-  VERSION = tfds.core.Version('1.1.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.',
-                   '1.1.0': 'Evaluation videos last 10 s at 3 FPS (the paper\'s 30-frame protocol); creature_kind.'}
-  BUILDER_CONFIGS = ([make_config(s, generate.WorldConfig(), name=s) for s in generate.SUBSET_KINDS] +
-                     [make_config(s, TINY_WORLD, name=f'tiny-{s}') for s in generate.SUBSET_KINDS])
+    name = "flamingo_world"
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "Evaluation videos last 10 s at 3 FPS (the paper's 30-frame protocol); creature_kind."
+    }
+    BUILDER_CONFIGS = ([make_config(s, generate.WorldConfig(), name=s) for s in generate.SUBSET_KINDS] +
+                       [make_config(s, TINY_WORLD, name=f"tiny-{s}") for s in generate.SUBSET_KINDS])
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    cfg = self.builder_config
-    return tfds.core.DatasetInfo(
-        builder=self, description=cfg.description,
-        features=schema.tfds_features(generate.SUBSET_KINDS[cfg.subset]),
-        citation='')
+    def _info(self) -> tfds.core.DatasetInfo:
+        cfg = self.builder_config
+        return tfds.core.DatasetInfo(builder=self, description=cfg.description,
+                                     features=schema.tfds_features(generate.SUBSET_KINDS[cfg.subset]), citation="")
 
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    del dl_manager  # nothing to download: the world is generated
-    cfg = self.builder_config
-    return {split: self._generate_examples(split) for split in cfg.world.splits(cfg.subset)}
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        del dl_manager  # nothing to download: the world is generated
+        cfg = self.builder_config
+        return {split: self._generate_examples(split) for split in cfg.world.splits(cfg.subset)}
 
-  def _generate_examples(self, split: str):
-    cfg = self.builder_config
-    source = generate.WorldSource(generate.World(cfg.world), cfg.subset, split)
-    for i in range(len(source)):
-      rec = source[i]
-      yield i, rec
+    def _generate_examples(self, split: str):
+        cfg = self.builder_config
+        source = generate.WorldSource(generate.World(cfg.world), cfg.subset, split)
+        for i in range(len(source)):
+            rec = source[i]
+            yield i, rec

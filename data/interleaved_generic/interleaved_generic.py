@@ -14,30 +14,30 @@ from flamingo_jax_datasets import common
 
 
 class Builder(common.FileBuilder):
-  """Interleaved text+image documents from <split>.jsonl files of chunks."""
+    """Interleaved text+image documents from <split>.jsonl files of chunks."""
 
-  name = 'interleaved_generic'
-  KIND = 'interleaved'
+    name = "interleaved_generic"
+    KIND = "interleaved"
 
-  def _available_splits(self, root: Path):
-    splits = sorted(p.stem for p in root.glob('*.jsonl'))
-    if not splits:
-      raise FileNotFoundError(f'no <split>.jsonl in {root}; see the interleaved_generic docstring')
-    return splits
+    def _available_splits(self, root: Path):
+        splits = sorted(p.stem for p in root.glob("*.jsonl"))
+        if not splits:
+            raise FileNotFoundError(f"no <split>.jsonl in {root}; see the interleaved_generic docstring")
+        return splits
 
-  def _examples(self, root: Path, split: str):
-    for n, line in enumerate(common.read_jsonl_lines(root / f'{split}.jsonl')):
-      try:
-        doc = json.loads(line)
-      except ValueError as e:
-        yield f'{split}-{n}', common.Skip('bad_json', str(e))
-        continue
-      texts, images, positions = [], [], []
-      for chunk in doc.get('chunks', []):
-        if 'image' in chunk:
-          images.append(common.read_bytes(root / chunk['image']))
-          positions.append(len(texts))
-        elif chunk.get('text', '').strip():
-          texts.append(chunk['text'])
-      key = str(doc.get('id', f'{split}-{n}'))
-      yield key, {'id': key, 'texts': texts, 'images': images, 'image_positions': positions}
+    def _examples(self, root: Path, split: str):
+        for n, line in enumerate(common.read_jsonl_lines(root / f"{split}.jsonl")):
+            try:
+                doc = json.loads(line)
+            except ValueError as e:
+                yield f"{split}-{n}", common.Skip("bad_json", str(e))
+                continue
+            texts, images, positions = [], [], []
+            for chunk in doc.get("chunks", []):
+                if "image" in chunk:
+                    images.append(common.read_bytes(root / chunk["image"]))
+                    positions.append(len(texts))
+                elif chunk.get("text", "").strip():
+                    texts.append(chunk["text"])
+            key = str(doc.get("id", f"{split}-{n}"))
+            yield key, {"id": key, "texts": texts, "images": images, "image_positions": positions}

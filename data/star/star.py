@@ -14,28 +14,29 @@ from pathlib import Path
 
 from flamingo_jax_datasets import common
 
-_FILES = {'train': 'STAR_train.json', 'validation': 'STAR_val.json', 'test': 'STAR_test.json'}
+_FILES = {"train": "STAR_train.json", "validation": "STAR_val.json", "test": "STAR_test.json"}
 
 
 class Builder(common.FileBuilder):
-  """STAR situated questions, their four choices and the Charades clips."""
+    """STAR situated questions, their four choices and the Charades clips."""
 
-  name = 'star'
-  KIND = 'video_choice'
+    name = "star"
+    KIND = "video_choice"
 
-  def _available_splits(self, root: Path):
-    splits = [s for s, f in _FILES.items() if (root / f).exists()]
-    if not splits:
-      raise FileNotFoundError(f'no STAR_train.json / STAR_val.json in {root}; see the star docstring')
-    return splits
+    def _available_splits(self, root: Path):
+        splits = [s for s, f in _FILES.items() if (root / f).exists()]
+        if not splits:
+            raise FileNotFoundError(f"no STAR_train.json / STAR_val.json in {root}; see the star docstring")
+        return splits
 
-  def _examples(self, root: Path, split: str):
-    fps = common.frames_fps(root)
-    for q in common.read_json(root / _FILES[split]):
-      options = [c['choice'] for c in sorted(q['choices'], key=lambda c: int(c['choice_id']))]
-      key = str(q['question_id'])
-      yield key, {'id': key, 'frames': common.segment_frames(root / 'frames' / q['video_id'], fps,
-                                                             float(q['start']), float(q['end'])),
-                  'fps': fps, 'question': q['question'], 'options': options,
-                  'answer_index': options.index(q['answer']) if q.get('answer') in options else -1,
-                  'question_type': key.split('_')[0]}
+    def _examples(self, root: Path, split: str):
+        fps = common.frames_fps(root)
+        for q in common.read_json(root / _FILES[split]):
+            options = [c["choice"] for c in sorted(q["choices"], key=lambda c: int(c["choice_id"]))]
+            key = str(q["question_id"])
+            yield key, {
+                "id": key, "frames": common.segment_frames(root / "frames" / q["video_id"], fps, float(q["start"]),
+                                                           float(q["end"])), "fps": fps, "question": q["question"],
+                "options": options, "answer_index": options.index(q["answer"]) if q.get("answer") in options else -1,
+                "question_type": key.split("_")[0]
+            }

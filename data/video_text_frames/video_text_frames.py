@@ -15,19 +15,20 @@ from flamingo_jax_datasets import common
 
 
 class Builder(common.FileBuilder):
-  """Frame folders + captions."""
+    """Frame folders + captions."""
 
-  name = 'video_text_frames'
-  KIND = 'video_text'
+    name = "video_text_frames"
+    KIND = "video_text"
 
-  def _available_splits(self, root: Path):
-    splits = sorted(p.stem for p in root.glob('*.jsonl'))
-    if not splits:
-      raise FileNotFoundError(f'no <split>.jsonl in {root}; see the video_text_frames docstring')
-    return splits
+    def _available_splits(self, root: Path):
+        splits = sorted(p.stem for p in root.glob("*.jsonl"))
+        if not splits:
+            raise FileNotFoundError(f"no <split>.jsonl in {root}; see the video_text_frames docstring")
+        return splits
 
-  def _examples(self, root: Path, split: str):
-    for rec in common.read_jsonl(root / f'{split}.jsonl'):
-      frames = [common.read_bytes(p) for p in common.frame_files(root / 'frames' / rec['video'])]
-      yield rec['video'], {'id': rec['video'], 'frames': frames, 'fps': float(rec.get('fps', 1.0)),
-                           'text': rec.get('caption', '')}
+    def _examples(self, root: Path, split: str):
+        for rec in common.read_jsonl(root / f"{split}.jsonl"):
+            frames = [common.read_bytes(p) for p in common.frame_files(root / "frames" / rec["video"])]
+            yield rec["video"], {
+                "id": rec["video"], "frames": frames, "fps": float(rec.get("fps", 1.0)), "text": rec.get("caption", "")
+            }

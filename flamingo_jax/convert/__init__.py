@@ -13,9 +13,10 @@ UnusedWeightsError listing them.
 
 from flamingo_jax.convert.hf import convert_hf, convert_open_clip
 from flamingo_jax.convert.openflamingo import convert_openflamingo
-from flamingo_jax.convert.store import (Converted, load_converted, params_fingerprint, read_manifest,
-                                        save_converted)
+from flamingo_jax.convert.store import (Converted, load_converted, params_fingerprint, read_manifest, save_converted)
 from flamingo_jax.convert.weights import ConversionError, UnusedWeightsError
 
-__all__ = ["ConversionError", "Converted", "UnusedWeightsError", "convert_hf", "convert_open_clip",
-           "convert_openflamingo", "load_converted", "params_fingerprint", "read_manifest", "save_converted"]
+__all__ = [
+    "ConversionError", "Converted", "UnusedWeightsError", "convert_hf", "convert_open_clip", "convert_openflamingo",
+    "load_converted", "params_fingerprint", "read_manifest", "save_converted"
+]

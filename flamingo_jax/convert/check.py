@@ -24,8 +24,11 @@ def expected_shapes(kind: str, config: ml_collections.ConfigDict) -> dict:
     elif kind == "flamingo":
         from flamingo_jax.models import build
         s = config.vision.image_size
-        fn = lambda: build(config).init(key, jnp.zeros((1, 1), jnp.int32),  # noqa: E731
-                                        jnp.zeros((1, 1, 1, s, s, 3)), jnp.ones((1, 1), bool))
+        fn = lambda: build(config).init(
+            key,
+            jnp.zeros((1, 1), jnp.int32),  # noqa: E731
+            jnp.zeros((1, 1, 1, s, s, 3)),
+            jnp.ones((1, 1), bool))
     else:
         raise ValueError(f"unknown kind {kind!r}")
     return flax.linen.unbox(jax.eval_shape(fn))["params"]
@@ -37,8 +40,10 @@ def check_params(params: dict, kind: str, config: ml_collections.ConfigDict) -> 
     have = flax.traverse_util.flatten_dict(params, sep="/")
     missing = sorted(set(want) - set(have))
     extra = sorted(set(have) - set(want))
-    bad = [f"{k}: {np.shape(have[k])} != {want[k].shape}" for k in sorted(set(want) & set(have))
-           if tuple(np.shape(have[k])) != tuple(want[k].shape)]
+    bad = [
+        f"{k}: {np.shape(have[k])} != {want[k].shape}" for k in sorted(set(want) & set(have))
+        if tuple(np.shape(have[k])) != tuple(want[k].shape)
+    ]
     if missing or extra or bad:
         raise ConversionError(f"converted {kind} params do not fit the model: missing {missing}, "
                               f"extra {extra}, wrong shapes {bad}")

@@ -45,8 +45,7 @@ def convert_hf(src: str, *, scan_layers: bool = False, ln_post: bool = False) ->
     ignored = w.finish()
     check_params(params, kind, config)
     return Converted(kind, params, config, source=dict(format="hf", src=os.path.abspath(src),
-                                                       model_type=hf.get("model_type")),
-                     ignored=ignored, notes=notes)
+                                                       model_type=hf.get("model_type")), ignored=ignored, notes=notes)
 
 
 def convert_open_clip(path: str, *, act: str = "quick_gelu", ln_post: bool = False,

@@ -41,22 +41,26 @@ FROZEN_REASON = "frozen weight, converted from the {} file instead"
 
 
 def _ln(w: Weights, name: str, d: int) -> dict:
-    return {"scale": w.take(name + ".weight", (d,)), "bias": w.take(name + ".bias", (d,))}
+    return {"scale": w.take(name + ".weight", (d, )), "bias": w.take(name + ".bias", (d, ))}
 
 
 def _attn(w: Weights, p: str, d_q: int, d_kv: int) -> dict:
     inner = HEADS * HEAD_DIM
     kv = w.take(p + "to_kv.weight", (2 * inner, d_kv))
-    return {"query": {"kernel": linear(w.take(p + "to_q.weight", (inner, d_q))).reshape(d_q, HEADS, HEAD_DIM)},
-            "key": {"kernel": linear(kv[:inner]).reshape(d_kv, HEADS, HEAD_DIM)},
-            "value": {"kernel": linear(kv[inner:]).reshape(d_kv, HEADS, HEAD_DIM)},
-            "out": {"kernel": linear(w.take(p + "to_out.weight", (d_q, inner))).reshape(HEADS, HEAD_DIM, d_q)}}
+    return {
+        "query": {"kernel": linear(w.take(p + "to_q.weight", (inner, d_q))).reshape(d_q, HEADS, HEAD_DIM)},
+        "key": {"kernel": linear(kv[:inner]).reshape(d_kv, HEADS, HEAD_DIM)},
+        "value": {"kernel": linear(kv[inner:]).reshape(d_kv, HEADS, HEAD_DIM)},
+        "out": {"kernel": linear(w.take(p + "to_out.weight", (d_q, inner))).reshape(HEADS, HEAD_DIM, d_q)}
+    }
 
 
 def _ffw(w: Weights, p: str, d: int, mult: int = 4) -> tuple[dict, dict]:
     """(norm params, FeedForward params) from OpenFlamingo's Sequential(LN, Linear, GELU, Linear)."""
-    return _ln(w, p + "0", d), {"wi": {"kernel": linear(w.take(p + "1.weight", (mult * d, d)))},
-                                "wo": {"kernel": linear(w.take(p + "3.weight", (d, mult * d)))}}
+    return _ln(w, p + "0", d), {
+        "wi": {"kernel": linear(w.take(p + "1.weight", (mult * d, d)))},
+        "wo": {"kernel": linear(w.take(p + "3.weight", (d, mult * d)))}
+    }
 
 
 def resampler_params(w: Weights, dv: int) -> dict:
@@ -69,9 +73,10 @@ def resampler_params(w: Weights, dv: int) -> dict:
     for i in range(depth):
         p = f"perceiver.layers.{i}."
         norm, ffw = _ffw(w, p + "1.", dv)
-        out[f"layers_{i}"] = {"media_norm": _ln(w, p + "0.norm_media", dv),
-                              "latent_norm": _ln(w, p + "0.norm_latents", dv),
-                              "attn": _attn(w, p + "0.", dv, dv), "ffw_norm": norm, "ffw": ffw}
+        out[f"layers_{i}"] = {
+            "media_norm": _ln(w, p + "0.norm_media", dv), "latent_norm": _ln(w, p + "0.norm_latents", dv),
+            "attn": _attn(w, p + "0.", dv, dv), "ffw_norm": norm, "ffw": ffw
+        }
     return out
 
 
@@ -101,9 +106,11 @@ def xattn_params(w: Weights, layers: dict[int, dict[str, str]], d: int, dv: int)
         names = layers[i]
         sub = Weights({k: w.tensors[v] for k, v in names.items()}, f"{w.source} (cross-attention before LM layer {i})")
         norm, ffw = _ffw(sub, "ff.", d)
-        gate = lambda n: sub.take(n, (1,)).reshape(())  # noqa: E731
-        out.append({"xattn": {"query_norm": _ln(sub, "attn.norm", d), "attn": _attn(sub, "attn.", d, dv)},
-                    "attn_gate": gate("attn_gate"), "ffw_norm": norm, "ffw": ffw, "ffw_gate": gate("ff_gate")})
+        gate = lambda n: sub.take(n, (1, )).reshape(())  # noqa: E731
+        out.append({
+            "xattn": {"query_norm": _ln(sub, "attn.norm", d), "attn": _attn(sub, "attn.", d, dv)},
+            "attn_gate": gate("attn_gate"), "ffw_norm": norm, "ffw": ffw, "ffw_gate": gate("ff_gate")
+        })
         sub.finish()
         for v in names.values():
             w.take(v)
@@ -304,7 +311,8 @@ def convert_openflamingo(checkpoint: str, lm: str, vision: str, *, num_new_token
     ck.ignore(FROZEN_ALIASES, FROZEN_REASON.format("--lm"))
     frozen = {"lang_encoder." + n for n in lm_names} | {"lang_encoder." + layout.head}
     ck.ignore_names(frozen, FROZEN_REASON.format("--lm"))
-    check_frozen_copies(ck, lw, vw, lm_hf.find_root(lw, layout) + layout.layers,
+    check_frozen_copies(ck, lw, vw,
+                        lm_hf.find_root(lw, layout) + layout.layers,
                         tied_head="lang_encoder." + layout.head if lm_cfg.tie_embeddings else None,
                         table_name=embed_name)
     ignored = {f"checkpoint:{k}": r for k, r in ck.finish().items()}
@@ -315,11 +323,13 @@ def convert_openflamingo(checkpoint: str, lm: str, vision: str, *, num_new_token
         lm_cfg.scan_layers = True
         lm_params = lm_hf.stack_layers(lm_params, lm_cfg.num_layers)
     import jax
-    xattn_tree = ({"layers": jax.tree.map(lambda *xs: np.stack(xs), *xattn)} if scan_layers
-                  else {f"layers_{j}": p for j, p in enumerate(xattn)})
+    xattn_tree = ({"layers": jax.tree.map(lambda *xs: np.stack(xs), *xattn)}
+                  if scan_layers else {f"layers_{j}": p
+                                       for j, p in enumerate(xattn)})
     config = openflamingo_config(vcfg, lm_cfg, every, add_pad_token=num_new_tokens == 3)
-    params = {"vision": vision_params, "resampler": resampler, "lm": lm_params, "xattn": xattn_tree,
-              "new_tokens": new_tokens}
+    params = {
+        "vision": vision_params, "resampler": resampler, "lm": lm_params, "xattn": xattn_tree, "new_tokens": new_tokens
+    }
     check_params(params, "flamingo", config)
     source = dict(format="openflamingo", checkpoint=os.path.abspath(checkpoint), lm=os.path.abspath(lm),
                   vision=os.path.abspath(vision), lm_model_type=hf.get("model_type"))

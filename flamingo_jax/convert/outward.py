@@ -28,8 +28,8 @@ from flamingo_jax.convert.weights import ConversionError, Weights, read_config
 HF_FAMILIES = ("llama", "gpt2", "opt", "mpt", "neox")
 
 
-def invert(forward: Callable[[Weights], Any], shapes: Mapping[str, tuple[int, ...]]
-           ) -> Callable[[Any], dict[str, np.ndarray]]:
+def invert(forward: Callable[[Weights], Any],
+           shapes: Mapping[str, tuple[int, ...]]) -> Callable[[Any], dict[str, np.ndarray]]:
     """`forward(Weights)` -> a params tree that rearranges the checkpoint's elements; returns
     `backward(params)` -> {name: array} with every element put back where forward took it from. Names
     forward does not read are left out; a name read only in part is an error."""
@@ -37,8 +37,10 @@ def invert(forward: Callable[[Weights], Any], shapes: Mapping[str, tuple[int, ..
     for name, shape in shapes.items():
         offsets[name] = total
         total += int(np.prod(shape, dtype=np.int64))
-    ids = {n: np.arange(o, o + int(np.prod(shapes[n], dtype=np.int64)), dtype=np.int64).reshape(shapes[n])
-           for n, o in offsets.items()}
+    ids = {
+        n: np.arange(o, o + int(np.prod(shapes[n], dtype=np.int64)), dtype=np.int64).reshape(shapes[n])
+        for n, o in offsets.items()
+    }
     id_tree = forward(Weights(ids, "ids"))
     id_leaves = jax.tree.leaves(id_tree)
     if any(np.asarray(x).dtype != np.int64 for x in id_leaves):
@@ -132,7 +134,7 @@ def lm_to_hf(lm_params: dict, lm_config: Any, template_dir: str, out_dir: str, *
         raise ConversionError(f"{template_dir}: no {layout.embed} (not a {lm_config.family} checkpoint)")
     for name in (root + layout.embed, layout.head):  # the vocabulary may have been truncated on import
         if name in shapes:
-            shapes[name] = (rows,) + shapes[name][1:]
+            shapes[name] = (rows, ) + shapes[name][1:]
     if lm_config.tie_embeddings:
         shapes.pop(layout.head, None)  # tied: HF ties it on load
 
@@ -141,8 +143,7 @@ def lm_to_hf(lm_params: dict, lm_config: Any, template_dir: str, out_dir: str, *
         return lm_hf.params_from_hf(w, c)
 
     # Shape-only stand-ins (zero-stride views: no memory) for the facts prepare_config reads from tensors.
-    c = lm_hf.prepare_config(hf, Weights({k: np.broadcast_to(np.int8(0), v) for k, v in shapes.items()},
-                                         template_dir))
+    c = lm_hf.prepare_config(hf, Weights({k: np.broadcast_to(np.int8(0), v) for k, v in shapes.items()}, template_dir))
     for field in ("d_model", "num_layers", "num_heads", "vocab_size", "tie_embeddings"):
         if c[field] != lm_config[field]:
             raise ConversionError(f"{template_dir} describes another LM: its {field} is {c[field]}, the run's "
@@ -152,8 +153,7 @@ def lm_to_hf(lm_params: dict, lm_config: Any, template_dir: str, out_dir: str, *
     os.makedirs(out_dir, exist_ok=True)
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     for name in os.listdir(template_dir):  # the tokenizer travels with the LM
-        if "token" in name or name in ("special_tokens_map.json", "generation_config.json", "vocab.json",
-                                       "merges.txt"):
+        if "token" in name or name in ("special_tokens_map.json", "generation_config.json", "vocab.json", "merges.txt"):
             shutil.copy2(os.path.join(template_dir, name), os.path.join(out_dir, name))
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf, f, indent=2)
@@ -178,21 +178,25 @@ def _openflamingo_shapes(d: int, dv: int, num_layers: int, every: int, rows: int
     from flamingo_jax.convert.openflamingo import HEAD_DIM, HEADS
 
     inner = HEADS * HEAD_DIM
-    s: dict[str, tuple[int, ...]] = {"perceiver.latents": (64, dv), "perceiver.norm.weight": (dv,),
-                                     "perceiver.norm.bias": (dv,)}
+    s: dict[str, tuple[int, ...]] = {
+        "perceiver.latents": (64, dv), "perceiver.norm.weight": (dv, ), "perceiver.norm.bias": (dv, )
+    }
     for i in range(6):
         p = f"perceiver.layers.{i}."
-        s.update({p + "0.norm_media.weight": (dv,), p + "0.norm_media.bias": (dv,),
-                  p + "0.norm_latents.weight": (dv,), p + "0.norm_latents.bias": (dv,),
-                  p + "0.to_q.weight": (inner, dv), p + "0.to_kv.weight": (2 * inner, dv),
-                  p + "0.to_out.weight": (dv, inner), p + "1.0.weight": (dv,), p + "1.0.bias": (dv,),
-                  p + "1.1.weight": (4 * dv, dv), p + "1.3.weight": (dv, 4 * dv)})
+        s.update({
+            p + "0.norm_media.weight": (dv, ), p + "0.norm_media.bias": (dv, ), p + "0.norm_latents.weight": (dv, ),
+            p + "0.norm_latents.bias": (dv, ), p + "0.to_q.weight": (inner, dv), p + "0.to_kv.weight": (2 * inner, dv),
+            p + "0.to_out.weight": (dv, inner), p + "1.0.weight": (dv, ), p + "1.0.bias": (dv, ),
+            p + "1.1.weight": (4 * dv, dv), p + "1.3.weight": (dv, 4 * dv)
+        })
     for i in range(every - 1, num_layers, every):
         p = f"lang_encoder.{layers_path}.{i}.gated_cross_attn_layer."
-        s.update({p + "attn.norm.weight": (d,), p + "attn.norm.bias": (d,), p + "attn.to_q.weight": (inner, d),
-                  p + "attn.to_kv.weight": (2 * inner, dv), p + "attn.to_out.weight": (d, inner),
-                  p + "attn_gate": (1,), p + "ff.0.weight": (d,), p + "ff.0.bias": (d,),
-                  p + "ff.1.weight": (4 * d, d), p + "ff.3.weight": (d, 4 * d), p + "ff_gate": (1,)})
+        s.update({
+            p + "attn.norm.weight": (d, ), p + "attn.norm.bias": (d, ), p + "attn.to_q.weight": (inner, d),
+            p + "attn.to_kv.weight": (2 * inner, dv), p + "attn.to_out.weight": (d, inner), p + "attn_gate": (1, ),
+            p + "ff.0.weight": (d, ), p + "ff.0.bias": (d, ), p + "ff.1.weight": (4 * d, d),
+            p + "ff.3.weight": (d, 4 * d), p + "ff_gate": (1, )
+        })
     s["lang_encoder." + embed] = (rows, d)
     return s
 
@@ -228,14 +232,17 @@ def flamingo_to_openflamingo(params: dict, config: Any, path: str, *, force: boo
     shapes = _openflamingo_shapes(d, dv, n_layers, every, table.shape[0], embed, layout.roots[0] + layout.layers)
     if head:
         shapes["lang_encoder." + head] = (table.shape[0], d)
-        ours["head"] = np.concatenate([np.asarray(lm["head"]["kernel"]),
-                                       np.asarray(params["new_tokens"]["unembedding"])], axis=1)
+        ours["head"] = np.concatenate(
+            [np.asarray(lm["head"]["kernel"]),
+             np.asarray(params["new_tokens"]["unembedding"])], axis=1)
 
     def forward(w: Weights) -> dict:
         layers = _xattn_names(w)
-        out = {"resampler": resampler_params(w, dv),
-               "xattn": {f"layers_{j}": p for j, p in enumerate(xattn_params(w, layers, d, dv))},
-               "table": w.take("lang_encoder." + embed)}
+        out = {
+            "resampler": resampler_params(w, dv),
+            "xattn": {f"layers_{j}": p
+                      for j, p in enumerate(xattn_params(w, layers, d, dv))}, "table": w.take("lang_encoder." + embed)
+        }
         if head:
             out["head"] = np.ascontiguousarray(w.take("lang_encoder." + head).T)
         return out

@@ -90,8 +90,8 @@ def save_converted(out: str, result: Converted, *, dtype: str | None = None, for
     ckptr.save(os.path.join(out, "params"), params, force=True)
     ckptr.wait_until_finished()
     manifest = dict(format=FORMAT, kind=result.kind, subtree=result.subtree, config=result.config.to_dict(),
-                    param_dtype=dtype or "float32", params_sha256=params_fingerprint(params),
-                    source=result.source, ignored=result.ignored, notes=result.notes)
+                    param_dtype=dtype or "float32", params_sha256=params_fingerprint(params), source=result.source,
+                    ignored=result.ignored, notes=result.notes)
     with open(manifest_path, "w") as f:
         json.dump(manifest, f, indent=1, default=lambda x: list(x) if isinstance(x, tuple) else str(x))
     return out
@@ -110,8 +110,7 @@ def read_manifest(path: str) -> dict:
     return manifest
 
 
-def load_converted(path: str, *, shardings: Any = None, dtype: Any = None
-                   ) -> tuple[dict, ml_collections.ConfigDict]:
+def load_converted(path: str, *, shardings: Any = None, dtype: Any = None) -> tuple[dict, ml_collections.ConfigDict]:
     """(params, config) of a converted directory; see the module docstring.
 
     shardings: None (numpy arrays on host), one jax.sharding.Sharding for every leaf, or a pytree of them

@@ -31,8 +31,8 @@ OTHER_TOWER = "text tower of a CLIP checkpoint (only the vision tower is convert
 VISION_TYPES = ("clip_vision_model", "clip")
 
 
-def _vit_config(width: int, layers: int, heads: int, patch: int, image: int, mlp_ratio: int, act: str,
-                ln_post: bool, eps: float, mean=CLIP_MEAN, std=CLIP_STD) -> ml_collections.ConfigDict:
+def _vit_config(width: int, layers: int, heads: int, patch: int, image: int, mlp_ratio: int, act: str, ln_post: bool,
+                eps: float, mean=CLIP_MEAN, std=CLIP_STD) -> ml_collections.ConfigDict:
     arch = dict(width=width, layers=layers, heads=heads, patch_size=patch, image_size=image)
     size = next((k for k, v in VIT_SIZES.items() if v == arch), "L/14")
     c = vision_config("vit", size, **arch, mlp_ratio=mlp_ratio, act=act, ln_post=ln_post, norm_eps=eps,
@@ -44,24 +44,25 @@ def _vit_config(width: int, layers: int, heads: int, patch: int, image: int, mlp
 
 
 def _ln(w: Weights, name: str, d: int) -> dict:
-    return {"scale": w.take(name + ".weight", (d,)), "bias": w.take(name + ".bias", (d,))}
+    return {"scale": w.take(name + ".weight", (d, )), "bias": w.take(name + ".bias", (d, ))}
 
 
 def _attn(q, k, v, o, qb, kb, vb, ob, heads: int) -> dict:
     """q/k/v/o kernels [in, out] and flat biases -> ViTAttention params."""
     d = q.shape[0]
     hd = d // heads
-    return {"query": {"kernel": q.reshape(d, heads, hd), "bias": qb.reshape(heads, hd)},
-            "key": {"kernel": k.reshape(d, heads, hd), "bias": kb.reshape(heads, hd)},
-            "value": {"kernel": v.reshape(d, heads, hd), "bias": vb.reshape(heads, hd)},
-            "out": {"kernel": o.reshape(heads, hd, d), "bias": ob}}
+    return {
+        "query": {"kernel": q.reshape(d, heads, hd), "bias": qb.reshape(heads, hd)},
+        "key": {"kernel": k.reshape(d, heads, hd), "bias": kb.reshape(heads, hd)},
+        "value": {"kernel": v.reshape(d, heads, hd),
+                  "bias": vb.reshape(heads, hd)}, "out": {"kernel": o.reshape(heads, hd, d), "bias": ob}
+    }
 
 
 # ------------------------------------------------------------------------------------ HuggingFace
 
 
-def hf_clip_config(hf: dict, *, ln_post: bool = False, preprocessor: dict | None = None
-                   ) -> ml_collections.ConfigDict:
+def hf_clip_config(hf: dict, *, ln_post: bool = False, preprocessor: dict | None = None) -> ml_collections.ConfigDict:
     """vision_config from a CLIPVisionModel / CLIPModel config.json (and preprocessor_config.json)."""
     vc = hf.get("vision_config", hf) if hf.get("model_type") == "clip" else hf
     d, inner = vc["hidden_size"], vc["intermediate_size"]
@@ -71,8 +72,8 @@ def hf_clip_config(hf: dict, *, ln_post: bool = False, preprocessor: dict | None
     if act not in HF_ACTIVATIONS:
         raise ConversionError(f"unsupported vision activation {act!r}")
     pre = preprocessor or {}
-    return _vit_config(d, vc["num_hidden_layers"], vc["num_attention_heads"], vc["patch_size"],
-                       vc["image_size"], inner // d, HF_ACTIVATIONS[act], ln_post, vc.get("layer_norm_eps", 1e-5),
+    return _vit_config(d, vc["num_hidden_layers"], vc["num_attention_heads"], vc["patch_size"], vc["image_size"],
+                       inner // d, HF_ACTIVATIONS[act], ln_post, vc.get("layer_norm_eps", 1e-5),
                        pre.get("image_mean", CLIP_MEAN), pre.get("image_std", CLIP_STD))
 
 
@@ -86,7 +87,7 @@ def hf_clip_params(w: Weights, c: ml_collections.ConfigDict) -> dict:
     e = root + "embeddings."
     params = {
         "patch_embed": {"kernel": w.take(e + "patch_embedding.weight", (d, 3, p, p)).transpose(2, 3, 1, 0)},
-        "class_embedding": w.take(e + "class_embedding", (d,)),
+        "class_embedding": w.take(e + "class_embedding", (d, )),
         "positional_embedding": w.take(e + "position_embedding.weight", (grid * grid + 1, d)),
         "ln_pre": _ln(w, root + "pre_layrnorm", d),
     }
@@ -97,11 +98,13 @@ def hf_clip_params(w: Weights, c: ml_collections.ConfigDict) -> dict:
         params[f"block{i}"] = {
             "ln_1": _ln(w, b + "layer_norm1", d),
             "attn": _attn(*(linear(t(a + n + "_proj.weight", (d, d))) for n in "qkv"),
-                          linear(t(a + "out_proj.weight", (d, d))),
-                          *(t(a + n + "_proj.bias", (d,)) for n in "qkv"), t(a + "out_proj.bias", (d,)), c.heads),
+                          linear(t(a + "out_proj.weight", (d, d))), *(t(a + n + "_proj.bias", (d, )) for n in "qkv"),
+                          t(a + "out_proj.bias", (d, )), c.heads),
             "ln_2": _ln(w, b + "layer_norm2", d),
-            "mlp": {"wi": {"kernel": linear(t("mlp.fc1.weight", (f, d))), "bias": t("mlp.fc1.bias", (f,))},
-                    "wo": {"kernel": linear(t("mlp.fc2.weight", (d, f))), "bias": t("mlp.fc2.bias", (d,))}},
+            "mlp": {
+                "wi": {"kernel": linear(t("mlp.fc1.weight", (f, d))), "bias": t("mlp.fc1.bias", (f, ))},
+                "wo": {"kernel": linear(t("mlp.fc2.weight", (d, f))), "bias": t("mlp.fc2.bias", (d, ))}
+            },
         }
     if c.ln_post:
         params["ln_post"] = _ln(w, root + "post_layernorm", d)
@@ -152,7 +155,7 @@ def open_clip_params(w: Weights, c: ml_collections.ConfigDict) -> dict:
     grid = c.image_size // p
     params = {
         "patch_embed": {"kernel": w.take(pre + "conv1.weight", (d, 3, p, p)).transpose(2, 3, 1, 0)},
-        "class_embedding": w.take(pre + "class_embedding", (d,)),
+        "class_embedding": w.take(pre + "class_embedding", (d, )),
         "positional_embedding": w.take(pre + "positional_embedding", (grid * grid + 1, d)),
         "ln_pre": _ln(w, pre + "ln_pre", d),
     }
@@ -160,22 +163,25 @@ def open_clip_params(w: Weights, c: ml_collections.ConfigDict) -> dict:
         b = f"{pre}transformer.resblocks.{i}."
         t = lambda n, shape: w.take(b + n, shape)  # noqa: E731
         q, k, v = np.split(linear(t("attn.in_proj_weight", (3 * d, d))), 3, axis=1)
-        qb, kb, vb = np.split(t("attn.in_proj_bias", (3 * d,)), 3)
+        qb, kb, vb = np.split(t("attn.in_proj_bias", (3 * d, )), 3)
         params[f"block{i}"] = {
             "ln_1": _ln(w, b + "ln_1", d),
             "attn": _attn(q, k, v, linear(t("attn.out_proj.weight", (d, d))), qb, kb, vb,
-                          t("attn.out_proj.bias", (d,)), c.heads),
+                          t("attn.out_proj.bias", (d, )), c.heads),
             "ln_2": _ln(w, b + "ln_2", d),
-            "mlp": {"wi": {"kernel": linear(t("mlp.c_fc.weight", (f, d))), "bias": t("mlp.c_fc.bias", (f,))},
-                    "wo": {"kernel": linear(t("mlp.c_proj.weight", (d, f))), "bias": t("mlp.c_proj.bias", (d,))}},
+            "mlp": {
+                "wi": {"kernel": linear(t("mlp.c_fc.weight", (f, d))), "bias": t("mlp.c_fc.bias", (f, ))},
+                "wo": {"kernel": linear(t("mlp.c_proj.weight", (d, f))), "bias": t("mlp.c_proj.bias", (d, ))}
+            },
         }
         if f"{b}ls_1.gamma" in w:
             raise ConversionError(f"{w.source}: LayerScale (ls_1/ls_2) is not supported by our ViT")
     if c.ln_post:
         params["ln_post"] = _ln(w, pre + "ln_post", d)
     else:
-        w.ignore(re.escape(pre) + r"ln_post\.(weight|bias)",
-                 POOLED_ONLY + " in open_clip < 2.24 (pass ln_post=True for >= 2.24 token outputs)")
+        w.ignore(
+            re.escape(pre) + r"ln_post\.(weight|bias)",
+            POOLED_ONLY + " in open_clip < 2.24 (pass ln_post=True for >= 2.24 token outputs)")
     w.ignore(re.escape(pre) + "proj", POOLED_ONLY)
     if pre:  # a full open_clip CLIP checkpoint: everything outside `visual.` is the text tower
         w.ignore(r"(?!visual\.).*", OTHER_TOWER)

@@ -38,6 +38,7 @@ class UnusedWeightsError(ConversionError):
 
 # ------------------------------------------------------------------------------------------ reading
 
+
 class LazyTensors(Mapping):
     """name -> tensor of one or more safetensors files, each read when asked for (safetensors' `safe_open`
     memory-maps the file; nothing is kept), in its stored dtype: bfloat16 stays bfloat16 (ml_dtypes), so a
@@ -170,8 +171,8 @@ class Weights:
         from flamingo_jax.progress import Progress
 
         # A large checkpoint converts for minutes: a line (rate, ETA) every progress_every seconds on stderr.
-        self.progress = Progress(f"[convert] {source}: tensor", len(self.tensors), unit="tensors",
-                                 every=progress_every, stream=sys.stderr)
+        self.progress = Progress(f"[convert] {source}: tensor", len(self.tensors), unit="tensors", every=progress_every,
+                                 stream=sys.stderr)
         self.source = source
         self.used: set[str] = set()
         self.ignored: dict[str, str] = {}  # name -> reason
@@ -189,8 +190,8 @@ class Weights:
         if name not in self.tensors:
             stem = name.rsplit(".", 2)[0]
             near = [k for k in self.tensors if k.startswith(stem)][:10]
-            raise ConversionError(f"{self.source}: missing weight {name!r}"
-                                  + (f" (similar names: {near})" if near else ""))
+            raise ConversionError(f"{self.source}: missing weight {name!r}" +
+                                  (f" (similar names: {near})" if near else ""))
         x = np.asarray(self.tensors[name])
         if shape is not None and tuple(x.shape) != tuple(shape):
             raise ConversionError(f"{self.source}: weight {name!r} has shape {tuple(x.shape)}, "

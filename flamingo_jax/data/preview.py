@@ -25,137 +25,139 @@ from flamingo_jax.data import mixture
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
-  """Loads `path[:arg]` (a Python file with get_config(arg=None)); returns its config.data or the default."""
-  arg = None
-  if ':' in path and not os.path.exists(path):
-    path, arg = path.split(':', 1)
-  spec = importlib.util.spec_from_file_location('_preview_config', path)
-  if spec is None or not os.path.exists(path):
-    raise FileNotFoundError(f'config file {path!r} not found')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg is not None else module.get_config()
-  data = config.get('data') if hasattr(config, 'get') else None
-  if data is None:
-    print(f'# {path} has no .data; using flamingo_jax.data.config.default_data_config()')
-    return config_lib.default_data_config()
-  return data
+    """Loads `path[:arg]` (a Python file with get_config(arg=None)); returns its config.data or the default."""
+    arg = None
+    if ":" in path and not os.path.exists(path):
+        path, arg = path.split(":", 1)
+    spec = importlib.util.spec_from_file_location("_preview_config", path)
+    if spec is None or not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path!r} not found")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg is not None else module.get_config()
+    data = config.get("data") if hasattr(config, "get") else None
+    if data is None:
+        print(f"# {path} has no .data; using flamingo_jax.data.config.default_data_config()")
+        return config_lib.default_data_config()
+    return data
 
 
 def token_table(vocab, tokens: np.ndarray, media_index: np.ndarray, loss_mask: np.ndarray) -> str:
-  """'piece|phi|loss' per real token; loss '+' = the NEXT token (this position's target) counts."""
-  cells = []
-  for t, m, l in zip(tokens.tolist(), media_index.tolist(), loss_mask.tolist()):
-    if t == vocab.pad_id and not l:
-      continue
-    piece = vocab.decode([t]) or repr(t)
-    cells.append(f'{piece!s}|{m}|{"+" if l else "-"}')
-  return ' '.join(cells)
+    """'piece|phi|loss' per real token; loss '+' = the NEXT token (this position's target) counts."""
+    cells = []
+    for t, m, l in zip(tokens.tolist(), media_index.tolist(), loss_mask.tolist()):
+        if t == vocab.pad_id and not l:
+            continue
+        piece = vocab.decode([t]) or repr(t)
+        cells.append(f'{piece!s}|{m}|{"+" if l else "-"}')
+    return " ".join(cells)
 
 
 def describe(name: str, batch: dict[str, np.ndarray], vocab, n: int) -> list[str]:
-  lines = []
-  for i in range(min(n, batch['tokens'].shape[0])):
-    b = {k: v[i] for k, v in batch.items()}
-    lines.append(f'[{name} #{i}] images present: {int(b["image_mask"].sum())}/{b["image_mask"].shape[0]}, '
-                 f'frames per image: {b["images"].shape[1]}, loss tokens: {int(b["loss_mask"].sum())}')
-    lines.append('  text:   ' + vocab.decode(b['tokens']))
-    lines.append('  tokens: ' + token_table(vocab, b['tokens'], b['media_index'], b['loss_mask']))
-  return lines
+    lines = []
+    for i in range(min(n, batch["tokens"].shape[0])):
+        b = {k: v[i] for k, v in batch.items()}
+        lines.append(f'[{name} #{i}] images present: {int(b["image_mask"].sum())}/{b["image_mask"].shape[0]}, '
+                     f'frames per image: {b["images"].shape[1]}, loss tokens: {int(b["loss_mask"].sum())}')
+        lines.append("  text:   " + vocab.decode(b["tokens"]))
+        lines.append("  tokens: " + token_table(vocab, b["tokens"], b["media_index"], b["loss_mask"]))
+    return lines
 
 
 def grid(rows: list[tuple[str, np.ndarray, str]], cell: int = 64, max_cols: int = 8) -> Image.Image:
-  """rows: (label, float32[K, S, S, 3] in [0, 1], caption) -> one image, a row per example."""
-  label_w, text_h, pad = 84, 14, 2
-  width = label_w + max_cols * (cell + pad)
-  height = len(rows) * (cell + text_h + pad)
-  canvas = Image.new('RGB', (width, height), (255, 255, 255))
-  draw = ImageDraw.Draw(canvas)
-  for r, (label, imgs, caption) in enumerate(rows):
-    y = r * (cell + text_h + pad)
-    draw.text((2, y + cell // 2 - 5), label, fill=(0, 0, 0))
-    for k, img in enumerate(imgs[:max_cols]):
-      tile = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).resize((cell, cell), Image.NEAREST)
-      canvas.paste(tile, (label_w + k * (cell + pad), y))
-    max_chars = (width - 4) // 6
-    draw.text((2, y + cell + 1), caption[:max_chars], fill=(40, 40, 120))
-  return canvas
+    """rows: (label, float32[K, S, S, 3] in [0, 1], caption) -> one image, a row per example."""
+    label_w, text_h, pad = 84, 14, 2
+    width = label_w + max_cols * (cell + pad)
+    height = len(rows) * (cell + text_h + pad)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for r, (label, imgs, caption) in enumerate(rows):
+        y = r * (cell + text_h + pad)
+        draw.text((2, y + cell // 2 - 5), label, fill=(0, 0, 0))
+        for k, img in enumerate(imgs[:max_cols]):
+            tile = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).resize((cell, cell), Image.NEAREST)
+            canvas.paste(tile, (label_w + k * (cell + pad), y))
+        max_chars = (width - 4) // 6
+        draw.text((2, y + cell + 1), caption[:max_chars], fill=(40, 40, 120))
+    return canvas
 
 
 def media_row(b: dict[str, np.ndarray]) -> np.ndarray:
-  """The frames to show: all present images (1 frame each), or the frames of a clip."""
-  present = b['images'][b['image_mask']]   # [K, F, S, S, 3]
-  if len(present) == 0:
-    return np.zeros((0,) + b['images'].shape[2:])
-  if present.shape[1] > 1:
-    return present[0]
-  return present[:, 0]
+    """The frames to show: all present images (1 frame each), or the frames of a clip."""
+    present = b["images"][b["image_mask"]]  # [K, F, S, S, 3]
+    if len(present) == 0:
+        return np.zeros((0, ) + b["images"].shape[2:])
+    if present.shape[1] > 1:
+        return present[0]
+    return present[:, 0]
 
 
 def eval_rows(data_config: ml_collections.ConfigDict, n: int) -> list[tuple[str, np.ndarray, str]]:
-  """(label, frames, text) rows for the first n query records of every configured eval set."""
-  from flamingo_jax.data import eval_sets
+    """(label, frames, text) rows for the first n query records of every configured eval set."""
+    from flamingo_jax.data import eval_sets
 
-  rows = []
-  for name in (data_config.get('eval_sets') or eval_sets.world_eval_sets()):
-    src = eval_sets.eval_source(data_config, name, 'query')
-    for i in range(min(n, len(src))):
-      rec = src[i]
-      media = eval_sets.record_media(data_config, name, rec)[0]  # [F, S, S, 3]
-      if 'question' in rec:
-        text = f'Question: {rec["question"]} Answer: {rec["answers"][0] if rec["answers"] else "?"}'
-      else:
-        text = f'Output: {rec["captions"][0]}' if 'captions' in rec else rec.get('text', '')
-      rows.append((f'{name[:11]} #{i}', media, text))
-  return rows
+    rows = []
+    for name in (data_config.get("eval_sets") or eval_sets.world_eval_sets()):
+        src = eval_sets.eval_source(data_config, name, "query")
+        for i in range(min(n, len(src))):
+            rec = src[i]
+            media = eval_sets.record_media(data_config, name, rec)[0]  # [F, S, S, 3]
+            if "question" in rec:
+                text = f'Question: {rec["question"]} Answer: {rec["answers"][0] if rec["answers"] else "?"}'
+            else:
+                text = f'Output: {rec["captions"][0]}' if "captions" in rec else rec.get("text", "")
+            rows.append((f"{name[:11]} #{i}", media, text))
+    return rows
 
 
 def preview(data_config: ml_collections.ConfigDict, n: int, out_dir: str | None = None, cell: int = 64,
             with_eval: bool = False) -> tuple[str, Any]:
-  it = mixture.make_mixture_iterator(data_config)
-  vocab = it.vocab
-  batches: dict[str, dict[str, np.ndarray]] = {name: {} for name in it.names}
-  for name in it.names:  # enough examples of every dataset, whatever the mode
-    chunks = []
-    while sum(c['tokens'].shape[0] for c in chunks) < n:
-      chunks.append(next(it.iterators[name]))
-    batches[name] = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-  lines = [f'# vocabulary: base {vocab.base_size}, <image> {vocab.image_id}, <EOC> {vocab.eoc_id}; '
-           f'mode {data_config.mode}; weights {it.weights}',
-           '# per token: piece|media index (phi)|loss on its target (+/-)']
-  rows = []
-  for name, batch in batches.items():
-    lines += describe(name, batch, vocab, n)
-    for i in range(n):
-      b = {k: v[i] for k, v in batch.items()}
-      rows.append((f'{name} #{i}', media_row(b), vocab.decode(b['tokens'], markers=False)))
-  if with_eval:
-    extra = eval_rows(data_config, n)
-    rows += extra
-    lines += ['# eval sets (query split): ' + ' | '.join(f'{label}: {t}' for label, _, t in extra)]
-  text = '\n'.join(lines)
-  image = grid(rows, cell=cell)
-  if out_dir:
-    os.makedirs(out_dir, exist_ok=True)
-    image.save(os.path.join(out_dir, 'samples.png'), optimize=True)
-    with open(os.path.join(out_dir, 'samples.txt'), 'w') as f:
-      f.write(text + '\n')
-  return text, image
+    it = mixture.make_mixture_iterator(data_config)
+    vocab = it.vocab
+    batches: dict[str, dict[str, np.ndarray]] = {name: {} for name in it.names}
+    for name in it.names:  # enough examples of every dataset, whatever the mode
+        chunks = []
+        while sum(c["tokens"].shape[0] for c in chunks) < n:
+            chunks.append(next(it.iterators[name]))
+        batches[name] = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    lines = [
+        f"# vocabulary: base {vocab.base_size}, <image> {vocab.image_id}, <EOC> {vocab.eoc_id}; "
+        f"mode {data_config.mode}; weights {it.weights}",
+        "# per token: piece|media index (phi)|loss on its target (+/-)"
+    ]
+    rows = []
+    for name, batch in batches.items():
+        lines += describe(name, batch, vocab, n)
+        for i in range(n):
+            b = {k: v[i] for k, v in batch.items()}
+            rows.append((f"{name} #{i}", media_row(b), vocab.decode(b["tokens"], markers=False)))
+    if with_eval:
+        extra = eval_rows(data_config, n)
+        rows += extra
+        lines += ["# eval sets (query split): " + " | ".join(f"{label}: {t}" for label, _, t in extra)]
+    text = "\n".join(lines)
+    image = grid(rows, cell=cell)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        image.save(os.path.join(out_dir, "samples.png"), optimize=True)
+        with open(os.path.join(out_dir, "samples.txt"), "w") as f:
+            f.write(text + "\n")
+    return text, image
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--config', required=True, help='experiment config file (path[:arg])')
-  parser.add_argument('--out', default=None, help='output directory for samples.png / samples.txt')
-  parser.add_argument('--n', type=int, default=4, help='examples per dataset')
-  parser.add_argument('--cell', type=int, default=64, help='pixels per image tile in the PNG')
-  parser.add_argument('--eval', action='store_true', help='also show the eval sets (query split)')
-  args = parser.parse_args(argv)
-  text, _ = preview(load_config(args.config), args.n, args.out, args.cell, with_eval=args.eval)
-  print(text)
-  if args.out:
-    print(f'# wrote {os.path.join(args.out, "samples.png")}', file=sys.stderr)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="experiment config file (path[:arg])")
+    parser.add_argument("--out", default=None, help="output directory for samples.png / samples.txt")
+    parser.add_argument("--n", type=int, default=4, help="examples per dataset")
+    parser.add_argument("--cell", type=int, default=64, help="pixels per image tile in the PNG")
+    parser.add_argument("--eval", action="store_true", help="also show the eval sets (query split)")
+    args = parser.parse_args(argv)
+    text, _ = preview(load_config(args.config), args.n, args.out, args.cell, with_eval=args.eval)
+    print(text)
+    if args.out:
+        print(f'# wrote {os.path.join(args.out, "samples.png")}', file=sys.stderr)
 
 
-if __name__ == '__main__':
-  main()
+if __name__ == "__main__":
+    main()

@@ -15,8 +15,8 @@ import ml_collections
 import numpy as np
 
 
-def synthetic_batch(rng: np.random.Generator, batch: int, seq_len: int, max_images: int, frames: int,
-                    image_size: int, vocab_size: int, image_id: int, eoc_id: int) -> dict[str, np.ndarray]:
+def synthetic_batch(rng: np.random.Generator, batch: int, seq_len: int, max_images: int, frames: int, image_size: int,
+                    vocab_size: int, image_id: int, eoc_id: int) -> dict[str, np.ndarray]:
     """One dataset batch (see flamingo_jax.train_step for the layout)."""
     tokens = rng.integers(1, vocab_size, (batch, seq_len + 1)).astype(np.int32)
     span = max(seq_len // max(max_images, 1), 2)
@@ -38,9 +38,9 @@ def synthetic_batch(rng: np.random.Generator, batch: int, seq_len: int, max_imag
 class SyntheticMixture:
     """Iterator of {dataset: batch} over config.data's mixture ('accumulate' or 'round_robin' mode)."""
 
-    def __init__(self, data_config: ml_collections.ConfigDict, batch_sizes: Mapping[str, int], *,
-                 vocab_size: int, image_id: int, eoc_id: int, seed: int = 0, process_index: int = 0,
-                 process_count: int = 1, names: list[str] | None = None):
+    def __init__(self, data_config: ml_collections.ConfigDict, batch_sizes: Mapping[str, int], *, vocab_size: int,
+                 image_id: int, eoc_id: int, seed: int = 0, process_index: int = 0, process_count: int = 1,
+                 names: list[str] | None = None):
         self.config = data_config
         self.names = list(names if names is not None else data_config.mixture)
         self.batch_sizes = dict(batch_sizes)

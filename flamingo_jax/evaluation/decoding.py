@@ -48,11 +48,11 @@ class GenerationConfig:
     """Open-ended generation settings (hashable: a static jit argument)."""
 
     max_new_tokens: int = 20
-    num_beams: int = 3          # 1 = greedy
+    num_beams: int = 3  # 1 = greedy
     length_penalty: float = 0.0
     stop_ids: tuple[int, ...] = ()
     banned_ids: tuple[int, ...] = ()
-    min_new_tokens: int = 0     # stop tokens are impossible before this many tokens (HuggingFace's meaning)
+    min_new_tokens: int = 0  # stop tokens are impossible before this many tokens (HuggingFace's meaning)
 
 
 def bucket(n: int, minimum: int = 16) -> int:
@@ -87,6 +87,7 @@ def right_pad(rows: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarr
 
 def _batch_axes(model: nn.Module, params: Any, max_len: int) -> Any:
     """For every cache leaf, its batch axis (None for leaves without one), found by comparing shapes."""
+
     def shapes(b):
         return jax.eval_shape(lambda p: model.apply({"params": p}, b, max_len, method="init_cache"), params)
 
@@ -103,7 +104,7 @@ def _map_batch(cache, axes, fn):
 
 
 def _isin(ids: tuple[int, ...], size: int) -> jax.Array:
-    m = np.zeros((size,), bool)
+    m = np.zeros((size, ), bool)
     m[list(ids)] = True
     return jnp.asarray(m)
 
@@ -152,8 +153,7 @@ class Decoder:
         rep = sharding.replicated(mesh)
         ps = param_shardings
         self._encode = jax.jit(encode, in_shardings=(ps, b(6)), out_shardings=b(4))
-        self._generate = jax.jit(self._generate_positional, static_argnums=5,
-                                 in_shardings=(ps, b(2), b(2), b(4), b(2)),
+        self._generate = jax.jit(self._generate_positional, static_argnums=5, in_shardings=(ps, b(2), b(2), b(4), b(2)),
                                  out_shardings=dict(tokens=b(3), scores=b(2), lengths=b(2)))
         self._rank = jax.jit(self._rank_impl, in_shardings=(ps, b(2), b(2), b(4), b(2), rep, rep, rep, rep),
                              out_shardings=b(2))
@@ -211,8 +211,8 @@ class Decoder:
         chunks of rank_chunk, each chunk one batched forward on the cached prompt (not copied per candidate)."""
         firsts, inverse = self._first_tokens(candidates)
         return self._rank(params, self._put(tokens, 2), self._put(token_mask, 2), self._put(visual, 4),
-                          self._put(image_mask, 2), self._put(candidates), self._put(candidate_mask),
-                          self._put(firsts), self._put(inverse))
+                          self._put(image_mask, 2), self._put(candidates), self._put(candidate_mask), self._put(firsts),
+                          self._put(inverse))
 
     def prefill(self, params, tokens, token_mask, visual, image_mask) -> dict:
         """Runs left-padded prompts int32[P, L] (visual [P, T, K, D]) once -> their prefix (a dict pytree, see
@@ -224,8 +224,8 @@ class Decoder:
         """A prefix of P prompts (e.g. the shots, P = 1) continued by N = R * P rows int32[N, L] (left-padded;
         row r continues prompt r // R; visual [N, T, K, D]: each row's own images, numbered after the
         prefix's) -> the prefix of the N longer prompts. The shared part was run once, not N times."""
-        return self._extend_j(params, prefix, self._put(tokens, 2), self._put(token_mask, 2),
-                              self._put(visual, 4), self._put(image_mask, 2))
+        return self._extend_j(params, prefix, self._put(tokens, 2), self._put(token_mask, 2), self._put(visual, 4),
+                              self._put(image_mask, 2))
 
     def generate_from(self, params, prefix: dict, gen: GenerationConfig) -> dict:
         """generate() continuing a prefix (prefill / extend)."""
@@ -267,11 +267,13 @@ class Decoder:
 
     def _last_image_kv(self, vkv, count, k):
         """vkv {'k','v': [X, B, T*K, H, Dh]} -> the last <image>'s keys/values [X, B, K, H, Dh] (count: [B])."""
+
         def one(a):
             x, b, tk, h, dh = a.shape
             a = a.reshape(x, b, tk // k, k, h, dh)
             last = jnp.clip(count - 1, 0, tk // k - 1)
             return jnp.take_along_axis(a, last[None, :, None, None, None, None], axis=2)[:, :, 0]
+
         return jax.tree.map(one, vkv)
 
     def _own_cache(self, params, prefix: dict, rows: int, length: int) -> dict:
@@ -301,10 +303,10 @@ class Decoder:
             xmask = jnp.broadcast_to(xmask, (b, k)) & (count > 0)[:, None]
         else:
             xkv, xmask = vkv, visible
-        return dict(lm=dict(layers=cache["lm"]["layers"], key_mask=cache["lm"]["key_mask"],
-                            next_position=cache["lm"]["next_position"]),
-                    graft=cache["graft"], media_count=count, xkv=xkv, xmask=xmask,
-                    logp=jax.nn.log_softmax(logits[:, -1]))
+        return dict(
+            lm=dict(layers=cache["lm"]["layers"], key_mask=cache["lm"]["key_mask"],
+                    next_position=cache["lm"]["next_position"]), graft=cache["graft"], media_count=count, xkv=xkv,
+            xmask=xmask, logp=jax.nn.log_softmax(logits[:, -1]))
 
     def _extend(self, params, prefix, tokens, token_mask, visual, image_mask) -> dict:
         n, l = tokens.shape
@@ -333,11 +335,11 @@ class Decoder:
             xkv = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=2), old_xkv, vkv)
             xmask = jnp.concatenate([rep(prefix["xmask"]), visible], axis=1)
         graft = None if cache["graft"] is None else join(prefix["graft"], cache["graft"])
-        return dict(lm=dict(layers=join(prefix["lm"]["layers"], cache["lm"]["layers"]),
-                            key_mask=jnp.concatenate([rep(prefix["lm"]["key_mask"]), cache["lm"]["key_mask"]], 1),
-                            next_position=cache["lm"]["next_position"]),
-                    graft=graft, media_count=cache["media_count"], xkv=xkv, xmask=xmask,
-                    logp=jax.nn.log_softmax(logits[:, -1]))
+        return dict(
+            lm=dict(layers=join(prefix["lm"]["layers"], cache["lm"]["layers"]),
+                    key_mask=jnp.concatenate([rep(prefix["lm"]["key_mask"]), cache["lm"]["key_mask"]],
+                                             1), next_position=cache["lm"]["next_position"]), graft=graft,
+            media_count=cache["media_count"], xkv=xkv, xmask=xmask, logp=jax.nn.log_softmax(logits[:, -1]))
 
     def _step(self, params, prefix, tok, cache, banned):
         """One new token per row int32[N] on the prefix and the rows' own cache -> (logp [N, V], cache)."""
@@ -378,16 +380,17 @@ class Decoder:
             logp, cache = self._step(params, prefix, tok, cache, banned)
             return logp, cache, out, score, length, done
 
-        init = (logp, cache, jnp.full((b, n), self.pad_id, jnp.int32), jnp.zeros((b,), jnp.float32),
-                jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool))
+        init = (logp, cache, jnp.full((b, n), self.pad_id, jnp.int32), jnp.zeros(
+            (b, ), jnp.float32), jnp.zeros((b, ), jnp.int32), jnp.zeros((b, ), bool))
+
         # The last step's decode is never used; a while_loop lets all-finished batches stop early.
         def cond(s):
             t, state = s
             return (t < n) & ~jnp.all(state[-1])
 
         _, (_, _, out, score, length, _) = jax.lax.while_loop(cond, lambda s: (s[0] + 1, body(s[0], s[1])),
-                                                               (jnp.int32(0), init))
-        norm = score / jnp.maximum(length, 1).astype(jnp.float32) ** gen.length_penalty
+                                                              (jnp.int32(0), init))
+        norm = score / jnp.maximum(length, 1).astype(jnp.float32)**gen.length_penalty
         return dict(tokens=out[:, None], scores=norm[:, None], lengths=length[:, None])
 
     def _beam(self, params, prefix, logp, gen, banned, stop):
@@ -405,7 +408,7 @@ class Decoder:
         token_ids = jnp.arange(vocab, dtype=jnp.int32)
 
         def norm(score, length):
-            return score / jnp.float32(length) ** alpha
+            return score / jnp.float32(length)**alpha
 
         def body(state):
             t, logp, cache, alive, seqs, fin_seqs, fin_scores, fin_lens = state
@@ -447,7 +450,7 @@ class Decoder:
             t, alive, fin_scores = state[0], state[3], state[6]
             # Log-probs are <= 0: an alive beam's normalised score is at best its sum / n ** alpha.
             best_alive = jnp.max(alive, axis=1)
-            bound = best_alive / jnp.float32(n) ** alpha if alpha >= 0 else jnp.full_like(best_alive, jnp.inf)
+            bound = best_alive / jnp.float32(n)**alpha if alpha >= 0 else jnp.full_like(best_alive, jnp.inf)
             hopeless = (fin_scores[:, -1] >= bound) | (best_alive < NEG_INF / 2)
             return (t < n) & ~jnp.all(hopeless)
 
@@ -474,7 +477,7 @@ class Decoder:
             return total
         u = firsts.shape[0]
         first_cache = self._own_cache(params, prefix, b * u, 1)
-        logp1, first_cache = self._step(params, prefix, jnp.tile(firsts, b), first_cache, jnp.zeros((1,), bool))
+        logp1, first_cache = self._step(params, prefix, jnp.tile(firsts, b), first_cache, jnp.zeros((1, ), bool))
         parent = jnp.arange(b)[:, None] * u + inverse[None]  # [P, C]: each candidate's first-token row
         second = logp1[parent.reshape(-1), jnp.tile(cands[:, 1], b)].reshape(b, c)
         total = total + jnp.where(cand_mask[None, :, 1], second, 0.0)
@@ -508,11 +511,13 @@ class Decoder:
 def _seed(cache: dict, first: dict) -> dict:
     """An own cache of S slots whose slot 0 holds `first` (a cache of the same rows with 1 slot written): leaves
     with a slot axis get first's values there, the others (write index, positions, image counts) are first's."""
+
     def one(x, y):
         if x.shape == y.shape:
             return y
         axis = next(i for i, (p, q) in enumerate(zip(x.shape, y.shape)) if p != q)
         return jax.lax.dynamic_update_slice_in_dim(x, y.astype(x.dtype), 0, axis=axis)
+
     return jax.tree.map(one, cache, first)
 
 

@@ -46,11 +46,15 @@ OPEN_ENDED = {  # kind -> (max new tokens, metric)
     "vqa": (5, "vqa_accuracy"),
     "video_qa": (5, "top1"),
 }
-CLOSE_ENDED = {"classification": "roc_auc", "image_classification": "accuracy", "video_classification": "accuracy",
-               "video_retrieval": "mwap", "dialog": "ndcg", "video_choice": "accuracy"}
+CLOSE_ENDED = {
+    "classification": "roc_auc", "image_classification": "accuracy", "video_classification": "accuracy",
+    "video_retrieval": "mwap", "dialog": "ndcg", "video_choice": "accuracy"
+}
 # Paper / DEV names accepted for the world's analogues.
-ALIASES = {"coco": "captions", "vqav2": "vqa", "okvqa": "knowledge_vqa", "msvdqa": "video_qa",
-           "msvd_qa": "video_qa", "vatex": "video_captions"}
+ALIASES = {
+    "coco": "captions", "vqav2": "vqa", "okvqa": "knowledge_vqa", "msvdqa": "video_qa", "msvd_qa": "video_qa",
+    "vatex": "video_captions"
+}
 
 
 def metric_name(kind: str, metric: str = "") -> str:
@@ -136,8 +140,8 @@ class Evaluator:
     cache_dir: str = ""
     progress: bool = True
     mesh: Any = None
-    ensemble: int = 1            # close-ended: average over this many orders of the shots
-    rank_chunk: int = 64         # class-list candidates scored per Decoder.rank call
+    ensemble: int = 1  # close-ended: average over this many orders of the shots
+    rank_chunk: int = 64  # class-list candidates scored per Decoder.rank call
 
     def __post_init__(self):
         v = self.data.vocab
@@ -248,9 +252,10 @@ class Evaluator:
         """Left-padded prompt tokens and masks [B, L], visual tokens (encoded once per prompt) and the image
         mask [B, shots + 1] of one batch of queries with the given support indices (in prompt order)."""
         vocab = self.data.vocab
-        built = [prompts.build_prompt(vocab, kind, [pool[j] for j in sup], sup, rec, text_only=shots == 0,
-                                      seed=seed, query_index=q, classes=classes)
-                 for q, rec, sup in zip(idx, recs, chosen)]
+        built = [
+            prompts.build_prompt(vocab, kind, [pool[j] for j in sup], sup, rec, text_only=shots == 0, seed=seed,
+                                 query_index=q, classes=classes) for q, rec, sup in zip(idx, recs, chosen)
+        ]
         rows = [p.tokens for p in built] + [built[-1].tokens] * (self.rows - len(built))
         length = decoding.bucket(max(len(r) for r in rows), 32)
         length = multihost.maximum(length) if self.processes > 1 else length  # one shape on every process
@@ -293,8 +298,9 @@ class Evaluator:
         for i in range(0, len(cands), chunk):
             part = cands[i:i + chunk]
             ctoks, cmask = decoding.right_pad(part + [part[-1]] * (chunk - len(part)), width, vocab.pad_id)
-            ll = multihost.to_local(self.decoder.rank(self.params, *map(self._put, (toks, tmask)), visual,
-                                                      self._put(image_mask), ctoks, cmask))
+            ll = multihost.to_local(
+                self.decoder.rank(self.params, *map(self._put, (toks, tmask)), visual, self._put(image_mask), ctoks,
+                                  cmask))
             parts.append(np.asarray(ll)[:, :len(part)])
         return np.concatenate(parts, axis=1)
 
@@ -317,10 +323,10 @@ class Evaluator:
         vocab = self.data.vocab
         max_new = OPEN_ENDED[kind][0]
         gen = decoding.GenerationConfig(max_new_tokens=max_new, num_beams=self.num_beams,
-                                        length_penalty=self.length_penalty,
-                                        stop_ids=(vocab.eoc_id, vocab.eos_id), banned_ids=(vocab.image_id,))
-        out = multihost.to_local(self.decoder.generate(self.params, *map(self._put, (toks, tmask)), visual,
-                                                       self._put(image_mask), gen))
+                                        length_penalty=self.length_penalty, stop_ids=(vocab.eoc_id, vocab.eos_id),
+                                        banned_ids=(vocab.image_id, ))
+        out = multihost.to_local(
+            self.decoder.generate(self.params, *map(self._put, (toks, tmask)), visual, self._put(image_mask), gen))
         res = []
         for r, (i, rec) in enumerate(zip(idx, recs)):
             ids = out["tokens"][r, 0, :out["lengths"][r, 0]]
@@ -339,8 +345,10 @@ def score_outputs(kind: str, outputs: Sequence[Mapping[str, Any]], queries: Sequ
     recs = {o["index"]: queries[o["index"]] for o in outputs}
     metric = metric_name(kind, metric)
     if metric == "cider":
-        return metrics.cider({o["id"]: o["prediction"] for o in outputs},
-                             {recs[o["index"]]["id"]: recs[o["index"]]["captions"] for o in outputs})
+        return metrics.cider({o["id"]: o["prediction"]
+                              for o in outputs},
+                             {recs[o["index"]]["id"]: recs[o["index"]]["captions"]
+                              for o in outputs})
     if metric == "vqa_accuracy":
         return float(np.mean([metrics.vqa_accuracy(o["prediction"], recs[o["index"]]["answers"]) for o in outputs]))
     if metric == "top1":
@@ -358,8 +366,8 @@ def score_outputs(kind: str, outputs: Sequence[Mapping[str, Any]], queries: Sequ
         rows = [dict(recs[o["index"]], class_id=column[int(recs[o["index"]]["class_id"])]) for o in outputs]
         return heldout_metrics.rareact_mwap(np.array([o["scores"] for o in outputs]), rows)
     if metric == "ivqa_accuracy":
-        return float(np.mean([heldout_metrics.ivqa_accuracy(o["prediction"], recs[o["index"]]["answers"])
-                              for o in outputs]))
+        return float(
+            np.mean([heldout_metrics.ivqa_accuracy(o["prediction"], recs[o["index"]]["answers"]) for o in outputs]))
     if metric == "wups":
         return float(np.mean([heldout_metrics.wups(o["prediction"], recs[o["index"]]["answers"][0]) for o in outputs]))
     raise ValueError(metric)

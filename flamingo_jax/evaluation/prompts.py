@@ -33,9 +33,10 @@ import numpy as np
 
 CAPTION_KINDS = ("captions", "video_captions")
 QA_KINDS = ("vqa", "video_qa")
-CLASSIFICATION_KINDS = ("classification",)
+CLASSIFICATION_KINDS = ("classification", )
 CLASS_NAMES = ("no", "yes")  # label 0 / 1
-CLASS_LIST_KINDS = ("image_classification", "video_classification", "video_retrieval")  # ranked over the eval set's class names
+CLASS_LIST_KINDS = ("image_classification", "video_classification", "video_retrieval"
+                    )  # ranked over the eval set's class names
 OPTION_KINDS = ("dialog", "video_choice")  # ranked over each record's own options
 CLOSE_ENDED_KINDS = CLASSIFICATION_KINDS + CLASS_LIST_KINDS + OPTION_KINDS
 
@@ -119,8 +120,8 @@ class Prompt:
     prompt order (empty for zero-shot); text_only: those shown without media (zero-shot)."""
 
     tokens: list[int]
-    support: list[int]           # support-pool indices whose media appear, in prompt order
-    text_only: list[int]         # support-pool indices used as text-only examples (zero-shot)
+    support: list[int]  # support-pool indices whose media appear, in prompt order
+    text_only: list[int]  # support-pool indices used as text-only examples (zero-shot)
 
 
 def build_prompt(vocab, kind: str, support_records: Sequence[Mapping[str, Any]], support_ids: Sequence[int],

@@ -27,8 +27,8 @@ from __future__ import annotations
 import re
 
 # Removed after tokenisation by pycocoevalcap (tokenizer/ptbtokenizer.py). Upper-case escapes never match.
-PUNCTUATIONS = frozenset(["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":",
-                          "-", "--", "...", ";"])
+PUNCTUATIONS = frozenset(
+    ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"])
 
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
 _SYMBOLS = set("&%$+=<>*~^|\\")
@@ -36,9 +36,11 @@ _ABBREVIATIONS = frozenset("""
 mr mrs ms dr prof sr jr st mt ft inc ltd co corp etc vs no jan feb mar apr jun jul aug sep sept oct nov dec
 mon tue wed thu fri sat sun gen col lt sgt capt rev gov sen rep est dept univ ave blvd rd approx fig al
 """.split())
-_SPECIAL_WORDS = {"cannot": ["can", "not"], "gonna": ["gon", "na"], "wanna": ["wan", "na"],
-                  "gotta": ["got", "ta"], "gimme": ["gim", "me"], "lemme": ["lem", "me"], "'tis": ["'t", "is"],
-                  "'twas": ["'t", "was"], "y'all": ["y'", "all"], "rock'n'roll": ["rock", "'n'", "roll"]}
+_SPECIAL_WORDS = {
+    "cannot": ["can", "not"], "gonna": ["gon", "na"], "wanna": ["wan", "na"], "gotta": ["got", "ta"],
+    "gimme": ["gim", "me"], "lemme": ["lem", "me"], "'tis": ["'t", "is"], "'twas": ["'t", "was"],
+    "y'all": ["y'", "all"], "rock'n'roll": ["rock", "'n'", "roll"]
+}
 _CLITIC = re.compile(r"^(.*[a-z])(n't|'s|'m|'d|'re|'ve|'ll)$")
 _URL = re.compile(r"^(https?://\S+|www\.\S+|[\w.+-]+@[\w-]+\.[\w.-]+)$")
 _ACRONYM = re.compile(r"^([a-z]\.)+[a-z]?\.?$|^[a-z]\.$")
@@ -83,7 +85,8 @@ def _split_core(core: str) -> list[str]:
         return _split_core(core[:-1]) + ["-"]
     if core.startswith("'") and len(core) > 1:
         rest = core[1:]
-        if rest in ("s", "m", "d", "re", "ve", "ll", "em", "n", "n'") or rest.startswith("t") and core in _SPECIAL_WORDS:
+        if rest in ("s", "m", "d", "re", "ve", "ll", "em", "n",
+                    "n'") or rest.startswith("t") and core in _SPECIAL_WORDS:
             return [core]
         return ["`"] + _split_core(rest)
     if core.endswith("'") and len(core) > 1:

@@ -14,10 +14,9 @@ SUBTREES = ("vision", "resampler", "lm", "xattn", "new_tokens")
 FROZEN_BY_DEFAULT = ("vision", "lm")
 
 
-def model_config(vision: ml_collections.ConfigDict, lm: ml_collections.ConfigDict,
-                 resampler: ml_collections.ConfigDict, xattn: ml_collections.ConfigDict, *,
-                 num_new_tokens: int = 2, image_token_offset: int = 0, eoc_token_offset: int = 1,
-                 dtype: str = "float32", frozen_param_dtype: str = "float32",
+def model_config(vision: ml_collections.ConfigDict, lm: ml_collections.ConfigDict, resampler: ml_collections.ConfigDict,
+                 xattn: ml_collections.ConfigDict, *, num_new_tokens: int = 2, image_token_offset: int = 0,
+                 eoc_token_offset: int = 1, dtype: str = "float32", frozen_param_dtype: str = "float32",
                  trainable_param_dtype: str = "float32", remat: str = "none") -> ml_collections.ConfigDict:
     """config.model. The added tokens take ids lm.vocab_size + offset (default `<image>` = V, `<EOC>` = V+1).
 
@@ -31,11 +30,19 @@ def model_config(vision: ml_collections.ConfigDict, lm: ml_collections.ConfigDic
     """
     v = lm.vocab_size
     pd = {k: (frozen_param_dtype if k in FROZEN_BY_DEFAULT else trainable_param_dtype) for k in SUBTREES}
-    return ml_collections.ConfigDict(dict(
-        vision=vision, lm=lm, resampler=resampler, xattn=xattn, num_new_tokens=num_new_tokens,
-        image_token_id=v + image_token_offset, eoc_token_id=v + eoc_token_offset, dtype=dtype,
-        param_dtype=pd, remat=remat,
-    ))
+    return ml_collections.ConfigDict(
+        dict(
+            vision=vision,
+            lm=lm,
+            resampler=resampler,
+            xattn=xattn,
+            num_new_tokens=num_new_tokens,
+            image_token_id=v + image_token_offset,
+            eoc_token_id=v + eoc_token_offset,
+            dtype=dtype,
+            param_dtype=pd,
+            remat=remat,
+        ))
 
 
 def openflamingo_config(vision: ml_collections.ConfigDict, lm: ml_collections.ConfigDict,
@@ -48,10 +55,10 @@ def openflamingo_config(vision: ml_collections.ConfigDict, lm: ml_collections.Co
     resampler = resampler_config("perceiver", depth=6, num_heads=8, head_dim=64, ffw_mult=4, num_latents=64,
                                  max_frames=0, final_norm=True, act="gelu", use_bias=False, norm_eps=1e-5)
     n = cross_attn_every_n_layers
-    xattn = xattn_config("gated", placement="every", every=n, offset=n - 1, num_heads=8, head_dim=64,
-                         ffw_mult=4, act="gelu", use_bias=False, kv_norm=False, norm_eps=1e-5)
-    cfg = model_config(vision, lm, resampler, xattn, num_new_tokens=3 if add_pad_token else 2,
-                       image_token_offset=1, eoc_token_offset=0, dtype=dtype)
+    xattn = xattn_config("gated", placement="every", every=n, offset=n - 1, num_heads=8, head_dim=64, ffw_mult=4,
+                         act="gelu", use_bias=False, kv_norm=False, norm_eps=1e-5)
+    cfg = model_config(vision, lm, resampler, xattn, num_new_tokens=3 if add_pad_token else 2, image_token_offset=1,
+                       eoc_token_offset=0, dtype=dtype)
     return cfg
 
 
@@ -60,5 +67,7 @@ def build(model: ml_collections.ConfigDict) -> Flamingo:
     return Flamingo(model)
 
 
-__all__ = ["Flamingo", "build", "lm_config", "model_config", "openflamingo_config", "resampler_config",
-           "vision_config", "xattn_config", "SUBTREES"]
+__all__ = [
+    "Flamingo", "build", "lm_config", "model_config", "openflamingo_config", "resampler_config", "vision_config",
+    "xattn_config", "SUBTREES"
+]

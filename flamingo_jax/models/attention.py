@@ -140,12 +140,12 @@ def rotary_embedding(x: jax.Array, positions: jax.Array, *, theta: float = 10000
     """
     dh = x.shape[-1]
     rd = dh if rotary_dim is None else rotary_dim
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, rd, 2, dtype=jnp.float32) / rd))
+    inv_freq = 1.0 / (theta**(jnp.arange(0, rd, 2, dtype=jnp.float32) / rd))
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, L, rd/2]
     cos = jnp.cos(jnp.concatenate([angles, angles], -1))[:, :, None, :]
     sin = jnp.sin(jnp.concatenate([angles, angles], -1))[:, :, None, :]
     rot, rest = x[..., :rd].astype(jnp.float32), x[..., rd:]
-    half1, half2 = rot[..., : rd // 2], rot[..., rd // 2 :]
+    half1, half2 = rot[..., :rd // 2], rot[..., rd // 2:]
     rotated = rot * cos + jnp.concatenate([-half2, half1], -1) * sin
     return jnp.concatenate([rotated.astype(x.dtype), rest], -1)
 
@@ -153,7 +153,7 @@ def rotary_embedding(x: jax.Array, positions: jax.Array, *, theta: float = 10000
 def alibi_slopes(num_heads: int, max_bias: float = 8.0) -> jax.Array:
     """ALiBi head slopes (MPT's formula, which pads to the next power of two). Returns float32[H]."""
     n = 1 << (num_heads - 1).bit_length()
-    slopes = 1.0 / (2.0 ** (jnp.arange(1, n + 1, dtype=jnp.float32) * (max_bias / n)))
+    slopes = 1.0 / (2.0**(jnp.arange(1, n + 1, dtype=jnp.float32) * (max_bias / n)))
     if n != num_heads:
         slopes = jnp.concatenate([slopes[1::2], slopes[::2]])[:num_heads]
     return slopes
@@ -192,8 +192,8 @@ class MultiHeadAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array | None = None, *, mask: jax.Array | None = None,
-                 bias: jax.Array | None = None, positions: jax.Array | None = None,
-                 cache: dict | None = None, cache_index: jax.Array | None = None, prefix: dict | None = None,
+                 bias: jax.Array | None = None, positions: jax.Array | None = None, cache: dict | None = None,
+                 cache_index: jax.Array | None = None, prefix: dict | None = None,
                  kv: tuple[jax.Array, jax.Array] | None = None, kv_only: bool = False):
         g = self.num_kv_heads or self.num_heads
         kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -227,6 +227,5 @@ class MultiHeadAttention(nn.Module):
         else:
             out = multi_part_attention(q, [(prefix["k"], prefix["v"], prefix["mask"], prefix.get("bias")),
                                            (k, v, mask, bias)], self.scale)
-        y = Dense(self.out_features or x.shape[-1], ("heads", "head_dim", "embed"), in_dims=2,
-                  name="out", **kw)(out)
+        y = Dense(self.out_features or x.shape[-1], ("heads", "head_dim", "embed"), in_dims=2, name="out", **kw)(out)
         return constrain(y, ("act_batch", "act_length", "act_embed")), new_cache

@@ -45,8 +45,7 @@ class NewTokens(nn.Module):
         self.embedding = self.param("embedding", init, (self.num_tokens, self.d_model), self.param_dtype)
         if self.untied:
             out_init = logical(nn.initializers.normal(0.02), ("embed", "vocab"))
-            self.unembedding = self.param("unembedding", out_init, (self.d_model, self.num_tokens),
-                                          self.param_dtype)
+            self.unembedding = self.param("unembedding", out_init, (self.d_model, self.num_tokens), self.param_dtype)
 
     def output_rows(self) -> jax.Array:
         """[D, n] for the logits of the added tokens."""
@@ -88,9 +87,9 @@ class Flamingo(nn.Module):
         self.vision = build_vision(c.vision, dtype, pd["vision"])
         self.resampler = build_resampler(c.resampler, dtype, pd["resampler"])
         self.lm = DecoderLM(c.lm, dtype=dtype, param_dtype=pd["lm"])
-        self.xattn = CrossAttentionStack(
-            c.xattn, d_model=c.lm.d_model, visual_dim=visual_dim, num_lm_layers=c.lm.num_layers,
-            lm_heads=c.lm.num_heads, scan_layers=c.lm.scan_layers, dtype=dtype, param_dtype=pd["xattn"])
+        self.xattn = CrossAttentionStack(c.xattn, d_model=c.lm.d_model, visual_dim=visual_dim,
+                                         num_lm_layers=c.lm.num_layers, lm_heads=c.lm.num_heads,
+                                         scan_layers=c.lm.scan_layers, dtype=dtype, param_dtype=pd["xattn"])
         self.new_tokens = NewTokens(c.num_new_tokens, c.lm.d_model, untied=not c.lm.tie_embeddings,
                                     param_dtype=pd["new_tokens"])
 
@@ -110,7 +109,7 @@ class Flamingo(nn.Module):
         """An empty decoding cache for `batch` left-padded rows of up to `max_len` tokens."""
         dtype = dtype_of(self.config.dtype)
         return dict(lm=self.lm.init_cache(batch, max_len, dtype), graft=self.xattn.init_cache(batch, max_len, dtype),
-                    media_count=jnp.zeros((batch,), jnp.int32))
+                    media_count=jnp.zeros((batch, ), jnp.int32))
 
     def visual_kv(self, visual: jax.Array) -> dict:
         """visual [B, T, K, Dr] -> every cross-attention layer's keys and values of those visual tokens,
@@ -133,10 +132,9 @@ class Flamingo(nn.Module):
             kk, vv = jnp.stack(kk), jnp.stack(vv)
         return dict(k=kk, v=vv)
 
-    def decode(self, tokens: jax.Array, visual: jax.Array, image_mask: jax.Array,
-               media_index: jax.Array | None = None, token_mask: jax.Array | None = None,
-               cache: dict | None = None, prefix: dict | None = None, visual_kv: dict | None = None,
-               last_logits: bool = False) -> tuple[jax.Array, dict | None]:
+    def decode(self, tokens: jax.Array, visual: jax.Array, image_mask: jax.Array, media_index: jax.Array | None = None,
+               token_mask: jax.Array | None = None, cache: dict | None = None, prefix: dict | None = None,
+               visual_kv: dict | None = None, last_logits: bool = False) -> tuple[jax.Array, dict | None]:
         """tokens int32[B, L], visual [B, T, K, Dr], image_mask bool[B, T] -> (logits [B, L, V+n], cache).
 
         Decoding extras (flamingo_jax.evaluation.decoding):
@@ -156,8 +154,8 @@ class Flamingo(nn.Module):
             if cache is not None:
                 media_index = media_index + cache["media_count"][:, None]
         slot_offset = 0 if prefix is None else prefix["lm"]["key_mask"].shape[1]
-        positions, self_mask, bias, meta = self.lm.attention_inputs(
-            token_mask, l, b, None if cache is None else cache["lm"], slot_offset)
+        positions, self_mask, bias, meta = self.lm.attention_inputs(token_mask, l, b,
+                                                                    None if cache is None else cache["lm"], slot_offset)
         t, k = visual.shape[1], visual.shape[2]
         visual_flat = constrain(visual.reshape(b, t * k, visual.shape[-1]), ("act_batch", "act_length", "act_embed"))
         dec = dict(xkv=visual_kv)
@@ -168,7 +166,8 @@ class Flamingo(nn.Module):
             xmask = OwnImageMask(media_index, image_mask, k)  # each token scores its own image's keys only
         else:
             xmask = media_mask(media_index, image_mask, k, c.xattn.mask)
-        h = constrain(self.lm.embed_tokens(tokens, positions, self.new_tokens.embedding), ("act_batch", "act_length", "act_embed"))
+        h = constrain(self.lm.embed_tokens(tokens, positions, self.new_tokens.embedding),
+                      ("act_batch", "act_length", "act_embed"))
         attn = dict(positions=positions, mask=self_mask, bias=bias,
                     cache_index=None if cache is None else cache["lm"]["index"])
         lm_layers = None if cache is None else cache["lm"]["layers"]
@@ -268,11 +267,11 @@ class Flamingo(nn.Module):
                 else:
                     h = x(h)
             lm_prefix = (dec or {}).get("lm_prefix")
-            layer_prefix = None if lm_prefix is None else dict(
-                lm_prefix["layers"][i], mask=lm_prefix["mask"], bias=lm_prefix["bias"])
+            layer_prefix = None if lm_prefix is None else dict(lm_prefix["layers"][i], mask=lm_prefix["mask"],
+                                                               bias=lm_prefix["bias"])
             apply_block = functools.partial(block.apply, {"params": self.lm.layer_params[i]}, mid=mid,
-                                            cache=None if new_layers is None else new_layers[i],
-                                            prefix=layer_prefix, **attn)
+                                            cache=None if new_layers is None else new_layers[i], prefix=layer_prefix,
+                                            **attn)
             h, layer_cache = self._remat(apply_block)(h)
             if new_layers is not None:
                 new_layers[i] = layer_cache
@@ -293,8 +292,7 @@ class Flamingo(nn.Module):
             first = jax.tree.map(lambda x: x[0], params)
             first_cache = None if caches is None else jax.tree.map(lambda x: x[0], caches)
             first_kv = None if kvs is None else jax.tree.map(lambda x: x[0], kvs)
-            h, c0 = block.apply({"params": first}, h, mid=mid, cache=first_cache, prefix=layer_prefix(first_kv),
-                                **attn)
+            h, c0 = block.apply({"params": first}, h, mid=mid, cache=first_cache, prefix=layer_prefix(first_kv), **attn)
             if n == 1:
                 return h, None if caches is None else jax.tree.map(lambda x: x[None], c0)
             rest = jax.tree.map(lambda x: x[1:], params)
@@ -320,8 +318,12 @@ class Flamingo(nn.Module):
         x = None
         if j is not None:
             params_j = jax.tree.map(lambda a: a[0], _dynamic_rows(xattn_params, j, 1))
-            x = self._xattn_fn(params_j, visual, xmask, remat=False,  # the caller remats the whole segment
-                               extras=self._xattn_extras(dec, j))
+            x = self._xattn_fn(
+                params_j,
+                visual,
+                xmask,
+                remat=False,  # the caller remats the whole segment
+                extras=self._xattn_extras(dec, j))
         vanilla = self.config.xattn.kind == "vanilla"
         if x is not None and not vanilla:
             h = x(h)
@@ -343,9 +345,19 @@ class Flamingo(nn.Module):
         num_layers = self.config.lm.num_layers
         pos = placement(self.config.xattn, num_layers)
         stacks = (self.lm.layer_params, self.xattn.layer_params)
+
         def segment(h_, layers_, j, start, size):  # under remat as a whole (one checkpoint per group)
-            run = lambda carry: self._run_segment(carry[0], j, start, size, visual, xmask, attn, carry[1],  # noqa: E731
-                                                  stacks, dec)
+            run = lambda carry: self._run_segment(
+                carry[0],
+                j,
+                start,
+                size,
+                visual,
+                xmask,
+                attn,
+                carry[1],  # noqa: E731
+                stacks,
+                dec)
             return self._remat(run)((h_, layers_))
 
         if not pos:
@@ -391,17 +403,17 @@ class Flamingo(nn.Module):
         def body(carry, xs):
             p, cj, j, kv = xs
             extras = self._xattn_extras(dec, j)
-            return self._remat(lambda h_: block.apply({"params": p}, h_, visual, xmask, cache=cj,
-                                                      self_prefix=self_prefix(kv), **extras, **kw))(carry)
+            return self._remat(lambda h_: block.apply({"params": p}, h_, visual, xmask, cache=cj, self_prefix=
+                                                      self_prefix(kv), **extras, **kw))(carry)
 
-        return jax.lax.scan(body, h, (params, graft, jnp.arange(len(self.xattn.positions)),
-                                      None if gp is None else gp["layers"]))
+        return jax.lax.scan(
+            body, h, (params, graft, jnp.arange(len(self.xattn.positions)), None if gp is None else gp["layers"]))
 
 
 def zeros_gates(params):
     """A copy of Flamingo params with every tanh gate set to zero (for tests and initial checks)."""
+
     def fix(path, x):
         return jnp.zeros_like(x) if str(path[-1].key).endswith("_gate") else x
+
     return jax.tree_util.tree_map_with_path(fix, params)
-
-

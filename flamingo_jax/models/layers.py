@@ -57,7 +57,7 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        in_shape = x.shape[-self.in_dims :]
+        in_shape = x.shape[-self.in_dims:]
         kernel, bias = declare_dense(self, in_shape, self.features, self.axes, self.use_bias, self.param_dtype,
                                      self.kernel_init)
         return project(x, kernel, bias, self.in_dims, self.dtype)
@@ -68,13 +68,13 @@ def declare_dense(module: nn.Module, in_shape: tuple[int, ...], features: int | 
                   kernel_init: Initializer | None = None) -> tuple[jax.Array, jax.Array | None]:
     """Declares a dense layer's `kernel` [*in_shape, *features] (and `bias` [*features]) as params of `module`,
     named `axes`; returns (kernel, bias or None). `Dense` and `DenseKernel` both declare through it."""
-    features = (features,) if isinstance(features, int) else tuple(features)
+    features = (features, ) if isinstance(features, int) else tuple(features)
     kernel_shape = tuple(in_shape) + features
     if len(axes) != len(kernel_shape):
         raise ValueError(f"Dense {module.name}: axes {axes} do not name kernel {kernel_shape}")
     n = len(in_shape)
-    init = kernel_init or nn.initializers.variance_scaling(
-        1.0, "fan_in", "truncated_normal", in_axis=tuple(range(n)), out_axis=tuple(range(n, len(kernel_shape))))
+    init = kernel_init or nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=tuple(range(n)),
+                                                           out_axis=tuple(range(n, len(kernel_shape))))
     kernel = module.param("kernel", logical(init, axes), kernel_shape, param_dtype)
     bias = None
     if use_bias:
@@ -102,21 +102,20 @@ def project(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, in_d
     in_shape = kernel.shape[:in_dims]
     features = kernel.shape[in_dims:]
     n_in, n_out = math.prod(in_shape), math.prod(features)
-    lead = x.shape[: x.ndim - in_dims]
+    lead = x.shape[:x.ndim - in_dims]
     y = jnp.dot(x.reshape(-1, n_in).astype(dtype), kernel.reshape(n_in, n_out).astype(dtype))
     if bias is not None:
         y = y + bias.reshape(n_out).astype(dtype)
     return y.reshape(*lead, *features)
 
 
-def norm(kind: str, *, eps: float, use_bias: bool = True, dtype: Dtype = jnp.float32,
-         param_dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Module:
+def norm(kind: str, *, eps: float, use_bias: bool = True, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+         name: str | None = None) -> nn.Module:
     """'layernorm' | 'rmsnorm' over the last axis; statistics in float32 whatever the compute dtype."""
-    scale_init = logical(nn.initializers.ones, ("norm",))
+    scale_init = logical(nn.initializers.ones, ("norm", ))
     if kind == "layernorm":
-        return nn.LayerNorm(epsilon=eps, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                            scale_init=scale_init, bias_init=logical(nn.initializers.zeros, ("norm",)),
-                            name=name)
+        return nn.LayerNorm(epsilon=eps, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, scale_init=scale_init,
+                            bias_init=logical(nn.initializers.zeros, ("norm", )), name=name)
     if kind == "rmsnorm":
         return nn.RMSNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, scale_init=scale_init, name=name)
     raise ValueError(f"unknown norm {kind!r}: use 'layernorm' or 'rmsnorm'")
@@ -131,10 +130,10 @@ class NormParams(nn.Module):
 
     @nn.compact
     def __call__(self, d: int) -> tuple[jax.Array, jax.Array | None]:
-        scale = self.param("scale", logical(nn.initializers.ones, ("norm",)), (d,), self.param_dtype)
+        scale = self.param("scale", logical(nn.initializers.ones, ("norm", )), (d, ), self.param_dtype)
         if not self.use_bias:
             return scale, None
-        return scale, self.param("bias", logical(nn.initializers.zeros, ("norm",)), (d,), self.param_dtype)
+        return scale, self.param("bias", logical(nn.initializers.zeros, ("norm", )), (d, ), self.param_dtype)
 
 
 def standardize(x: jax.Array, eps: float, dtype: Dtype = jnp.float32) -> jax.Array:

@@ -36,24 +36,44 @@ def lm_config(family: str = "chinchilla", **overrides) -> ml_collections.ConfigD
     """LM hyper-parameters with the family's conventions; any field can be overridden."""
     if family not in FAMILIES:
         raise ValueError(f"unknown LM family {family!r}: choose one of {FAMILIES}")
-    c = ml_collections.ConfigDict(dict(
-        family=family, vocab_size=32000, d_model=2048, num_layers=24, num_heads=16, num_kv_heads=0,
-        head_dim=0, d_ff=0, ffw_mult=4, act="gelu", gated_ffw=False, norm="rmsnorm", norm_eps=1e-6,
-        norm_bias=False, use_bias=False, positions="rope", rope_theta=10000.0, rotary_pct=1.0,
-        max_len=2048, learned_pos_offset=0, parallel_residual=False, tie_embeddings=False,
-        scan_layers=False, embed_init_std=0.02,
-    ))
+    c = ml_collections.ConfigDict(
+        dict(
+            family=family,
+            vocab_size=32000,
+            d_model=2048,
+            num_layers=24,
+            num_heads=16,
+            num_kv_heads=0,
+            head_dim=0,
+            d_ff=0,
+            ffw_mult=4,
+            act="gelu",
+            gated_ffw=False,
+            norm="rmsnorm",
+            norm_eps=1e-6,
+            norm_bias=False,
+            use_bias=False,
+            positions="rope",
+            rope_theta=10000.0,
+            rotary_pct=1.0,
+            max_len=2048,
+            learned_pos_offset=0,
+            parallel_residual=False,
+            tie_embeddings=False,
+            scan_layers=False,
+            embed_init_std=0.02,
+        ))
     family_defaults = {
         "chinchilla": {},
         "llama": dict(act="silu", gated_ffw=True, norm_eps=1e-5),
         "gpt2": dict(act="gelu_tanh", norm="layernorm", norm_eps=1e-5, norm_bias=True, use_bias=True,
                      positions="learned", tie_embeddings=True),
-        "opt": dict(act="relu", norm="layernorm", norm_eps=1e-5, norm_bias=True, use_bias=True,
-                    positions="learned", learned_pos_offset=2, tie_embeddings=True),
+        "opt": dict(act="relu", norm="layernorm", norm_eps=1e-5, norm_bias=True, use_bias=True, positions="learned",
+                    learned_pos_offset=2, tie_embeddings=True),
         "mpt": dict(act="gelu", norm="layernorm", norm_eps=1e-5, norm_bias=False, positions="alibi",
                     tie_embeddings=True),
-        "neox": dict(act="gelu", norm="layernorm", norm_eps=1e-5, norm_bias=True, use_bias=True,
-                     rotary_pct=0.25, parallel_residual=True),
+        "neox": dict(act="gelu", norm="layernorm", norm_eps=1e-5, norm_bias=True, use_bias=True, rotary_pct=0.25,
+                     parallel_residual=True),
     }[family]
     c.update(family_defaults)
     for key, value in overrides.items():
@@ -88,12 +108,12 @@ class DecoderBlock(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         nkw = dict(eps=c.norm_eps, use_bias=c.norm_bias, **kw)
         hd = head_dim(c)
-        attn = MultiHeadAttention(
-            num_heads=c.num_heads, head_dim=hd, num_kv_heads=c.num_kv_heads or None, use_bias=c.use_bias,
-            rope_theta=c.rope_theta if c.positions == "rope" else None,
-            rotary_dim=int(hd * c.rotary_pct), name="attn", **kw)
-        a, new_cache = attn(norm(c.norm, name="attn_norm", **nkw)(h), mask=mask, bias=bias,
-                            positions=positions, cache=cache, cache_index=cache_index, prefix=prefix)
+        attn = MultiHeadAttention(num_heads=c.num_heads, head_dim=hd, num_kv_heads=c.num_kv_heads or None,
+                                  use_bias=c.use_bias, rope_theta=c.rope_theta if c.positions == "rope" else None,
+                                  rotary_dim=int(hd * c.rotary_pct), name="attn", **kw)
+        a, new_cache = attn(
+            norm(c.norm, name="attn_norm", **nkw)(h), mask=mask, bias=bias, positions=positions, cache=cache,
+            cache_index=cache_index, prefix=prefix)
         mlp = FeedForward(ffw_width(c), act=c.act, gated=c.gated_ffw, use_bias=c.use_bias, name="mlp", **kw)
         if c.parallel_residual:
             if mid is not None:
@@ -107,8 +127,8 @@ class DecoderBlock(nn.Module):
 
 def dummy_block_inputs(c: ml_collections.ConfigDict, dtype: Dtype) -> tuple[tuple, dict]:
     """Smallest inputs that trace a block (its params do not depend on the lengths)."""
-    return (jnp.zeros((1, 1, c.d_model), dtype),), dict(
-        positions=jnp.zeros((1, 1), jnp.int32), mask=jnp.ones((1, 1, 1, 1), bool))
+    return (jnp.zeros((1, 1, c.d_model), dtype), ), dict(positions=jnp.zeros((1, 1), jnp.int32), mask=jnp.ones(
+        (1, 1, 1, 1), bool))
 
 
 class DecoderLM(nn.Module):
@@ -136,8 +156,7 @@ class DecoderLM(nn.Module):
         """An unbound block; apply it with one layer's params."""
         return DecoderBlock(self.config, dtype=self.dtype, param_dtype=self.param_dtype, parent=None)
 
-    def embed_tokens(self, tokens: jax.Array, positions: jax.Array, extra_rows: jax.Array | None = None
-                     ) -> jax.Array:
+    def embed_tokens(self, tokens: jax.Array, positions: jax.Array, extra_rows: jax.Array | None = None) -> jax.Array:
         """tokens, positions: int32[B, L] -> float[B, L, D].
 
         Ids >= vocab_size look up `extra_rows` [n_extra, D] (the learnt rows of added tokens).
@@ -195,10 +214,11 @@ class DecoderLM(nn.Module):
         g = c.num_kv_heads or c.num_heads
         kv = jnp.zeros((batch, max_len, g, head_dim(c)), dtype or self.dtype)
         one = {"k": kv, "v": kv}
-        layers = (jax.tree.map(lambda x: jnp.broadcast_to(x, (c.num_layers, *x.shape)), one)
-                  if c.scan_layers else [one] * c.num_layers)
+        layers = (jax.tree.map(lambda x: jnp.broadcast_to(x,
+                                                          (c.num_layers, *x.shape)), one) if c.scan_layers else [one] *
+                  c.num_layers)
         return dict(layers=layers, index=jnp.zeros((), jnp.int32), key_mask=jnp.zeros((batch, max_len), bool),
-                    next_position=jnp.zeros((batch,), jnp.int32))
+                    next_position=jnp.zeros((batch, ), jnp.int32))
 
     def run_layers(self, h: jax.Array, attn: dict, cache_layers=None, start: int = 0, stop: int | None = None,
                    prefix: dict | None = None):
@@ -216,8 +236,7 @@ class DecoderLM(nn.Module):
         if not self.config.scan_layers:
             new = list(cache_layers) if cache_layers is not None else None
             for i in range(start, stop):
-                h, layer_cache = block.apply({"params": self.layer_params[i]}, h,
-                                             cache=None if new is None else new[i],
+                h, layer_cache = block.apply({"params": self.layer_params[i]}, h, cache=None if new is None else new[i],
                                              prefix=None if prefix is None else layer_prefix(prefix["layers"][i]),
                                              **attn)
                 if new is not None:
@@ -246,8 +265,7 @@ class DecoderLM(nn.Module):
         b, l = tokens.shape
         positions, mask, bias, meta = self.attention_inputs(token_mask, l, b, cache)
         h = self.embed_tokens(tokens, positions)
-        attn = dict(positions=positions, mask=mask, bias=bias,
-                    cache_index=None if cache is None else cache["index"])
+        attn = dict(positions=positions, mask=mask, bias=bias, cache_index=None if cache is None else cache["index"])
         h, layers = self.run_layers(h, attn, None if cache is None else cache["layers"])
         logits, _ = self.logits(h)
         return logits, (None if cache is None else dict(meta, layers=layers))

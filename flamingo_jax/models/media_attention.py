@@ -25,8 +25,8 @@ import jax.numpy as jnp
 from flamingo_jax.models.attention import LARGE_NEGATIVE, dot_product_attention
 from flamingo_jax.models.xattn import media_mask
 
-CHUNK = 32   # query tokens per chunk (measured on a 17-image prompt: 16 copies each window too often, 64+ scores too much)
-WINDOW = 4   # images a chunk may see: 4 x 64 keys per token instead of T x 64; fits when images are >= 11 tokens apart
+CHUNK = 32  # query tokens per chunk (measured on a 17-image prompt: 16 copies each window too often, 64+ scores too much)
+WINDOW = 4  # images a chunk may see: 4 x 64 keys per token instead of T x 64; fits when images are >= 11 tokens apart
 
 
 @flax.struct.dataclass
@@ -89,11 +89,11 @@ class OwnImageMask:
             return rows.reshape(b, n, WINDOW * kt, h, dh)
 
         qc = jnp.pad(q, ((0, 0), (0, n * CHUNK - length), (0, 0), (0, 0))).reshape(b, n, CHUNK, h, dh)
-        scores = jnp.einsum("bnqhd,bnkhd->bnhqk", qc, window(k).astype(q.dtype),
-                            preferred_element_type=jnp.float32) * scale
+        scores = jnp.einsum("bnqhd,bnkhd->bnhqk", qc,
+                            window(k).astype(q.dtype), preferred_element_type=jnp.float32) * scale
         key_image = jnp.repeat(images + 1, kt, axis=-1)  # [B, n, W*K] 1-based
-        present = jnp.repeat(jnp.take_along_axis(self.image_mask, images.reshape(b, -1), axis=1).reshape(
-            b, n, WINDOW), kt, axis=-1)
+        present = jnp.repeat(
+            jnp.take_along_axis(self.image_mask, images.reshape(b, -1), axis=1).reshape(b, n, WINDOW), kt, axis=-1)
         mask = ((mi[..., :, None] == key_image[..., None, :]) & present[..., None, :])[:, :, None]  # [B,n,1,C,WK]
         scores = jnp.where(mask, scores, LARGE_NEGATIVE)
         weights = jax.nn.softmax(scores, axis=-1)

@@ -21,7 +21,7 @@ import numpy as np
 
 from flamingo_jax.models.attention import MultiHeadAttention, dot_product_attention
 from flamingo_jax.models.layers import (Dense, DenseKernel, Dtype, FeedForward, NormParams, logical, norm, project,
-                                      standardize)
+                                        standardize)
 from flamingo_jax.sharding import constrain
 
 KINDS = ("perceiver", "transformer", "mlp")
@@ -31,10 +31,22 @@ def resampler_config(kind: str = "perceiver", **overrides) -> ml_collections.Con
     """Resampler hyper-parameters (paper: 6 layers, width 1536, 16 heads, 64 latents)."""
     if kind not in KINDS:
         raise ValueError(f"unknown resampler {kind!r}: choose one of {KINDS}")
-    c = ml_collections.ConfigDict(dict(
-        kind=kind, d_model=0, depth=6, num_heads=16, head_dim=0, ffw_mult=4, num_latents=64,
-        max_frames=8, final_norm=True, act="sqrelu", use_bias=False, norm_eps=1e-5, mlp_hidden_mult=6,
-    ))
+    c = ml_collections.ConfigDict(
+        dict(
+            kind=kind,
+            d_model=0,
+            depth=6,
+            num_heads=16,
+            head_dim=0,
+            ffw_mult=4,
+            num_latents=64,
+            max_frames=8,
+            final_norm=True,
+            act="sqrelu",
+            use_bias=False,
+            norm_eps=1e-5,
+            mlp_hidden_mult=6,
+        ))
     for key, value in overrides.items():
         if key not in c:
             raise KeyError(f"unknown resampler field {key!r}")
@@ -58,8 +70,8 @@ def add_time_embeddings(module: nn.Module, x: jax.Array, max_frames: int, dtype:
     if not max_frames:
         return x
     d = x.shape[-1]
-    table = module.param("time_embeddings", logical(nn.initializers.normal(0.02), ("frames", "embed")),
-                         (max_frames, d), param_dtype)
+    table = module.param("time_embeddings", logical(nn.initializers.normal(0.02), ("frames", "embed")), (max_frames, d),
+                         param_dtype)
     f = x.shape[1]
     rows = table[:f] if f <= max_frames else interpolate_rows(table, f)
     return x + rows.astype(dtype)[None, :, None, :]
@@ -102,10 +114,10 @@ class LatentAttention(nn.Module):
         heads = (self.num_heads, self.head_dim)
         kw = dict(use_bias=self.use_bias, param_dtype=self.param_dtype)
         axes = ("embed", "heads", "head_dim")
-        q = project(zn, *DenseKernel(heads, axes, name="query", **kw)((d,)), dtype=self.dtype)
+        q = project(zn, *DenseKernel(heads, axes, name="query", **kw)((d, )), dtype=self.dtype)
         kv = []
         for name in ("key", "value"):
-            kernel, bias = DenseKernel(heads, ("embed", "kv_heads", "head_dim"), name=name, **kw)((d,))
+            kernel, bias = DenseKernel(heads, ("embed", "kv_heads", "head_dim"), name=name, **kw)((d, ))
             folded = kernel * media_scale.astype(kernel.dtype)[:, None, None]
             offset = bias
             if media_bias is not None:
@@ -158,14 +170,14 @@ class TransformerResamplerLayer(nn.Module):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         d = z.shape[-1]
-        attn = MultiHeadAttention(num_heads=c.num_heads, head_dim=c.head_dim or d // c.num_heads,
-                                  use_bias=c.use_bias, name="attn", **kw)
+        attn = MultiHeadAttention(num_heads=c.num_heads, head_dim=c.head_dim or d // c.num_heads, use_bias=c.use_bias,
+                                  name="attn", **kw)
         xn = norm("layernorm", eps=c.norm_eps, name="media_norm", **kw)(x)
         zn = norm("layernorm", eps=c.norm_eps, name="latent_norm", **kw)(z)
         kv = jnp.concatenate([xn, zn], axis=1)
         y = kv + attn(kv, kv)[0]
-        y = y + FeedForward(c.ffw_mult * d, act=c.act, use_bias=c.use_bias, name="ffw", **kw)(
-            norm("layernorm", eps=c.norm_eps, name="ffw_norm", **kw)(y))
+        y = y + FeedForward(c.ffw_mult * d, act=c.act, use_bias=c.use_bias, name="ffw", **kw)(norm(
+            "layernorm", eps=c.norm_eps, name="ffw_norm", **kw)(y))
         m = x.shape[1]
         return y[:, :m], y[:, m:]
 
@@ -187,8 +199,8 @@ class AttentionResampler(nn.Module):
         x = flatten_features(self, features, c, self.dtype, self.param_dtype)  # [N, F*S, d]
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
         n, d = x.shape[0], x.shape[-1]
-        latents = self.param("latents", logical(nn.initializers.normal(1.0), ("latents", "embed")),
-                             (c.num_latents, d), self.param_dtype)
+        latents = self.param("latents", logical(nn.initializers.normal(1.0), ("latents", "embed")), (c.num_latents, d),
+                             self.param_dtype)
         if c.kind == "transformer":
             z = jnp.broadcast_to(latents.astype(self.dtype), (n, c.num_latents, d))
             for i in range(c.depth):

@@ -22,8 +22,8 @@ def _is_box(x: Any) -> bool:
     return isinstance(x, nn.meta.AxisMetadata)
 
 
-def layer_init(template: nn.Module, dummy_args: Sequence[Any], dummy_kwargs: dict | None = None
-               ) -> Callable[[jax.Array], Params]:
+def layer_init(template: nn.Module, dummy_args: Sequence[Any],
+               dummy_kwargs: dict | None = None) -> Callable[[jax.Array], Params]:
     """An initializer for one layer's (boxed) param tree."""
 
     def init(rng: jax.Array) -> Params:
@@ -39,8 +39,8 @@ def stacked_init(template: nn.Module, length: int, dummy_args: Sequence[Any],
 
     def init(rng: jax.Array) -> Params:
         tree = jax.vmap(one)(jax.random.split(rng, length))
-        return jax.tree.map(lambda b: b.add_axis(0, {nn.PARTITION_NAME: "layers"}) if _is_box(b) else b,
-                            tree, is_leaf=_is_box)
+        return jax.tree.map(lambda b: b.add_axis(0, {nn.PARTITION_NAME: "layers"})
+                            if _is_box(b) else b, tree, is_leaf=_is_box)
 
     return init
 

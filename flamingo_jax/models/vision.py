@@ -40,16 +40,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Gamma makes act(N(0,1)) unit-variance again (Brock et al. 2021, Appendix D); the nfnets code uses
 # jax.nn.gelu's tanh approximation, for which 1.7015 was computed.
-NF_GAMMA = {"gelu": 1.7015043497085571, "gelu_tanh": 1.7015043497085571, "relu": 1.7139588594436646,
-            "silu": 1.7881293296813965}
+NF_GAMMA = {
+    "gelu": 1.7015043497085571, "gelu_tanh": 1.7015043497085571, "relu": 1.7139588594436646, "silu": 1.7881293296813965
+}
 
 _NFNET_DEPTH = (1, 2, 6, 3)
 NFNET_SIZES: dict[str, dict[str, Any]] = {
-    **{f"F{k - 1}": dict(widths=(256, 512, 1536, 1536), depths=tuple(d * k for d in _NFNET_DEPTH),
-                         stem_widths=(16, 32, 64, 128), group_width=128, image_size=320)
-       for k in range(1, 8)},
-    "tiny": dict(widths=(16, 32, 64, 64), depths=(1, 1, 1, 1), stem_widths=(4, 8, 8, 8), group_width=8,
-                 image_size=64),
+    **{
+        f"F{k - 1}": dict(widths=(256, 512, 1536, 1536), depths=tuple(d * k for d in _NFNET_DEPTH), stem_widths=(16, 32, 64, 128), group_width=128, image_size=320)
+        for k in range(1, 8)
+    },
+    "tiny": dict(widths=(16, 32, 64, 64), depths=(1, 1, 1, 1), stem_widths=(4, 8, 8, 8), group_width=8, image_size=64),
 }
 VIT_SIZES: dict[str, dict[str, Any]] = {
     "L/14": dict(width=1024, layers=24, heads=16, patch_size=14, image_size=224),
@@ -57,7 +58,6 @@ VIT_SIZES: dict[str, dict[str, Any]] = {
     "B/32": dict(width=768, layers=12, heads=12, patch_size=32, image_size=224),
     "tiny": dict(width=32, layers=2, heads=2, patch_size=8, image_size=32),
 }
-
 
 # ----------------------------------------------------------------------------------------------- NFNet
 
@@ -96,15 +96,17 @@ class WSConv2D(nn.Module):
         c_in, k = x.shape[-1], self.kernel_size
         if c_in % self.groups:
             raise ValueError(f"WSConv2D {self.name}: {c_in} channels do not split into {self.groups} groups")
-        kernel = self.param("kernel", logical(nn.initializers.variance_scaling(1.0, "fan_in", "normal"),
-                                              ("conv_h", "conv_w", "conv_in", "conv_out")),
-                            (k, k, c_in // self.groups, self.features), self.param_dtype)
-        gain = self.param("gain", logical(nn.initializers.ones, ("norm",)), (self.features,), self.param_dtype)
-        bias = self.param("bias", logical(nn.initializers.zeros, ("norm",)), (self.features,), self.param_dtype)
+        kernel = self.param(
+            "kernel",
+            logical(nn.initializers.variance_scaling(1.0, "fan_in", "normal"),
+                    ("conv_h", "conv_w", "conv_in", "conv_out")), (k, k, c_in // self.groups, self.features),
+            self.param_dtype)
+        gain = self.param("gain", logical(nn.initializers.ones, ("norm", )), (self.features, ), self.param_dtype)
+        bias = self.param("bias", logical(nn.initializers.zeros, ("norm", )), (self.features, ), self.param_dtype)
         w = standardize_weight(kernel, gain, self.eps)
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), w.astype(self.dtype), window_strides=(self.stride, self.stride),
-            padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
+        y = jax.lax.conv_general_dilated(x.astype(self.dtype), w.astype(self.dtype),
+                                         window_strides=(self.stride, self.stride), padding="SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
         return y + bias.astype(self.dtype)
 
 
@@ -225,7 +227,7 @@ class NFNet(nn.Module):
                             act=self.act, name=f"block{index}", **kw)(x)
                 index += 1
                 # The first block of a stage resets the variance (its shortcut is normalised) but grows it.
-                expected_std = math.sqrt((1.0 if b == 0 else expected_std) ** 2 + self.alpha**2)
+                expected_std = math.sqrt((1.0 if b == 0 else expected_std)**2 + self.alpha**2)
         if self.final_conv:
             x = act(WSConv2D(self.final_conv_mult * x.shape[-1], 1, name="final_conv", **kw)(x))
         n, h, w, d = x.shape
@@ -273,8 +275,7 @@ class ViTBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = x + ViTAttention(self.heads, name="attn", **kw)(norm("layernorm", eps=self.norm_eps, name="ln_1",
-                                                                 **kw)(x))
+        x = x + ViTAttention(self.heads, name="attn", **kw)(norm("layernorm", eps=self.norm_eps, name="ln_1", **kw)(x))
         h = norm("layernorm", eps=self.norm_eps, name="ln_2", **kw)(x)
         return x + FeedForward(self.mlp_ratio * x.shape[-1], act=self.act, use_bias=True, name="mlp", **kw)(h)
 
@@ -317,8 +318,8 @@ class ViT(nn.Module):
                   name="patch_embed", **kw)(x)
         scale = self.width**-0.5
         if self.class_token:
-            cls = self.param("class_embedding", logical(nn.initializers.normal(scale), ("embed",)),
-                             (self.width,), self.param_dtype)
+            cls = self.param("class_embedding", logical(nn.initializers.normal(scale), ("embed", )), (self.width, ),
+                             self.param_dtype)
             x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (n, 1, self.width)), x], axis=1)
         pos = self.param("positional_embedding", logical(nn.initializers.normal(scale), ("positions", "embed")),
                          (x.shape[1], self.width), self.param_dtype)
@@ -346,9 +347,8 @@ def vision_config(kind: str, size: str, **overrides: Any) -> ml_collections.Conf
     """
     if kind == "nfnet":
         sizes = NFNET_SIZES
-        common = dict(strides=(1, 2, 2, 2), expansion=0.5, se_ratio=0.5, alpha=0.2, act="gelu_tanh",
-                      final_conv=False, final_conv_mult=2, ws_eps=1e-4, pixel_mean=IMAGENET_MEAN,
-                      pixel_std=IMAGENET_STD)
+        common = dict(strides=(1, 2, 2, 2), expansion=0.5, se_ratio=0.5, alpha=0.2, act="gelu_tanh", final_conv=False,
+                      final_conv_mult=2, ws_eps=1e-4, pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD)
     elif kind == "vit":
         sizes = VIT_SIZES
         common = dict(mlp_ratio=4, act="quick_gelu", class_token=True, drop_class_token=True, ln_post=False,

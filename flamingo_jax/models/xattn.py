@@ -33,11 +33,23 @@ def xattn_config(kind: str = "gated", **overrides) -> ml_collections.ConfigDict:
     offset every - 1), or `middle` (one layer at num_layers // 2), or an explicit `layers` list."""
     if kind not in KINDS:
         raise ValueError(f"unknown cross-attention kind {kind!r}: choose one of {KINDS}")
-    c = ml_collections.ConfigDict(dict(
-        kind=kind, placement="every", every=1, offset=0, layers=(), num_heads=0, head_dim=0,
-        ffw_mult=4, gating=True, mask="previous", act="sqrelu", use_bias=False, norm_eps=1e-5,
-        kv_norm=True,
-    ))
+    c = ml_collections.ConfigDict(
+        dict(
+            kind=kind,
+            placement="every",
+            every=1,
+            offset=0,
+            layers=(),
+            num_heads=0,
+            head_dim=0,
+            ffw_mult=4,
+            gating=True,
+            mask="previous",
+            act="sqrelu",
+            use_bias=False,
+            norm_eps=1e-5,
+            kv_norm=True,
+        ))
     for key, value in overrides.items():
         if key not in c:
             raise KeyError(f"unknown cross-attention field {key!r}")
@@ -52,7 +64,7 @@ def placement(c: ml_collections.ConfigDict, num_lm_layers: int) -> tuple[int, ..
             raise ValueError(f"xattn.every must be >= 1, got {c.every}")
         return tuple(range(c.offset, num_lm_layers, c.every))
     if c.placement == "middle":
-        return (num_lm_layers // 2,)
+        return (num_lm_layers // 2, )
     if c.placement == "list":
         layers = tuple(sorted(int(i) for i in c.layers))
         bad = [i for i in layers if not 0 <= i < num_lm_layers]
@@ -111,8 +123,8 @@ class CrossAttention(nn.Module):
         cached keys and values of a shared prompt prefix (MultiHeadAttention)."""
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        attn = MultiHeadAttention(num_heads=self.num_heads, head_dim=self.head_dim, use_bias=c.use_bias,
-                                  name="attn", **kw)
+        attn = MultiHeadAttention(num_heads=self.num_heads, head_dim=self.head_dim, use_bias=c.use_bias, name="attn",
+                                  **kw)
         if kv is None:
             visual = norm("layernorm", eps=c.norm_eps, name="kv_norm", **kw)(visual) if c.kv_norm else visual
             visual = visual.astype(self.dtype)
@@ -150,7 +162,8 @@ class GatedCrossAttentionBlock(nn.Module):
         if self.dense:
             h = norm("layernorm", eps=c.norm_eps, name="ffw_norm", **kw)(y)
             f = FeedForward(c.ffw_mult * y.shape[-1], act=c.act, use_bias=c.use_bias, name="ffw", **kw)(h)
-            y = constrain(y + _gate(self, "ffw_gate", c.gating, self.dtype) * f, ("act_batch", "act_length", "act_embed"))
+            y = constrain(y + _gate(self, "ffw_gate", c.gating, self.dtype) * f,
+                          ("act_batch", "act_length", "act_embed"))
         return y
 
 
@@ -205,8 +218,8 @@ class CrossAttentionStack(nn.Module):
 
     def setup(self):
         self.positions = placement(self.config, self.num_lm_layers)
-        args = (jnp.zeros((1, 1, self.d_model), self.dtype), jnp.zeros((1, 1, self.visual_dim), self.dtype),
-                jnp.ones((1, 1, 1, 1), bool))
+        args = (jnp.zeros((1, 1, self.d_model), self.dtype), jnp.zeros((1, 1, self.visual_dim),
+                                                                       self.dtype), jnp.ones((1, 1, 1, 1), bool))
         kwargs = dict(self_mask=jnp.ones((1, 1, 1, 1), bool)) if self.config.kind == "grafting" else None
         self.layer_params = stack.declare(self, self.block(), len(self.positions), self.scan_layers, args, kwargs)
 

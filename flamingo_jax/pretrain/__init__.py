@@ -26,5 +26,7 @@ def pretrain_for(kind: str, config: ml_collections.ConfigDict, workdir: str, **o
     return (pretrain_vision if kind == "vision" else pretrain_lm)(stage, workdir)
 
 
-__all__ = ["contrastive_loss", "default_path", "from_experiment", "is_done", "next_token_loss", "pretrain_config",
-           "pretrain_for", "pretrain_lm", "pretrain_vision"]
+__all__ = [
+    "contrastive_loss", "default_path", "from_experiment", "is_done", "next_token_loss", "pretrain_config",
+    "pretrain_for", "pretrain_lm", "pretrain_vision"
+]

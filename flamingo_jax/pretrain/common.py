@@ -43,14 +43,26 @@ def pretrain_config(kind: str, model: ml_collections.ConfigDict, data: ml_collec
     """The config of one pretraining stage (module docstring); unknown overrides raise."""
     if kind not in ("vision", "lm"):
         raise ValueError(f"pretraining kind must be 'vision' or 'lm', got {kind!r}")
-    c = ml_collections.ConfigDict(dict(
-        kind=kind, model=model, data=data, dataset="clip" if kind == "vision" else "text",
-        steps=400, batch_size=64 if kind == "vision" else 0, seed=0, lr=1e-3, warmup_steps=20,
-        weight_decay=0.1 if kind == "vision" else 0.01, b1=0.9, b2=0.98 if kind == "vision" else 0.95,
-        clip_norm=1.0, log_every=20, save_every=100,
-        text=ml_collections.ConfigDict(dict(width=64, layers=2, heads=4, embed_dim=64, max_len=64)),
-        init_temperature=0.07,
-    ))
+    c = ml_collections.ConfigDict(
+        dict(
+            kind=kind,
+            model=model,
+            data=data,
+            dataset="clip" if kind == "vision" else "text",
+            steps=400,
+            batch_size=64 if kind == "vision" else 0,
+            seed=0,
+            lr=1e-3,
+            warmup_steps=20,
+            weight_decay=0.1 if kind == "vision" else 0.01,
+            b1=0.9,
+            b2=0.98 if kind == "vision" else 0.95,
+            clip_norm=1.0,
+            log_every=20,
+            save_every=100,
+            text=ml_collections.ConfigDict(dict(width=64, layers=2, heads=4, embed_dim=64, max_len=64)),
+            init_temperature=0.07,
+        ))
     for key, value in overrides.items():
         if key not in c:
             raise KeyError(f"unknown pretraining field {key!r}; known: {sorted(c)}")
@@ -82,8 +94,9 @@ def default_path(root: str, kind: str, model: ml_collections.ConfigDict,
     changed config never silently reuses another tower's weights."""
     h = hashlib.sha256(json.dumps(model.to_dict(), sort_keys=True, default=str).encode())
     if data is not None:
-        h.update(json.dumps(dict(world=data.world.to_dict(), vocab=data.vocab.to_dict()), sort_keys=True,
-                            default=str).encode())
+        h.update(
+            json.dumps(dict(world=data.world.to_dict(), vocab=data.vocab.to_dict()), sort_keys=True,
+                       default=str).encode())
     name = f"{model.kind}_{model.size}".replace("/", "-") if kind == "vision" else f"{model.family}_{model.num_layers}l"
     return os.path.join(root, f"{kind}_{name}_{h.hexdigest()[:8]}")
 
@@ -140,8 +153,8 @@ def restore_state(workdir: str, target: dict) -> tuple[dict, Any] | None:
     return state, data_state
 
 
-def run_loop(c: ml_collections.ConfigDict, workdir: str, init_params: dict, loss_fn: Callable,
-             batches: Iterator[dict], *, data_iter: Any = None, name: str = "pretrain") -> dict:
+def run_loop(c: ml_collections.ConfigDict, workdir: str, init_params: dict, loss_fn: Callable, batches: Iterator[dict],
+             *, data_iter: Any = None, name: str = "pretrain") -> dict:
     """Trains `init_params` for c.steps with AdamW; resumes from workdir's train state. Returns final params.
 
     loss_fn(params, batch) -> (loss, aux dict of scalars); batch: the numpy batch of the stage's dataset."""
@@ -180,7 +193,8 @@ def run_loop(c: ml_collections.ConfigDict, workdir: str, init_params: dict, loss
                 log.write(json.dumps(dict(step=done, **scalars)) + "\n")
                 log.flush()
                 progress.show(loss=scalars["loss"],
-                              **{k: v for k, v in scalars.items() if k not in ("loss", "steps_per_sec")})
+                              **{k: v
+                                 for k, v in scalars.items() if k not in ("loss", "steps_per_sec")})
             elif progress.due():
                 progress.show(loss=float(aux["loss"]))
             if c.save_every and done % c.save_every == 0 and done < c.steps:

@@ -115,15 +115,17 @@ def init(model: CLIP, c: ml_collections.ConfigDict, seq_len: int) -> dict:
 
 
 def make_loss_fn(model: CLIP):
+
     def loss_fn(params, batch):
         img, txt, scale = model.apply({"params": params}, *_inputs(batch))
         loss, aux = contrastive_loss(img, txt, scale)
         return loss, dict(aux, temperature=1.0 / scale)
+
     return loss_fn
 
 
-def pretrain_vision(config: ml_collections.ConfigDict, workdir: str, *, batches=None, vocab_size: int | None = None
-                    ) -> str:
+def pretrain_vision(config: ml_collections.ConfigDict, workdir: str, *, batches=None,
+                    vocab_size: int | None = None) -> str:
     """Contrastively pretrains config's vision encoder on the world's image-caption pairs ('clip' dataset) and
     saves it where `config.pretrained.vision = <returned path>` loads it. Resumes an interrupted run; a
     finished workdir is returned as is.
@@ -157,8 +159,10 @@ def pretrain_vision(config: ml_collections.ConfigDict, workdir: str, *, batches=
                   dataset=c.dataset, steps=int(c.steps), batch_size=int(first["tokens"].shape[0]), seed=int(c.seed),
                   text_tower=c.text.to_dict())
     notes = [f"final {k} {last[k]:.4f}" for k in ("loss", "i2t_acc", "t2i_acc", "temperature") if k in last]
-    ignored = {"image_proj": "contrastive projection head (not part of the encoder)",
-               "text": "contrastive text tower", "logit_scale": "learnt temperature"}
+    ignored = {
+        "image_proj": "contrastive projection head (not part of the encoder)", "text": "contrastive text tower",
+        "logit_scale": "learnt temperature"
+    }
     return common.finish(workdir, "vision", final["vision"], c.model, source, ignored, notes)
 
 

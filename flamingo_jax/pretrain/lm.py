@@ -32,10 +32,12 @@ def next_token_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> t
 
 
 def make_loss_fn(model: DecoderLM):
+
     def loss_fn(params, batch):
         logits, _ = model.apply({"params": params}, batch["tokens"])
         loss, acc = next_token_loss(logits, batch["targets"], batch["loss_mask"])
         return loss, dict(accuracy=acc, perplexity=jnp.exp(loss))
+
     return loss_fn
 
 
@@ -59,8 +61,7 @@ def pretrain_lm(config: ml_collections.ConfigDict, workdir: str, *, batches=None
         batches = (b[c.dataset] for b in data_iter)
     model = DecoderLM(c.model)
     params = nn.meta.unbox(model.init(jax.random.key(c.seed), jnp.zeros((1, 2), jnp.int32)))["params"]
-    final = common.run_loop(c, workdir, params, make_loss_fn(model), batches, data_iter=data_iter,
-                            name="pretrain lm")
+    final = common.run_loop(c, workdir, params, make_loss_fn(model), batches, data_iter=data_iter, name="pretrain lm")
     last = common.last_metrics(workdir)
     source = dict(format="flamingo_jax.pretrain", objective="next-token cross-entropy", dataset=c.dataset,
                   steps=int(c.steps), seed=int(c.seed))

@@ -42,8 +42,9 @@ def read_workdir(workdir: str, step: int | None = None) -> tuple[dict, ml_collec
     from flamingo_jax.convert.store import load_converted, params_fingerprint, read_manifest
 
     workdir = os.path.abspath(workdir)
-    manager = checkpoint.read_only_manager(os.path.join(workdir, "checkpoints"), {
-        checkpoint.STATE: ocp.StandardCheckpointHandler(), checkpoint.META: ocp.JsonCheckpointHandler()})
+    manager = checkpoint.read_only_manager(
+        os.path.join(workdir, "checkpoints"),
+        {checkpoint.STATE: ocp.StandardCheckpointHandler(), checkpoint.META: ocp.JsonCheckpointHandler()})
     steps = sorted(manager.all_steps())
     if not steps:
         raise checkpoint.CheckpointError(f"{workdir} holds no step checkpoint (expected {workdir}/checkpoints/<step>)")
@@ -54,9 +55,10 @@ def read_workdir(workdir: str, step: int | None = None) -> tuple[dict, ml_collec
         try:
             tree = manager.item_metadata(s)[checkpoint.STATE]
             tree = getattr(tree, "tree", tree)
-            out = manager.restore(s, args=ocp.args.Composite(**{
-                checkpoint.STATE: ocp.args.StandardRestore(_target(tree)),
-                checkpoint.META: ocp.args.JsonRestore()}))
+            out = manager.restore(
+                s, args=ocp.args.Composite(**{
+                    checkpoint.STATE: ocp.args.StandardRestore(_target(tree)), checkpoint.META: ocp.args.JsonRestore()
+                }))
         except Exception as e:  # noqa: BLE001 - damaged: fall back to an older one unless --step was given
             if step is not None:
                 raise checkpoint.CheckpointError(f"checkpoint {s} of {workdir} cannot be read: {e}") from None
@@ -108,8 +110,9 @@ def _frozen_part(frozen: dict, config: ml_collections.ConfigDict, manifest: dict
             if dt == "bfloat16":
                 import ml_dtypes
                 dt = ml_dtypes.bfloat16
-            frozen[k] = jax.tree.map(lambda x: np.asarray(x).astype(dt) if np.issubdtype(
-                np.asarray(x).dtype, np.floating) else np.asarray(x), frozen[k])
+            frozen[k] = jax.tree.map(
+                lambda x: np.asarray(x).astype(dt)
+                if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x), frozen[k])
     if _any_trainable(frozen, config):
         frozen = optim.partition(frozen, config.trainable)[1]
     return frozen
@@ -138,17 +141,17 @@ def export(workdir: str, out: str, step: int | None = None, *, force: bool = Fal
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(os.path.join(out, "params"), params, force=True)
     ckptr.wait_until_finished()
-    record = {"format": FORMAT, "config": json.loads(config.to_json_best_effort()), "step": step,
-              "params_sha256": params_fingerprint(params), "frozen": manifest,
-              "source": os.path.abspath(workdir)}
+    record = {
+        "format": FORMAT, "config": json.loads(config.to_json_best_effort()), "step": step,
+        "params_sha256": params_fingerprint(params), "frozen": manifest, "source": os.path.abspath(workdir)
+    }
     with open(config_path + ".tmp", "w") as f:
         json.dump(record, f, indent=1)
     os.replace(config_path + ".tmp", config_path)  # last: a half-written export has no config.json
     return out
 
 
-def load_exported(path: str, *, shardings: Any = None, verify: bool = False
-                  ) -> tuple[dict, ml_collections.ConfigDict]:
+def load_exported(path: str, *, shardings: Any = None, verify: bool = False) -> tuple[dict, ml_collections.ConfigDict]:
     """(params, config) of an export. params: numpy arrays, or jax.Arrays placed by `shardings` (one
     jax.sharding.Sharding for every leaf, or a pytree of them). verify: recompute and check the sha256."""
     import orbax.checkpoint as ocp
@@ -172,8 +175,7 @@ def load_exported(path: str, *, shardings: Any = None, verify: bool = False
     else:
         if isinstance(shardings, jax.sharding.Sharding):
             shardings = jax.tree.map(lambda _: shardings, tree)
-        target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=s), tree,
-                              shardings)
+        target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=s), tree, shardings)
     params = ckptr.restore(params_dir, target)
     if verify and params_fingerprint(params) != record["params_sha256"]:
         raise ValueError(f"{path}: params do not match the recorded sha256 (damaged export)")
@@ -212,12 +214,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", required=True, help="a training workdir (flamingo_jax.train --workdir)")
     parser.add_argument("--step", type=int, default=None, help="the step to export (default: the newest intact)")
     parser.add_argument("--out", required=True, help="output directory (a file ending .pt for openflamingo)")
-    parser.add_argument("--format", default="flamingo_jax", choices=["flamingo_jax", "hf-lm", "openflamingo"],
-                        help="flamingo_jax: the whole model (Orbax, load_exported); hf-lm: the LM as a HuggingFace "
-                             "directory; openflamingo: the trainable weights as an OpenFlamingo checkpoint.pt")
-    parser.add_argument("--lm-template", default=None,
-                        help="hf-lm: the HuggingFace directory of the LM's architecture (default: the one the "
-                             "run's LM was converted from)")
+    parser.add_argument(
+        "--format", default="flamingo_jax", choices=["flamingo_jax", "hf-lm", "openflamingo"],
+        help="flamingo_jax: the whole model (Orbax, load_exported); hf-lm: the LM as a HuggingFace "
+        "directory; openflamingo: the trainable weights as an OpenFlamingo checkpoint.pt")
+    parser.add_argument(
+        "--lm-template", default=None,
+        help="hf-lm: the HuggingFace directory of the LM's architecture (default: the one the "
+        "run's LM was converted from)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing export")
     args = parser.parse_args(argv)
     from flamingo_jax.checkpoint import CheckpointError

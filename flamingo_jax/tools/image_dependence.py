@@ -59,8 +59,8 @@ def image_dependence(config: ml_collections.ConfigDict, checkpoint_dir: str, bat
     out = {}
     for name, (own, rolled, tokens) in sums.items():
         t = max(tokens, 1.0)
-        out[name] = dict(nll_own=round(own / t, 4), nll_rolled=round(rolled / t, 4),
-                         gap=round((rolled - own) / t, 4), tokens=int(tokens))
+        out[name] = dict(nll_own=round(own / t, 4), nll_rolled=round(rolled / t, 4), gap=round((rolled - own) / t, 4),
+                         tokens=int(tokens))
     return out
 
 

@@ -20,7 +20,6 @@ from flamingo_jax import models
 from flamingo_jax.models.vision import vision_num_tokens
 
 
-
 def abstract_params(model_config: ml_collections.ConfigDict) -> dict:
     """The (unboxed) param tree of config.model as ShapeDtypeStructs."""
     model = models.build(model_config)

@@ -161,7 +161,7 @@ def target_devices(target: Target, count: int, gpu_target_config: str = "") -> l
                         "e.g. xla/tools/hlo_opt/gpu_specs/h100_sxm.txtpb)")
     with open(gpu_target_config) as f:
         spec = f.read()
-    hosts, per_host = (target.grid + (1,))[:2] if len(target.grid) == 1 else target.grid[-2:]
+    hosts, per_host = (target.grid + (1, ))[:2] if len(target.grid) == 1 else target.grid[-2:]
     desc = topologies.get_topology_desc(topology_name=f"{target.name}", platform="cuda", target_config=spec,
                                         topology=f"1x{hosts}x{per_host}")
     return list(desc.devices)
@@ -231,8 +231,8 @@ def batch_shapes(config: Any, batch_overrides: Mapping[str, int], datasets: Sequ
         b = int(batch_overrides.get(name, d.batch_size))
         t, l = max(int(d.max_images), 1), int(d.seq_len)
         out[name] = dict(tokens=((b, l), np.int32), images=((b, t, int(d.frames), s, s, 3), np.float32),
-                         image_mask=((b, t), np.bool_), media_index=((b, l), np.int32),
-                         targets=((b, l), np.int32), loss_mask=((b, l), np.float32))
+                         image_mask=((b, t), np.bool_), media_index=((b, l), np.int32), targets=((b, l), np.int32),
+                         loss_mask=((b, l), np.float32))
     return out
 
 
@@ -274,15 +274,18 @@ def plan(config: Any, mesh_sizes: Mapping[str, int], target: Target, *, devices:
     def sds(tree, shardings):
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
-    batch_args = {name: {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
-                         for k, (shape, dtype) in f.items()}
-                  for name, f in batches.items()}
+    batch_args = {
+        name: {
+            k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
+            for k, (shape, dtype) in f.items()
+        }
+        for name, f in batches.items()
+    }
     weights = {n: config.data.datasets[n].weight for n in config.data.mixture}
     micro = {n: config.microbatches.get(n, 1) for n in config.data.mixture}
     step = sharding.with_activation_sharding(
         make_train_step(model, tx, schedule, weights, micro, config.loss.normalization), mesh)
-    jitted = jax.jit(step, in_shardings=(state_sh, frozen_sh, None), out_shardings=(state_sh, rep),
-                     donate_argnums=0)
+    jitted = jax.jit(step, in_shardings=(state_sh, frozen_sh, None), out_shardings=(state_sh, rep), donate_argnums=0)
     t0 = time.perf_counter()
     compiled, error, compile_s = None, "not compiled (--nocompile)", 0.0
     if compile:
@@ -296,11 +299,20 @@ def plan(config: Any, mesh_sizes: Mapping[str, int], target: Target, *, devices:
     opt_b = per_device_bytes(state["opt_state"], state_sh["opt_state"])
     batch_b = per_device_bytes(batch_args, jax.tree.map(lambda x: x.sharding, batch_args))
     out = dict(
-        mode="train", target=target_name(target), mesh=dict(mesh_sizes), devices=count,
-        platform=devices[0].platform, device_kind=getattr(devices[0], "device_kind", ""),
-        global_batch={n: f["tokens"][0][0] for n, f in batches.items()},
-        params_bytes=trainable_b + frozen_b, trainable_params_bytes=trainable_b, frozen_params_bytes=frozen_b,
-        optimizer_state_bytes=opt_b, batch_bytes=batch_b, state_bytes=trainable_b + frozen_b + opt_b + batch_b,
+        mode="train",
+        target=target_name(target),
+        mesh=dict(mesh_sizes),
+        devices=count,
+        platform=devices[0].platform,
+        device_kind=getattr(devices[0], "device_kind", ""),
+        global_batch={n: f["tokens"][0][0]
+                      for n, f in batches.items()},
+        params_bytes=trainable_b + frozen_b,
+        trainable_params_bytes=trainable_b,
+        frozen_params_bytes=frozen_b,
+        optimizer_state_bytes=opt_b,
+        batch_bytes=batch_b,
+        state_bytes=trainable_b + frozen_b + opt_b + batch_b,
     )
     out.update(_memory(compiled, error))
     return _finish(out, target, count, memory_bytes, headroom, lower_s, compile_s, t_start)
@@ -326,10 +338,10 @@ def cache_shardings(cache: Any, batch_axes: Any, mesh: Any) -> Any:
     return jax.tree.map(one, cache, batch_axes)
 
 
-def plan_generate(config: Any, mesh_sizes: Mapping[str, int], target: Target, *,
-                  devices: Sequence[Any] | None = None, batch: int | None = None, prompt_len: int | None = None,
-                  num_images: int = 33, new_tokens: int = 20, memory_bytes: int | None = None,
-                  headroom: float = 0.1, gpu_target_config: str = "", compile: bool = True) -> dict:
+def plan_generate(config: Any, mesh_sizes: Mapping[str, int], target: Target, *, devices: Sequence[Any] | None = None,
+                  batch: int | None = None, prompt_len: int | None = None, num_images: int = 33, new_tokens: int = 20,
+                  memory_bytes: int | None = None, headroom: float = 0.1, gpu_target_config: str = "",
+                  compile: bool = True) -> dict:
     """Compiles greedy generation from a few-shot prompt for `target` and returns its memory plan.
 
     Two programs, as evaluation runs them (flamingo_jax.evaluation.decoding): the prefill (encode the
@@ -369,8 +381,7 @@ def plan_generate(config: Any, mesh_sizes: Mapping[str, int], target: Target, *,
 
     def prefill(p, tok, imgs, mask):
         visual = model.apply({"params": p}, imgs, method="encode")
-        empty = jax.lax.with_sharding_constraint(
-            model.apply({"params": p}, b, slots, method="init_cache"), cache_sh)
+        empty = jax.lax.with_sharding_constraint(model.apply({"params": p}, b, slots, method="init_cache"), cache_sh)
         logits, new = model.apply({"params": p}, tok, visual, mask, None, jnp.ones(tok.shape, bool), empty,
                                   method="decode")
         return jax.nn.log_softmax(logits[:, -1]), visual, new
@@ -378,8 +389,7 @@ def plan_generate(config: Any, mesh_sizes: Mapping[str, int], target: Target, *,
     def step(p, tok, visual, cache_):
         # After the prompt a token sees only the last image (the 'previous' mask): image 1 of a 1-image input.
         one = jnp.ones((b, 1), bool)
-        logits, new = model.apply({"params": p}, tok, visual, one, one.astype(jnp.int32), one, cache_,
-                                  method="decode")
+        logits, new = model.apply({"params": p}, tok, visual, one, one.astype(jnp.int32), one, cache_, method="decode")
         return jax.nn.log_softmax(logits[:, -1]), new
 
     k, d = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, method="encode"), params,
@@ -388,16 +398,16 @@ def plan_generate(config: Any, mesh_sizes: Mapping[str, int], target: Target, *,
     c_args = jax.tree.map(lambda x, sh: sds(x.shape, x.dtype, sharding=sh), cache, cache_sh)
     t0 = time.perf_counter()
     lowered = [] if not compile else [
-        jax.jit(sharding.with_activation_sharding(prefill, mesh), out_shardings=(bs(2), bs(4), cache_sh)
-                ).lower(p_args, tokens, images, image_mask),
-        jax.jit(sharding.with_activation_sharding(step, mesh), out_shardings=(bs(2), cache_sh), donate_argnums=3
-                ).lower(p_args, sds((b, 1), jnp.int32, sharding=bs(2)),
-                        sds((b, 1, k, d), jnp.dtype(c.dtype), sharding=bs(4)), c_args),
+        jax.jit(sharding.with_activation_sharding(prefill, mesh), out_shardings=(bs(2), bs(4), cache_sh)).lower(
+            p_args, tokens, images, image_mask),
+        jax.jit(sharding.with_activation_sharding(step, mesh), out_shardings=(bs(2), cache_sh), donate_argnums=3).lower(
+            p_args, sds((b, 1), jnp.int32, sharding=bs(2)), sds(
+                (b, 1, k, d), jnp.dtype(c.dtype), sharding=bs(4)), c_args),
     ]
     lower_s = time.perf_counter() - t0
     out = dict(mode="generate", target=target_name(target), mesh=dict(mesh_sizes), devices=count,
-               platform=devices[0].platform, device_kind=getattr(devices[0], "device_kind", ""),
-               global_batch=b, prompt_len=length, images=num_images, new_tokens=int(new_tokens), cache_len=slots,
+               platform=devices[0].platform, device_kind=getattr(devices[0], "device_kind", ""), global_batch=b,
+               prompt_len=length, images=num_images, new_tokens=int(new_tokens), cache_len=slots,
                params_bytes=per_device_bytes(params, param_sh), kv_cache_bytes=per_device_bytes(cache, cache_sh),
                kv_cache_total_bytes=sum(_bytes(x) for x in jax.tree.leaves(cache)))
     out["state_bytes"] = out["params_bytes"] + out["kv_cache_bytes"]
@@ -412,7 +422,8 @@ def plan_generate(config: Any, mesh_sizes: Mapping[str, int], target: Target, *,
     peaks = [out[n]["peak_bytes"] for n in ("prefill", "step")]
     out["peak_bytes"] = None if None in peaks else max(peaks)
     if out["peak_bytes"] is None:
-        out["compile_error"] = next(out[n]["compile_error"] for n in ("prefill", "step") if out[n]["peak_bytes"] is None)
+        out["compile_error"] = next(out[n]["compile_error"] for n in ("prefill", "step")
+                                    if out[n]["peak_bytes"] is None)
     return _finish(out, target, count, memory_bytes, headroom, lower_s, compile_s, t_start)
 
 
@@ -425,8 +436,7 @@ def _abstract_params(config: Any, model: Any, mesh: Any) -> tuple[Any, Any]:
     from flamingo_jax import sharding
 
     size = config.model.vision.image_size  # the smallest inputs that trace the model (flamingo_jax.train)
-    dummy = (jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, 1, 1, size, size, 3), jnp.float32),
-             jnp.ones((1, 1), bool))
+    dummy = (jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, 1, 1, size, size, 3), jnp.float32), jnp.ones((1, 1), bool))
     boxed = jax.eval_shape(lambda r: model.init(r, *dummy), jax.random.key(config.seed))["params"]
     return nn.meta.unbox(boxed), sharding.tree_shardings(boxed, mesh)
 
@@ -453,8 +463,8 @@ def _memory(compiled: Any, error: str | None) -> dict:
     if compiled is None:
         return dict(peak_bytes=None, compile_error=error)
     m = compiled.memory_analysis()
-    arg, outp, alias, temp = (int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
-                              int(m.alias_size_in_bytes), int(m.temp_size_in_bytes))
+    arg, outp, alias, temp = (int(m.argument_size_in_bytes), int(m.output_size_in_bytes), int(m.alias_size_in_bytes),
+                              int(m.temp_size_in_bytes))
     # Live at once: the arguments, the outputs not aliased to (donated) arguments, the temporaries.
     # XLA's own peak figure is reported beside it (on CPU it leaves out most temporaries).
     xla_peak = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
@@ -480,10 +490,16 @@ def _finish(out: dict, target: Target, count: int, memory_bytes: int | None, hea
     else:
         verdict = "does not fit"  # RESOURCE_EXHAUSTED
     out.update(
-        memory_bytes=int(budget), usable_bytes=usable, headroom=headroom,
-        peak_gib=None if peak is None else round(peak / GIB, 3), memory_gib=round(budget / GIB, 3),
-        state_gib=round(out["state_bytes"] / GIB, 3), verdict=verdict,
-        lower_s=round(lower_s, 2), compile_s=round(compile_s, 2), total_s=round(time.perf_counter() - t_start, 2),
+        memory_bytes=int(budget),
+        usable_bytes=usable,
+        headroom=headroom,
+        peak_gib=None if peak is None else round(peak / GIB, 3),
+        memory_gib=round(budget / GIB, 3),
+        state_gib=round(out["state_bytes"] / GIB, 3),
+        verdict=verdict,
+        lower_s=round(lower_s, 2),
+        compile_s=round(compile_s, 2),
+        total_s=round(time.perf_counter() - t_start, 2),
     )
     if target.kind == "cpu":
         out["note"] = "forced CPU devices: state sizes exact, XLA:CPU temporaries overstate accelerators'"
@@ -548,8 +564,7 @@ def _define_flags() -> dict:
     from ml_collections import config_flags
 
     return dict(
-        config=config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
-                                               lock_config=True),
+        config=config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True),
         mesh=flags.DEFINE_string("mesh", "data=1,fsdp=1,model=1", "mesh axis sizes: data=N,fsdp=N,model=N"),
         target=flags.DEFINE_string("target", "cpu", "cpu | tpu:<gen>:<grid> | gpu:<kind>:<hosts>x<gpus>"),
         batch=flags.DEFINE_string("batch", "", "global batch overrides: dataset=N,..."),
@@ -582,8 +597,8 @@ def main(argv: Sequence[str], f: dict) -> None:
             with open(f["gpu_target_config"].value) as spec:
                 found = re.search(r"device_memory_size:\s*(\d+)", spec.read())
             memory = int(found.group(1)) if found else None
-        common = dict(memory_bytes=memory, compile=f["compile"].value,
-                      headroom=f["headroom"].value, gpu_target_config=f["gpu_target_config"].value)
+        common = dict(memory_bytes=memory, compile=f["compile"].value, headroom=f["headroom"].value,
+                      gpu_target_config=f["gpu_target_config"].value)
         args = (f["config"].value, parse_mesh(f["mesh"].value), parse_target(f["target"].value))
         if f["mode"].value == "generate":
             out = plan_generate(*args, batch=f["gen_batch"].value or None, prompt_len=f["prompt_len"].value or None,

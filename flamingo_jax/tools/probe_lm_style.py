@@ -29,6 +29,7 @@ LENGTH = 512  # every prompt padded to one length: one compile per LM
 
 def prompt_text(world: World, rng: np.random.Generator, k: int, style: int) -> str:
     """k answered fact questions in `style` (the world's text-corpus quiz lines), then an unanswered one."""
+
     def question() -> tuple[str, str]:
         e = world.entities[int(rng.integers(len(world.entities)))]
         kind = str(rng.choice(list(FACT_QUESTIONS)))
@@ -50,8 +51,9 @@ def style_shares(next_token, vocab, prompts: int, examples: Sequence[int], seed:
     world, rng, res = World(WorldConfig(seed=seed)), np.random.default_rng(seed), {}
     for k in examples:
         for style in (0, 1, 2):
-            hits = sum(followed(next_token([vocab.bos_id] + vocab.encode(prompt_text(world, rng, k, style))), style,
-                                starts) for _ in range(prompts))
+            hits = sum(
+                followed(next_token([vocab.bos_id] + vocab.encode(prompt_text(world, rng, k, style))), style, starts)
+                for _ in range(prompts))
             res[f"k={k}/style={style}"] = round(hits / prompts, 3)
     return res
 

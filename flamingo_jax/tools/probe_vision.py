@@ -53,21 +53,22 @@ def world_scenes(n: int, image_size: int, seed: int = 0) -> tuple[np.ndarray, di
     return np.stack(images), {a: np.asarray(v, np.int32) for a, v in labels.items()}
 
 
-def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
-                 l2: float = 1e-3, steps: int = 500, lr: float = 0.05) -> dict:
+def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *, l2: float = 1e-3,
+                 steps: int = 500, lr: float = 0.05) -> dict:
     """Softmax regression on standardised features x [N, D] -> accuracies on train and test."""
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     xtr, xte = (x_train - mean) / std, (x_test - mean) / std
     k = int(max(y_train.max(), y_test.max())) + 1
-    params = dict(w=jnp.zeros((xtr.shape[1], k)), b=jnp.zeros((k,)))
+    params = dict(w=jnp.zeros((xtr.shape[1], k)), b=jnp.zeros((k, )))
     opt = optax.adam(lr)
 
     def loss(p):
         logits = xtr @ p["w"] + p["b"]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y_train).mean() + l2 * jnp.sum(p["w"] ** 2)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y_train).mean() + l2 * jnp.sum(p["w"]**2)
 
     @jax.jit
     def fit(p):
+
         def step(carry, _):
             p, s = carry
             g = jax.grad(loss)(p)
@@ -85,8 +86,8 @@ def _report(train_accuracy: float, test_accuracy: float, y_test: np.ndarray, cla
             **extra) -> dict:
     """One probe's JSON record; chance is the test share of the most frequent class."""
     return dict(train_accuracy=round(train_accuracy, 4), test_accuracy=round(test_accuracy, 4),
-                chance=round(float(np.bincount(y_test).max() / len(y_test)), 4), classes=classes,
-                n_train=n_train, n_test=len(y_test), **extra)
+                chance=round(float(np.bincount(y_test).max() / len(y_test)),
+                             4), classes=classes, n_train=n_train, n_test=len(y_test), **extra)
 
 
 def tower_features(tower: str, images: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -99,8 +100,7 @@ def tower_features(tower: str, images: np.ndarray, batch: int = 256) -> np.ndarr
     params, config = load_converted(tower)
     model = build_vision(config)
     apply = jax.jit(lambda x: model.apply({"params": params}, x).mean(axis=1))
-    return np.concatenate([np.asarray(apply(jnp.asarray(images[i:i + batch])))
-                           for i in range(0, len(images), batch)])
+    return np.concatenate([np.asarray(apply(jnp.asarray(images[i:i + batch]))) for i in range(0, len(images), batch)])
 
 
 def supervised_ceiling(tower: str, images: np.ndarray, labels: np.ndarray, cut: int, steps: int = 1500,
@@ -115,7 +115,7 @@ def supervised_ceiling(tower: str, images: np.ndarray, labels: np.ndarray, cut: 
     x = jnp.asarray(images)
     enc = model.init(jax.random.PRNGKey(seed), x[:1])["params"]
     width = model.apply({"params": enc}, x[:1]).shape[-1]
-    params = dict(enc=enc, w=jnp.zeros((width, k)), b=jnp.zeros((k,)))
+    params = dict(enc=enc, w=jnp.zeros((width, k)), b=jnp.zeros((k, )))
     opt = optax.adamw(lr, weight_decay=1e-4)
 
     def logits(p, xb):
@@ -133,20 +133,25 @@ def supervised_ceiling(tower: str, images: np.ndarray, labels: np.ndarray, cut: 
         idx = rng.integers(0, cut, batch)
         params, state = step(params, state, x[idx], jnp.asarray(labels[idx]))
     predict = jax.jit(lambda xb: jnp.argmax(logits(params, xb), -1))
-    acc = lambda a, b: float(np.mean(np.concatenate([np.asarray(predict(x[i:min(i + 256, b)]))  # noqa: E731
-                                                     for i in range(a, b, 256)]) == labels[a:b]))
+    acc = lambda a, b: float(
+        np.mean(
+            np.concatenate([
+                np.asarray(predict(x[i:min(i + 256, b)]))  # noqa: E731
+                for i in range(a, b, 256)
+            ]) == labels[a:b]))
     return _report(acc(0, cut), acc(cut, len(labels)), labels[cut:], k, cut, steps=steps)
 
 
-def probe(towers: Sequence[str], n_images: int = 1500, image_size: int = 32, seed: int = 0,
-          supervised: bool = False, steps: int = 1500) -> dict:
+def probe(towers: Sequence[str], n_images: int = 1500, image_size: int = 32, seed: int = 0, supervised: bool = False,
+          steps: int = 1500) -> dict:
     images, labels = world_scenes(n_images, image_size, seed)
     cut = 2 * n_images // 3
     out = {}
     for tower in towers:
         if supervised:
-            out[tower] = {"kind (supervised ceiling)": supervised_ceiling(tower, images, labels["kind"], cut, steps,
-                                                                         seed=seed)}
+            out[tower] = {
+                "kind (supervised ceiling)": supervised_ceiling(tower, images, labels["kind"], cut, steps, seed=seed)
+            }
             continue
         f = tower_features(tower, images)
         out[tower] = {a: linear_probe(f[:cut], y[:cut], f[cut:], y[cut:]) for a, y in labels.items()}
