@@ -47,7 +47,8 @@ import dataclasses
 
 import ml_collections
 
-from flamingo_jax.data.world.generate import WorldConfig
+from flamingo_jax.data.eval_entries import real_eval_sets, world_eval_sets
+from flamingo_jax.data.world.generate import WorldConfig, world_config_from
 
 PAPER_WEIGHTS = {"m3w": 1.0, "align": 0.2, "ltip": 0.2, "vtp": 0.03}
 
@@ -90,8 +91,6 @@ def default_data_config() -> ml_collections.ConfigDict:
         "text": _dataset("text", "text", 1.0, 16, 128, p_space=0.0),
         "clip": _dataset("clip_pairs", "contrastive", 1.0, 32, 32),
     })
-    from flamingo_jax.data.eval_sets import world_eval_sets  # late: eval_sets imports mixture -> config
-
     c.eval_sets = world_eval_sets()
     return c
 
@@ -122,8 +121,6 @@ def real_data_config(manual_dir: str, data_dir: str = "", vocab_path: str = "") 
     (video_text_frames layout), and one folder per eval set builder (coco_karpathy/, vqav2/, ...).
     vocab_path: a local HuggingFace tokenizer directory of the imported LM.
     """
-    from flamingo_jax.data.eval_sets import real_eval_sets
-
     c = default_data_config()
     c.source, c.data_dir, c.manual_dir = "tfds", data_dir, manual_dir
     c.vocab = ml_collections.ConfigDict(dict(kind="hf", size=0, path=vocab_path))
@@ -142,6 +139,4 @@ def real_data_config(manual_dir: str, data_dir: str = "", vocab_path: str = "") 
 
 def world_config(data_config: ml_collections.ConfigDict) -> WorldConfig:
     """The WorldConfig described by config.data.world."""
-    from flamingo_jax.data.world.generate import world_config_from
-
     return world_config_from(data_config.world.to_dict())

@@ -11,12 +11,10 @@ The world's five DEV analogues are configured by default (world_extra_eval_sets(
 ImageNet-style task, resolvable by name); real sets read prepared TFDS builders from config.data.data_dir /
 manual_dir (real_eval_sets() gives their entries).
 
-Video follows the paper's inference protocol (Section 3.1 / Appendix A.1: 30 frames at 3 FPS, the temporal
-embeddings learnt on 8 frames linearly interpolated, models/resampler.py): VIDEO_FRAMES / VIDEO_FPS.
-
-DEV protocol (paper Appendix B.1, the DEV benchmarks): the paper tuned on validation subsets carved from the TRAINING sets, 2048
-support examples and 5000 queries for COCO, 1024 for the others. The split names 'dev_support' and
-'dev_query' carve them from an entry's 'train' split (disjoint, seeded); dev_protocol(sets) switches every entry.
+The entries themselves (world_eval_sets, real_eval_sets, dev_protocol, the paper's video protocol
+VIDEO_FRAMES / VIDEO_FPS) are pure configuration in eval_entries.py; this module opens their records. Under the
+DEV protocol (paper Appendix B.1) the split names 'dev_support' and 'dev_query' carve disjoint, seeded subsets
+from an entry's 'train' split (dev_split).
 Prompt construction and metrics belong to flamingo_jax.evaluation; this module only supplies data.
 """
 
@@ -27,83 +25,20 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 import numpy as np
 
+from flamingo_jax.data import config as config_lib
 from flamingo_jax.data import images as img_lib
 from flamingo_jax.data import mixture
+from flamingo_jax.data.eval_entries import DEV_QUERIES, DEV_SUPPORT, VIDEO_FPS, VIDEO_FRAMES, VIDEO_KINDS
+from flamingo_jax.data.eval_entries import dev_protocol, real_eval_sets, world_eval_sets, world_extra_eval_sets
+from flamingo_jax.data.world import lexicon
 
-VIDEO_KINDS = ("video_qa", "video_captions", "video_choice", "video_retrieval", "video_classification")
-VIDEO_FRAMES, VIDEO_FPS = 30, 3.0  # the paper's video evaluation: 30 frames at 3 FPS
-DEV_SUPPORT = 2048  # the DEV protocol's support pool, carved from the training split
-DEV_QUERIES = 1024  # and its queries (COCO: 5000)
+# Kept importable from here (callers read them as eval_sets.X): the entry tables live in eval_entries.
+__all__ = [
+    "DEV_QUERIES", "DEV_SUPPORT", "VIDEO_FPS", "VIDEO_FRAMES", "VIDEO_KINDS", "dev_protocol", "real_eval_sets",
+    "world_eval_sets", "world_extra_eval_sets"
+]
+
 DEV_SEED = 0
-
-
-def _entry(builder: str, builder_config: str, kind: str, support: str, query: str, frames: int = 1, fps: float = 1.0, *,
-           metric: str = "", classes: Sequence[str] = (), paper_split: str = "",
-           dev_queries: int = DEV_QUERIES) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(
-        dict(builder=builder, builder_config=builder_config, kind=kind, support=support, query=query, frames=frames,
-             fps=fps, manual_dir="", metric=metric, classes=list(classes), paper_split=paper_split,
-             dev_queries=dev_queries))
-
-
-def _video(builder: str, builder_config: str, kind: str, support: str, query: str, **kw):
-    return _entry(builder, builder_config, kind, support, query, VIDEO_FRAMES, VIDEO_FPS, **kw)
-
-
-def world_eval_sets() -> ml_collections.ConfigDict:
-    """The world's analogues of the paper's DEV benchmarks (COCO, VQAv2, OKVQA, MSVDQA, VATEX)."""
-    return ml_collections.ConfigDict({
-        "captions": _entry("flamingo_world", "captions", "captions", "train", "test"),
-        "vqa": _entry("flamingo_world", "vqa", "vqa", "train", "test"),
-        "knowledge_vqa": _entry("flamingo_world", "knowledge_vqa", "vqa", "train", "test"),
-        "video_qa": _video("flamingo_world", "video_qa", "video_qa", "train", "test"),
-        "video_captions": _video("flamingo_world", "video_captions", "video_captions", "train", "test"),
-    })
-
-
-def world_extra_eval_sets() -> ml_collections.ConfigDict:
-    """World tasks beyond the DEV analogues (not in the default config, so reproduce and ablate keep the five):
-    creature_kind, ImageNet-style classification ranked over every creature kind's name, and action_kind,
-    Kinetics-style video classification ranked over the 6 action phrases (class names from class_names())."""
-    return ml_collections.ConfigDict({
-        "creature_kind": _entry("flamingo_world", "creature_kind", "image_classification", "train", "test",
-                                metric="accuracy"),
-        "action_kind": _video("flamingo_world", "action_kind", "video_classification", "train", "test",
-                              metric="accuracy"),
-    })
-
-
-def real_eval_sets() -> ml_collections.ConfigDict:
-    """Entries for the real benchmarks' builders (prepared from the user's official files). query: the split
-    scored locally; paper_split: where known to differ, the split the paper reports (VQAv2 test-dev, whose
-    answers are not public: its server scores it; VATEX test, not in the builder yet)."""
-    return ml_collections.ConfigDict({
-        "coco": _entry("coco_karpathy", "", "captions", "train", "test", dev_queries=5000, paper_split="test"),
-        "flickr30k": _entry("flickr30k", "", "captions", "train", "test"),
-        "vqav2": _entry("vqav2", "", "vqa", "train", "validation", paper_split="test-dev"),
-        "okvqa": _entry("okvqa", "", "vqa", "train", "validation"),
-        "vizwiz": _entry("vizwiz", "", "vqa", "train", "validation"),
-        "textvqa": _entry("textvqa", "", "vqa", "train", "validation"),
-        "hateful_memes": _entry("hateful_memes", "", "classification", "train", "test_seen", paper_split="test_seen"),
-        "msvd_qa": _video("msvd_qa", "", "video_qa", "train", "test"),
-        "vatex": _video("vatex", "", "video_captions", "train", "validation", paper_split="test"),
-        "visdial": _entry("visdial", "", "dialog", "train", "validation", metric="ndcg"),
-        "youcook2": _video("youcook2", "", "video_captions", "train", "validation"),
-        "msrvtt_qa": _video("msrvtt_qa", "", "video_qa", "train", "test"),
-        "ivqa": _video("ivqa", "", "video_qa", "train", "test", metric="ivqa_accuracy"),
-        "rareact": _video("rareact", "", "video_retrieval", "", "test", metric="mwap"),  # zero-shot: no support
-        "nextqa": _video("nextqa", "", "video_qa", "train", "test", metric="wups"),
-        "star": _video("star", "", "video_choice", "train", "validation", metric="accuracy"),
-    })
-
-
-def dev_protocol(sets: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The same entries under the DEV protocol: support and queries carved from each 'train' split."""
-    out = ml_collections.ConfigDict(sets.to_dict())
-    for name in out:
-        if out[name].support:  # sets without a training split (RareAct) stay zero-shot on their own split
-            out[name].support, out[name].query, out[name].paper_split = "dev_support", "dev_query", "dev (from train)"
-    return out
 
 
 class Subset:
@@ -160,9 +95,6 @@ def class_names(data_config: ml_collections.ConfigDict, name: str) -> list[str]:
     if e.get("classes"):
         return list(e.classes)
     if e.builder == "flamingo_world":
-        from flamingo_jax.data import config as config_lib
-        from flamingo_jax.data.world import lexicon
-
         if e.builder_config == "action_kind":
             return list(lexicon.ACTIONS.values())
         w = config_lib.world_config(data_config)
