@@ -36,7 +36,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from flamingo_jax.evaluation import decoding, heldout_metrics, metrics, prompts, rices
+from flamingo_jax.evaluation import decoding, heldout_metrics, metrics, paper_tables, prompts, rices
 from flamingo_jax.evaluation import multihost
 from flamingo_jax.progress import Progress
 
@@ -51,10 +51,7 @@ CLOSE_ENDED = {
     "video_retrieval": "mwap", "dialog": "ndcg", "video_choice": "accuracy"
 }
 # Paper / DEV names accepted for the world's analogues.
-ALIASES = {
-    "coco": "captions", "vqav2": "vqa", "okvqa": "knowledge_vqa", "msvdqa": "video_qa", "msvd_qa": "video_qa",
-    "vatex": "video_captions"
-}
+ALIASES = dict(paper_tables.DEV_TO_WORLD, msvd_qa="video_qa")
 
 
 def metric_name(kind: str, metric: str = "") -> str:

@@ -5,7 +5,7 @@ and Table 3's overall score.
   vqa_accuracy(prediction, answers)   VQAEval.evaluate for one question
   roc_auc(scores, labels)             area under the ROC curve (ties count one half), as sklearn
   top1(predictions, answers)          exact-match accuracy after the VQA answer normalisation
-  overall_score(scores)               mean of each DEV score / its fine-tuned SotA (spec section 4)
+  overall_score(scores)               mean of each DEV score / its fine-tuned SotA (Table 3, over Table 1's SotA)
 
 Scores are returned as fractions (CIDEr as pycocoevalcap returns it, e.g. 0.86, not 86.0); tables multiply
 by 100.
@@ -20,6 +20,7 @@ from typing import Hashable, Mapping, Sequence
 import numpy as np
 
 from flamingo_jax.evaluation import ptb
+from flamingo_jax.evaluation.paper_tables import SOTA, WORLD_TO_DEV
 
 # ---------------------------------------------------------------------------------------------- CIDEr-D
 
@@ -315,14 +316,6 @@ def top1(predictions: Sequence[str], answers: Sequence[Sequence[str] | str]) -> 
         target = a if isinstance(a, str) else a[0]
         hits += normalize_answer(p) == normalize_answer(target)
     return hits / len(predictions)
-
-
-# Fine-tuned SotA of the DEV benchmarks (spec section 4), in the tables' units (CIDEr x100, accuracy %).
-SOTA = {"coco": 143.3, "okvqa": 54.4, "vqav2": 80.2, "msvdqa": 47.9, "vatex": 76.3}
-# The world's analogues of the DEV benchmarks use the same denominators.
-WORLD_TO_DEV = {
-    "captions": "coco", "knowledge_vqa": "okvqa", "vqa": "vqav2", "video_qa": "msvdqa", "video_captions": "vatex"
-}
 
 
 def overall_score(scores: Mapping[str, float]) -> float:
