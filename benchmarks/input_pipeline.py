@@ -102,11 +102,10 @@ def real_config(root: str, docs: int) -> 'ml_collections.ConfigDict':  # noqa: F
 
 def requirement(mfu: float) -> list[dict]:
     """Per-host examples/s for Flamingo-3B and 9B on a TPU v5e-256 slice at `mfu` (module docstring)."""
-    import importlib.util
-
     import jax
     import jax.numpy as jnp
 
+    from flamingo_jax.config_files import load_config
     from flamingo_jax.models.vision import build_vision, vision_num_tokens
     from flamingo_jax.tools.params import count_params
 
@@ -114,11 +113,7 @@ def requirement(mfu: float) -> list[dict]:
     hosts = chips // chips_per_host
     out = []
     for size in ("3b", "9b"):
-        spec = importlib.util.spec_from_file_location(
-            "exp", os.path.join(os.path.dirname(__file__), "..", "experiments", f"flamingo_{size}.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        config = module.get_config()
+        config = load_config(os.path.join(os.path.dirname(__file__), "..", "experiments", f"flamingo_{size}.py"))
         counts = count_params(config.model)
         n_lm = counts["lm"]
         n_x = counts["xattn"] + counts.get("new_tokens", 0)

@@ -36,7 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from flamingo_jax.ablate import load_config, seeded  # noqa: E402
+from flamingo_jax.config_files import load_config  # noqa: E402
+from flamingo_jax.configs import seeded  # noqa: E402
 from flamingo_jax.seed_batch import SeedBatch  # noqa: E402
 from flamingo_jax.train import (
     Trainer,

@@ -28,12 +28,12 @@ tower (vision swaps, resampler sizes) or dataset (LAION) does it pick the world 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import ml_collections
 
 from flamingo_jax import configs
+from flamingo_jax.config_files import load_config
 from flamingo_jax.ablate import apply_row, is_world_data, is_world_scale  # noqa: F401  (re-exported)
 from flamingo_jax.models import vision_config
 
@@ -133,16 +133,6 @@ LABELS = {
 }
 
 
-def _load_experiment(name: str, arg: str | None) -> ml_collections.ConfigDict:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    if not os.path.isfile(path):
-        raise ValueError(f"ablations base {name!r}: no experiments/{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_ablation_base_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg or None)
-
-
 def _pretrained_path(root: str, kind: str, sub: ml_collections.ConfigDict, data: ml_collections.ConfigDict) -> str:
     if not root:
         return ""
@@ -153,7 +143,8 @@ def _pretrained_path(root: str, kind: str, sub: ml_collections.ConfigDict, data:
 
 def make_base(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The baseline config: experiments/<a.base>.py with the world knobs applied."""
-    base = _load_experiment(a.base, a.base_arg.replace(";", ","))
+    base_arg = a.base_arg.replace(";", ",")
+    base = load_config(a.base + (f":{base_arg}" if base_arg else ""), folder=os.path.dirname(os.path.abspath(__file__)))
     with base.unlocked():
         if a.steps:
             base.total_steps = a.steps

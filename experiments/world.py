@@ -26,9 +26,12 @@ pages answer in a style drawn per page: data.world.page_styles).
 Pretrained towers: `reproduce` and `ablate` fill config.pretrained with towers they pretrain on the world.
 """
 
+import os
+
 import ml_collections
 
 from flamingo_jax import configs
+from flamingo_jax.config_files import load_config
 from flamingo_jax.models import vision_config
 
 # The recipe Table 3 (docs/table3) was measured with, and the in-context recipe (module docstring).
@@ -48,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     icl = bool(a.icl)
     if icl:  # the in-context recipe's defaults, under the same explicit knobs
         a = parse(ICL)
-    tiny = _load_tiny()
+    tiny = load_config("tiny", folder=os.path.dirname(os.path.abspath(__file__)))
     with tiny.unlocked():
         tiny.model.lm.num_layers = a.lm_layers
         tiny.total_steps = a.steps
@@ -90,14 +93,3 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # room for a 32-shot prompt left-padded to its power-of-two bucket (1024) plus the generated tokens
         tiny.model.lm.max_len = max(2048, 2 * a.lm_len)
     return tiny
-
-
-def _load_tiny() -> ml_collections.ConfigDict:
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py")
-    spec = importlib.util.spec_from_file_location("_world_base_tiny", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()

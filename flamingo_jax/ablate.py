@@ -18,17 +18,19 @@ This module imports nothing heavy at import time: experiments/ablations.py impor
 
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib
-import importlib.util
 import json
 import os
 import sys
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+from flamingo_jax.config_files import parse_flags
 
 from flamingo_jax.configs import seeded  # noqa: F401  (ablate.seeded: a row's seed k)
 
@@ -134,22 +136,6 @@ def runnable_rows(config: ml_collections.ConfigDict, names: Sequence[str] | None
     if unknown:
         raise ValueError(f"unknown rows {unknown}; this table has {list(config.rows)}")
     return list(names)
-
-
-# ---------------------------------------------------------------------------------------------- config
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """'experiments/ablations.py:table3,steps=50' -> get_config('table3,steps=50')."""
-    from flamingo_jax.config_files import find_config
-
-    path, _, arg = find_config(spec).partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--config {spec!r}: no file {path}")
-    mod_spec = importlib.util.spec_from_file_location("_ablations_config", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -408,15 +394,6 @@ def enable_compilation_cache(path: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
-
-
 def parse_denominators(text: str) -> dict[str, float] | None:
     if not text:
         return None
@@ -427,23 +404,31 @@ def parse_denominators(text: str) -> dict[str, float] | None:
     return out
 
 
-def main(argv: Iterable[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flamingo_jax.ablate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="experiments/ablations.py:table3[,knob=value,...]")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--rows", default="", help="comma-separated row names (default: every row of the table)")
-    p.add_argument("--seeds", type=int, default=2)
-    p.add_argument("--evaluator", default="", help="module:function (default: flamingo_jax.evaluate)")
-    p.add_argument("--denominators", default="", help="overall-score denominators, e.g. coco=143.3,okvqa=54.4")
-    p.add_argument("--eval_max_queries", type=int, default=0, help="queries per eval set (0 = all)")
-    p.add_argument("--eval_batch_size", type=int, default=0, help="evaluation batch size (0 = the evaluator's)")
-    p.add_argument("--seed_batching", type=parse_bool, nargs="?", const=True, default=True,
-                   help="train a row's seeds as one batched program (default true; false: one by one)")
-    p.add_argument("--list", action="store_true", help="print the rows and their overrides, run nothing")
-    args = p.parse_args(list(argv) if argv is not None else None)
-    config = load_config(args.config)
-    names = runnable_rows(config, [r for r in args.rows.split(",") if r])
-    if args.list:
+def define_flags(flag_values: flags.FlagValues, argv: list[str]) -> None:
+    """The command line of the module docstring; `--config.x=v` overrides any field of the ablations config
+    (e.g. --config.base.total_steps=50: every row's training steps)."""
+    config_flags.DEFINE_config_file("config", None, "experiments/ablations.py:table3[,knob=value,...]",
+                                    flag_values=flag_values, sys_argv=argv)
+    flags.mark_flag_as_required("config", flag_values=flag_values)
+    define = dict(flag_values=flag_values)
+    flags.DEFINE_string("workdir", None, "the table's folder (rows, tables, compilation cache)", required=True,
+                        **define)
+    flags.DEFINE_list("rows", [], "comma-separated row names (default: every row of the table)", **define)
+    flags.DEFINE_integer("seeds", 2, "seeds per row", **define)
+    flags.DEFINE_string("evaluator", "", "module:function (default: flamingo_jax.evaluate.evaluate)", **define)
+    flags.DEFINE_string("denominators", "", "overall-score denominators, e.g. coco=143.3,okvqa=54.4", **define)
+    flags.DEFINE_integer("eval_max_queries", 0, "queries per eval set (0 = all)", **define)
+    flags.DEFINE_integer("eval_batch_size", 0, "evaluation batch size (0 = the evaluator's)", **define)
+    flags.DEFINE_bool("seed_batching", True, "train a row's seeds as one batched program (false: one by one)", **define)
+    flags.DEFINE_bool("list", False, "print the rows and their overrides, run nothing", **define)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `flamingo-ablate` console script; argv without the program name (default sys.argv[1:])."""
+    f, _ = parse_flags("python -m flamingo_jax.ablate", __doc__, argv, define_flags)
+    config = f.config
+    names = runnable_rows(config, f.rows)
+    if f.list:
         for n in names:
             r = config.rows[n]
             status = "" if r.runnable else f"  [not runnable: {r.reason}]"
@@ -451,12 +436,12 @@ def main(argv: Iterable[str] | None = None) -> int:
             for path, value in r.overrides:
                 print(f"    {path} = {value if not hasattr(value, 'to_dict') else value.to_dict()}")
         return 0
-    os.makedirs(args.workdir, exist_ok=True)
-    enable_compilation_cache(os.path.join(args.workdir, "jax_cache"))
-    eval_kwargs = {k: v for k, v in (("max_queries", args.eval_max_queries), ("batch_size", args.eval_batch_size)) if v}
-    run_table(config, args.workdir, names, args.seeds, args.evaluator or None, parse_denominators(args.denominators),
-              eval_kwargs=eval_kwargs, seed_batching=args.seed_batching)
-    print(f"[ablate] wrote {os.path.join(args.workdir, config.table)}.{{md,csv,tex,png}}", flush=True)
+    os.makedirs(f.workdir, exist_ok=True)
+    enable_compilation_cache(os.path.join(f.workdir, "jax_cache"))
+    eval_kwargs = {k: v for k, v in (("max_queries", f.eval_max_queries), ("batch_size", f.eval_batch_size)) if v}
+    run_table(config, f.workdir, names, f.seeds, f.evaluator or None, parse_denominators(f.denominators),
+              eval_kwargs=eval_kwargs, seed_batching=f.seed_batching)
+    print(f"[ablate] wrote {os.path.join(f.workdir, config.table)}.{{md,csv,tex,png}}", flush=True)
     return 0
 
 

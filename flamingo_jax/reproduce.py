@@ -25,8 +25,6 @@ the same world-scale baseline the ablation tables start from (experiments/ablati
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import math
 import os
@@ -35,25 +33,16 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
+from flamingo_jax import config_files
+from flamingo_jax.config_files import load_config  # noqa: F401  (reproduce.load_config: tests/test_packaging)
 from flamingo_jax.ablate import WORLD_TO_DEV, enable_compilation_cache
 from flamingo_jax.ablations_table import DEV, SOTA, overall
 
 STAGES = ("world", "pretrain_vision", "pretrain_lm", "train", "evaluate", "report")
 DEFAULT_SHOTS = (0, 4, 8, 16, 32)
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """'experiments/world.py:steps=300' -> get_config('steps=300')."""
-    from flamingo_jax.config_files import find_config
-
-    path, _, arg = find_config(spec).partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--config {spec!r}: no file {path}")
-    mod_spec = importlib.util.spec_from_file_location("_reproduce_config", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
 
 
 class StageLog:
@@ -334,24 +323,26 @@ def reproduce(config: ml_collections.ConfigDict, workdir: str, *, pretrain_steps
     return log.done
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m flamingo_jax.reproduce", description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--config", default="experiments/world.py",
-                   help="experiment config file[:arg] (default experiments/world.py)")
-    p.add_argument("--pretrain_steps", type=int, default=300, help="steps of each tower's pretraining")
-    p.add_argument("--shots", default=",".join(map(str, DEFAULT_SHOTS)), help="comma-separated numbers of shots")
-    p.add_argument("--max_queries", type=int, default=100, help="queries per eval set (0 = all)")
-    p.add_argument("--eval_batch_size", type=int, default=16)
-    return p
+def define_flags(flag_values: flags.FlagValues, argv: list[str]) -> None:
+    """The command line of the module docstring; `--config.x=v` overrides any field of the experiment config."""
+    config_flags.DEFINE_config_file("config", config_files.find_config("experiments/world.py"),
+                                    "experiment config file[:arg] (default experiments/world.py)",
+                                    flag_values=flag_values, sys_argv=argv)
+    define = dict(flag_values=flag_values)
+    flags.DEFINE_string("workdir", None, "where every stage writes (rerun the same command to resume)", required=True,
+                        **define)
+    flags.DEFINE_integer("pretrain_steps", 300, "steps of each tower's pretraining", **define)
+    flags.DEFINE_list("shots", [str(s) for s in DEFAULT_SHOTS], "comma-separated numbers of shots", **define)
+    flags.DEFINE_integer("max_queries", 100, "queries per eval set (0 = all)", **define)
+    flags.DEFINE_integer("eval_batch_size", 16, "evaluation batch size", **define)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(list(argv) if argv is not None else None)
-    enable_compilation_cache(os.path.join(args.workdir, "jax_cache"))
-    reproduce(load_config(args.config), args.workdir, pretrain_steps=args.pretrain_steps,
-              shots=[int(s) for s in args.shots.split(",") if s], max_queries=args.max_queries,
-              eval_batch_size=args.eval_batch_size, config_spec=args.config)
+    """The `flamingo-reproduce` console script; argv without the program name (default sys.argv[1:])."""
+    f, _ = config_files.parse_flags("python -m flamingo_jax.reproduce", __doc__, argv, define_flags)
+    enable_compilation_cache(os.path.join(f.workdir, "jax_cache"))
+    reproduce(f.config, f.workdir, pretrain_steps=f.pretrain_steps, shots=[int(s) for s in f.shots],
+              max_queries=f.max_queries, eval_batch_size=f.eval_batch_size, config_spec=config_files.config_spec(f))
     return 0
 
 

@@ -1,4 +1,6 @@
-"""The evaluate, ablate and reproduce command lines: --help works and the flags reach the right call.
+"""The evaluate, ablate, reproduce and preview command lines: --help works, the flags reach the right call, and
+a `--config.a.b=v` override reaches the config the program runs with (absl flags + ml_collections config_flags,
+as for train and evaluate).
 
 (Real runs behind them: tests/test_reproduce.py runs reproduce.reproduce end to end, tests/test_ablations.py
 run_table -> run_one with the real trainer, tests/test_eval_harness.py evaluate.evaluate.)"""
@@ -13,6 +15,7 @@ import sys
 import pytest
 
 from flamingo_jax import ablate, reproduce
+from flamingo_jax.data import preview
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABLATIONS = os.path.join(ROOT, "experiments", "ablations.py")
@@ -41,6 +44,22 @@ def test_ablate_help_list_and_flags_reach_run_table(tmp_path, monkeypatch, capsy
     assert kw == dict(eval_kwargs=dict(max_queries=5, batch_size=4), seed_batching=False)
 
 
+def test_ablate_config_override_reaches_run_table(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ablate, "run_table", lambda *a, **k: calls.append(a))
+    assert ablate.main([
+        "--config", f"{ABLATIONS}:table3,steps=7", "--config.base.total_steps=13", "--config.base.optimizer.lr=0.5",
+        "--workdir",
+        str(tmp_path), "--rows", "baseline"
+    ]) == 0
+    ((config, *_), ) = calls
+    assert config.base.total_steps == 13 and config.base.optimizer.lr == 0.5
+    assert ablate.apply_row(config.base, config.rows.no_video).total_steps == 13  # every row starts from it
+    with pytest.raises(SystemExit) as e:  # an unknown field is an error, not a silent no-op
+        ablate.main(["--config", f"{ABLATIONS}:table3", "--config.base.no_such_field=1", "--workdir", str(tmp_path)])
+    assert e.value.code == 2
+
+
 def test_reproduce_help_and_flags_reach_reproduce(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         reproduce.main(["--help"])
@@ -56,6 +75,33 @@ def test_reproduce_help_and_flags_reach_reproduce(tmp_path, monkeypatch, capsys)
     ((config, workdir), kw), = calls
     assert config.total_steps == 9 and workdir == str(tmp_path)
     assert kw == dict(pretrain_steps=2, shots=[0, 8], max_queries=3, eval_batch_size=6, config_spec=spec)
+
+
+def test_reproduce_config_override_reaches_reproduce_and_report_spec(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(reproduce, "reproduce", lambda *a, **k: calls.append((a, k)))
+    spec = os.path.join(ROOT, "experiments", "world.py") + ":steps=9"
+    assert reproduce.main(["--workdir", str(tmp_path), "--config", spec, "--config.total_steps=11"]) == 0
+    ((config, _), kw), = calls
+    assert config.total_steps == 11  # the override wins over the file's steps=9
+    assert kw["config_spec"] == f"{spec} --config.total_steps=11"  # report.json records both
+    calls.clear()
+    assert reproduce.main(["--workdir", str(tmp_path), "--config.data.world.scale=0.25"]) == 0  # the default file
+    ((config, _), kw), = calls
+    assert config.data.world.scale == 0.25 and kw["config_spec"].endswith(
+        "experiments/world.py --config.data.world.scale=0.25")
+
+
+def test_preview_config_override_reaches_the_data_config(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as e:
+        preview.main(["--help"])
+    assert e.value.code == 0 and "--cell" in capsys.readouterr().out
+    calls = []
+    monkeypatch.setattr(preview, "preview", lambda *a, **k: calls.append((a, k)) or ("text", None))
+    tiny = os.path.join(ROOT, "experiments", "tiny.py")
+    preview.main(["--config", tiny, "--config.data.mode=round_robin", "--n", "2", "--cell", "16", "--eval"])
+    ((data, n, out, cell), kw), = calls
+    assert data.mode == "round_robin" and (n, out, cell, kw) == (2, None, 16, dict(with_eval=True))
 
 
 _EVALUATE_MAIN = """

@@ -10,7 +10,7 @@ import pytest
 from flamingo_jax import train
 from flamingo_jax.convert.store import FORMAT
 from flamingo_jax.models import vision_config
-from flamingo_jax.reproduce import load_config
+from flamingo_jax.config_files import load_config
 
 
 def _converted_vit(tmp_path, size: str) -> str:

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from flamingo_jax import reproduce
+from flamingo_jax.config_files import load_config
 from flamingo_jax.ablate import WORLD_TO_DEV
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +28,7 @@ SHOTS = (0, 2)
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("reproduce"))
-    config = reproduce.load_config(TINY)
+    config = load_config(TINY)
     with config.unlocked():
         for name in [n for n in config.data.eval_sets if n not in TASKS]:
             del config.data.eval_sets[name]
@@ -95,7 +96,7 @@ def test_report_puts_every_score_in_its_own_cell(tmp_path):
     """The run's scores are all 0.0 (4 updates learn nothing), so the report is also written here from distinct
     scores for the five tasks: every cell, the overall row and the RICES table are read back by column."""
     stages = {name: dict(seconds=1.0 + i) for i, name in enumerate(reproduce.STAGES[:-1])}
-    config = reproduce.load_config(TINY)  # all five world eval sets
+    config = load_config(TINY)  # all five world eval sets
     tasks = list(config.data.eval_sets)
     scores = {t: {"0": 10.0 + i, "4": 20.0 + 2 * i} for i, t in enumerate(tasks)}
     fake = dict(
@@ -213,5 +214,6 @@ def test_every_stage_prints_progress_with_rate_and_eta(run):
 
 
 def test_default_shots_are_0_4_8_16_32():
-    assert reproduce.parser().parse_args(["--workdir", "w"]).shots == "0,4,8,16,32"
+    f, _ = reproduce.config_files.parse_flags("reproduce", "", ["--workdir", "w"], reproduce.define_flags)
+    assert f.shots == ["0", "4", "8", "16", "32"]
     assert tuple(inspect.signature(reproduce.reproduce).parameters["shots"].default) == (0, 4, 8, 16, 32)

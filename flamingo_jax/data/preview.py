@@ -10,36 +10,33 @@ example (its images; for a video, the frames of its clip) and the caption text u
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import os
 import sys
 from typing import Any
 
 import ml_collections
 import numpy as np
+from absl import flags
+from ml_collections import config_flags
 from PIL import Image, ImageDraw
 
+from flamingo_jax import config_files
 from flamingo_jax.data import config as config_lib
 from flamingo_jax.data import mixture
 
 
-def load_config(path: str) -> ml_collections.ConfigDict:
-    """Loads `path[:arg]` (a Python file with get_config(arg=None)); returns its config.data or the default."""
-    arg = None
-    if ":" in path and not os.path.exists(path):
-        path, arg = path.split(":", 1)
-    spec = importlib.util.spec_from_file_location("_preview_config", path)
-    if spec is None or not os.path.exists(path):
-        raise FileNotFoundError(f"config file {path!r} not found")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg) if arg is not None else module.get_config()
+def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """An experiment config's config.data, or default_data_config() when it has none."""
     data = config.get("data") if hasattr(config, "get") else None
     if data is None:
-        print(f"# {path} has no .data; using flamingo_jax.data.config.default_data_config()")
+        print("# the config has no .data; using flamingo_jax.data.config.default_data_config()")
         return config_lib.default_data_config()
     return data
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """The config.data of `spec` ('experiments/NAME.py[:arg]', flamingo_jax.config_files.load_config)."""
+    return data_config(config_files.load_config(spec))
 
 
 def token_table(vocab, tokens: np.ndarray, media_index: np.ndarray, loss_mask: np.ndarray) -> str:
@@ -145,18 +142,25 @@ def preview(data_config: ml_collections.ConfigDict, n: int, out_dir: str | None 
     return text, image
 
 
+def define_flags(flag_values: flags.FlagValues, argv: list[str]) -> None:
+    """The command line of the module docstring; `--config.data.x=v` overrides any field of the config."""
+    config_flags.DEFINE_config_file("config", None, "experiment config file (path[:arg])", flag_values=flag_values,
+                                    sys_argv=argv)
+    flags.mark_flag_as_required("config", flag_values=flag_values)
+    define = dict(flag_values=flag_values)
+    flags.DEFINE_string("out", None, "output directory for samples.png / samples.txt", **define)
+    flags.DEFINE_integer("n", 4, "examples per dataset", **define)
+    flags.DEFINE_integer("cell", 64, "pixels per image tile in the PNG", **define)
+    flags.DEFINE_bool("eval", False, "also show the eval sets (query split)", **define)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="experiment config file (path[:arg])")
-    parser.add_argument("--out", default=None, help="output directory for samples.png / samples.txt")
-    parser.add_argument("--n", type=int, default=4, help="examples per dataset")
-    parser.add_argument("--cell", type=int, default=64, help="pixels per image tile in the PNG")
-    parser.add_argument("--eval", action="store_true", help="also show the eval sets (query split)")
-    args = parser.parse_args(argv)
-    text, _ = preview(load_config(args.config), args.n, args.out, args.cell, with_eval=args.eval)
+    """argv without the program name (default sys.argv[1:])."""
+    f, _ = config_files.parse_flags("python -m flamingo_jax.data.preview", __doc__, argv, define_flags)
+    text, _ = preview(data_config(f.config), f.n, f.out, f.cell, with_eval=f.eval)
     print(text)
-    if args.out:
-        print(f'# wrote {os.path.join(args.out, "samples.png")}', file=sys.stderr)
+    if f.out:
+        print(f'# wrote {os.path.join(f.out, "samples.png")}', file=sys.stderr)
 
 
 if __name__ == "__main__":
