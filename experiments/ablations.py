@@ -21,7 +21,7 @@ Arg: the table ('table3', 'table10' or 'all'), then knobs:
 The config holds `base` (the baseline experiment config), `row_order` (the table's order) and `rows`: row_name -> label, table, group,
 paper (the paper's DEV scores, overall, params, step time), overrides ([(dotted path, value)]; a path ending in
 '+' appends to a list, in '-' removes from one), runnable and reason (why not on this base), note.
-`flamingo_jax.ablate.apply_row(base, row)` applies a row with strict key checking (an unknown path is an error).
+`flamingo_jax.ablation_rows.apply_row(base, row)` applies a row with strict key checking (an unknown path is an error).
 The same row definitions apply to the world base and to paper-scale bases: only where a row names a specific
 tower (vision swaps, resampler sizes) or dataset (LAION) does it pick the world or paper variant below.
 """
@@ -34,11 +34,11 @@ import ml_collections
 
 from flamingo_jax import configs
 from flamingo_jax.config_files import load_config
-from flamingo_jax.ablate import apply_row, is_world_data, is_world_scale  # noqa: F401  (re-exported)
+from flamingo_jax.ablation_rows import apply_row, is_world_data, is_world_scale  # noqa: F401  (apply_row re-exported)
+from flamingo_jax.evaluation.paper_tables import DEV
 from flamingo_jax.models import vision_config
 
 TABLES = ("table3", "table10", "all")
-DEV = ("coco", "okvqa", "vqav2", "msvdqa", "vatex")
 LM_TRAINABLE = "lm/.*"
 
 # Paper Table 3 (Flamingo-3B, 4 shots): params (B), step time (s), COCO, OKVQA, VQAv2, MSVDQA, VATEX, overall.

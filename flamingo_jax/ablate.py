@@ -3,22 +3,20 @@
 [--eval_max_queries N] [--eval_batch_size B] [--seed_batching=true|false] [--list]
 
 For every selected row of the config (experiments/ablations.py) and every seed: the row's overrides are applied
-to the baseline (`apply_row`, strict: an unknown path is an error), missing pretrained towers are pretrained
+to the baseline (flamingo_jax.ablation_rows.apply_row, strict: an unknown path is an error), missing pretrained towers are pretrained
 (flamingo_jax.pretrain, world scale only), the ONE trainer runs (flamingo_jax.train.train), then the few-shot
-evaluation (`evaluate_row`). A row's seeds share its architecture and towers: with --seeds > 1 they train
+evaluation (`evaluate_row`: the DEV scores at 4 shots, Table 3's setting). A row's seeds share its architecture and towers: with --seeds > 1 they train
 together as ONE batched program (flamingo_jax.seed_batch: the step vmapped over the seeds, each seed's workdir
 written as a single run writes it, seed k's weights those of seed k trained alone), then each is evaluated;
 --seed_batching=false runs them one by one. Each (row, seed) writes DIR/rows/<row>/seed<k>/result.json; a rerun
 skips those that exist, so an interrupted table resumes (an interrupted training run also resumes from its
 checkpoints).
 Finally DIR/<table>.md, .csv, .tex and .png are written (flamingo_jax.ablations_table).
-
-This module imports nothing heavy at import time: experiments/ablations.py imports `apply_row` from it.
+`--config.x=v` overrides any field of the ablations config, e.g. --config.base.total_steps=50 for every row.
 """
 
 from __future__ import annotations
 
-import copy
 import importlib
 import json
 import os
@@ -30,143 +28,30 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from flamingo_jax.ablation_rows import apply_row, runnable_rows
 from flamingo_jax.config_files import parse_flags
+from flamingo_jax.configs import seeded
+from flamingo_jax.evaluation.paper_tables import WORLD_TO_DEV
+from flamingo_jax.files import read_metrics, write_json
 
-from flamingo_jax.configs import seeded  # noqa: F401  (ablate.seeded: a row's seed k)
-
-# The world's analogues of the DEV benchmarks (flamingo_jax.data.eval_sets) -> the paper's column names.
-WORLD_TO_DEV = {
-    "captions": "coco", "knowledge_vqa": "okvqa", "vqa": "vqav2", "video_qa": "msvdqa", "video_captions": "vatex"
-}
-DEV_TO_WORLD = {v: k for k, v in WORLD_TO_DEV.items()}
 EVAL_SHOTS = 4  # Table 3: 4 shots
-
-
-class AblationError(ValueError):
-    """A row that does not apply to the base config (unknown path, bad list edit, wrong type)."""
-
-
-# ---------------------------------------------------------------------------------------------- rows
-
-
-def is_world_data(config: ml_collections.ConfigDict) -> bool:
-    """True when the training data come from the generated world (the default data config)."""
-    ds = config.data.datasets
-    return all(ds[n].builder == "flamingo_world" for n in ("m3w", "align", "ltip", "vtp") if n in ds)
-
-
-def is_world_scale(config: ml_collections.ConfigDict) -> bool:
-    """True for CPU-sized models (a 'tiny' vision tower): rows then use the world stand-ins of paper towers."""
-    return config.model.vision.get("size") == "tiny"
-
-
-def _walk(config: ml_collections.ConfigDict, path: str) -> tuple[ml_collections.ConfigDict, str]:
-    keys = path.split(".")
-    node = config
-    for i, k in enumerate(keys[:-1]):
-        if not isinstance(node, ml_collections.ConfigDict) or k not in node:
-            raise AblationError(f"unknown config path {path!r}: {'.'.join(keys[:i + 1])!r} does not exist")
-        node = node[k]
-    if not isinstance(node, ml_collections.ConfigDict) or keys[-1] not in node:
-        raise AblationError(f"unknown config path {path!r}")
-    return node, keys[-1]
-
-
-def _overrides(row: Any) -> list[tuple[str, Any]]:
-    items = row.overrides if hasattr(row, "overrides") else (row.get("overrides",
-                                                                     ()) if isinstance(row, Mapping) else row)
-    out = []
-    for item in items:
-        if len(item) != 2 or not isinstance(item[0], str):
-            raise AblationError(f"row override {item!r} is not (dotted path, value)")
-        out.append((item[0], item[1]))
-    return out
-
-
-def apply_row(base: ml_collections.ConfigDict, row: Any) -> ml_collections.ConfigDict:
-    """A copy of `base` with the row's overrides applied; `base` is not modified.
-
-    row: a row of experiments/ablations.py (with .overrides) or a list of (dotted path, value). A path ending in
-    '+' appends the listed items to a list field (items already there are kept once), '-' removes them (each
-    must be present); otherwise the field is replaced (a ConfigDict/dict value replaces a whole sub-config, e.g.
-    model.vision). Every path must exist in `base` and values keep the field's type: anything else raises
-    AblationError, never a silent no-op. The result is locked like the experiment configs."""
-    config = copy.deepcopy(base)
-    with config.unlocked():
-        for path, value in _overrides(row):
-            op = path[-1] if path[-1] in "+-" else "="
-            clean = path[:-1] if op != "=" else path
-            node, key = _walk(config, clean)
-            current = node[key]
-            if op != "=":
-                if not isinstance(current, (list, tuple)):
-                    raise AblationError(
-                        f"{clean!r} is not a list: cannot {'append to' if op == '+' else 'remove from'} it")
-                items = [value] if isinstance(value, str) else list(value)
-                if op == "+":
-                    new = list(current) + [x for x in items if x not in current]
-                else:
-                    missing = [x for x in items if x not in current]
-                    if missing:
-                        raise AblationError(f"{clean!r} = {list(current)} does not contain {missing}")
-                    new = [x for x in current if x not in items]
-                value = type(current)(new)
-            elif isinstance(current, ml_collections.ConfigDict):
-                if not isinstance(value, (Mapping, ml_collections.ConfigDict)):
-                    raise AblationError(f"{clean!r} is a sub-config: replace it with a dict, not {value!r}")
-                value = ml_collections.ConfigDict(value.to_dict() if hasattr(value, "to_dict") else dict(value))
-            elif isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)):
-                value = type(current)(value)
-            try:
-                node[key] = value
-            except TypeError as e:
-                raise AblationError(f"{clean!r}: {e}") from None
-        if "data" in config and not list(config.data.mixture):
-            raise AblationError("the row leaves config.data.mixture empty")
-    config.lock()
-    return config
-
-
-def runnable_rows(config: ml_collections.ConfigDict, names: Sequence[str] | None = None) -> list[str]:
-    """Selected row names (all of the table by default), validated against config.rows."""
-    order = list(config.get("row_order") or config.rows)
-    if not names:
-        return order
-    unknown = [n for n in names if n not in config.rows]
-    if unknown:
-        raise ValueError(f"unknown rows {unknown}; this table has {list(config.rows)}")
-    return list(names)
-
 
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
 def _find_evaluator(spec: str | None) -> Callable:
-    if spec:
-        module, _, fn = spec.partition(":")
-        return getattr(importlib.import_module(module), fn or "evaluate_row")
-    try:
-        module = importlib.import_module("flamingo_jax.evaluate")
-    except ImportError as e:
-        raise RuntimeError(
-            "few-shot evaluation is not available (flamingo_jax.evaluate could not be imported: "
-            f"{e}); pass --evaluator module:function taking (config, workdir, tasks, shots) and returning "
-            "{task: score as a fraction}") from e
-    for name in ("evaluate_row", "evaluate_config", "evaluate"):
-        fn = getattr(module, name, None)
-        if callable(fn):
-            return fn
-    raise RuntimeError("flamingo_jax.evaluate has no evaluate_row/evaluate_config/evaluate function: pass "
-                       "--evaluator module:function")
+    """The evaluator: 'module:function' (function default `evaluate`), else flamingo_jax.evaluate.evaluate."""
+    module, _, fn = (spec or "flamingo_jax.evaluate").partition(":")
+    return getattr(importlib.import_module(module), fn or "evaluate")
 
 
 def evaluate_row(config: ml_collections.ConfigDict, workdir: str, *, shots: int = EVAL_SHOTS,
                  evaluator: str | None = None, **eval_kwargs: Any) -> dict[str, float]:
     """{DEV benchmark: score in the tables' units (CIDEr x100, accuracy %)} of the run in `workdir`.
 
-    The evaluator is called as fn(config, workdir, tasks=[eval set names], shots=[shots]) and must return
-    {task: fraction} or {task: {shots: fraction}} (flamingo_jax.evaluation.metrics' convention: CIDEr 0.86 not
-    86). World eval-set names are mapped to the DEV names (captions -> coco, ...). eval_kwargs (e.g.
+    The evaluator (flamingo_jax.evaluate.evaluate by default) is called as fn(config, workdir, tasks=[eval set
+    names], shots=[shots]) and must return {task: fraction} or {task: {shots: fraction}} (CIDEr 0.86, not 86):
+    this function turns its fractions into table units. World eval-set names are mapped to the DEV names (captions -> coco, ...). eval_kwargs (e.g.
     max_queries) are passed on to the evaluator."""
     fn = _find_evaluator(evaluator)
     tasks = list(config.data.eval_sets) if "eval_sets" in config.data else list(WORLD_TO_DEV)
@@ -186,16 +71,7 @@ def evaluate_row(config: ml_collections.ConfigDict, workdir: str, *, shots: int 
 
 def step_time(workdir: str, skip_first: bool = True) -> float:
     """Median seconds per update over metrics.jsonl's log intervals (the first, with compilation, skipped)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return float("nan")
-    by_step: dict[int, float] = {}
-    with open(path) as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec.get("steps_per_sec"):
-                by_step[int(rec["step"])] = float(rec["steps_per_sec"])  # later lines win (resumed runs)
-    rates = [by_step[s] for s in sorted(by_step)]
+    rates = [float(r["steps_per_sec"]) for r in read_metrics(workdir) if r.get("steps_per_sec")]
     if skip_first and len(rates) > 1:
         rates = rates[1:]
     if not rates:
@@ -207,15 +83,8 @@ def step_time(workdir: str, skip_first: bool = True) -> float:
 
 def final_loss(workdir: str) -> float | None:
     """The loss of the last logged step in metrics.jsonl (None if nothing was logged)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return None
-    by_step = {}
-    with open(path) as f:
-        for line in f:
-            rec = json.loads(line)
-            by_step[int(rec["step"])] = rec.get("loss")
-    return by_step[max(by_step)] if by_step else None
+    records = read_metrics(workdir)
+    return records[-1].get("loss") if records else None
 
 
 def param_count(model_config: ml_collections.ConfigDict) -> int:
@@ -241,11 +110,13 @@ def ensure_pretrained(config: ml_collections.ConfigDict, stage_overrides: Mappin
 # ---------------------------------------------------------------------------------------------- runner
 
 
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+def _result(config: ml_collections.ConfigDict, run_dir: str, train_seconds: float, evaluator: str | None,
+            eval_kwargs: Mapping[str, Any] | None) -> dict:
+    """Evaluates the trained run in run_dir; its result dict (scores, params, step time, seconds, final loss)."""
+    t0 = time.perf_counter()
+    scores = evaluate_row(config, run_dir, evaluator=evaluator, **dict(eval_kwargs or {}))
+    return dict(scores=scores, params=param_count(config.model), step_time=step_time(run_dir),
+                train_seconds=train_seconds, eval_seconds=time.perf_counter() - t0, final_loss=final_loss(run_dir))
 
 
 def run_one(config: ml_collections.ConfigDict, run_dir: str, *, evaluator: str | None = None,
@@ -259,11 +130,7 @@ def run_one(config: ml_collections.ConfigDict, run_dir: str, *, evaluator: str |
     last = train(config, run_dir)
     if "preempted_at_step" in last:
         raise KeyboardInterrupt(f"training of {run_dir} was interrupted: rerun to resume")
-    t1 = time.perf_counter()
-    scores = evaluate_row(config, run_dir, evaluator=evaluator, **dict(eval_kwargs or {}))
-    t2 = time.perf_counter()
-    return dict(scores=scores, params=param_count(config.model), step_time=step_time(run_dir), train_seconds=t1 - t0,
-                eval_seconds=t2 - t1, final_loss=final_loss(run_dir))
+    return _result(config, run_dir, time.perf_counter() - t0, evaluator, eval_kwargs)
 
 
 def run_seeds(configs: Sequence[ml_collections.ConfigDict], run_dirs: Sequence[str], *, evaluator: str | None = None,
@@ -283,16 +150,11 @@ def run_seeds(configs: Sequence[ml_collections.ConfigDict], run_dirs: Sequence[s
     if any("preempted_at_step" in last for last in lasts):
         raise KeyboardInterrupt(f"training of {list(run_dirs)} was interrupted: rerun to resume")
     train_seconds = time.perf_counter() - t0
-    out = []
-    for config, run_dir in zip(configs, run_dirs):
-        t1 = time.perf_counter()
-        scores = evaluate_row(config, run_dir, evaluator=evaluator, **dict(eval_kwargs or {}))
-        t2 = time.perf_counter()
-        out.append(
-            dict(scores=scores, params=param_count(config.model), step_time=step_time(run_dir),
-                 train_seconds=train_seconds / len(configs), eval_seconds=t2 - t1, final_loss=final_loss(run_dir),
-                 batch_train_seconds=train_seconds, seeds_batched=len(configs)))
-    return out
+    return [
+        dict(_result(config, run_dir, train_seconds / len(configs), evaluator, eval_kwargs),
+             batch_train_seconds=train_seconds, seeds_batched=len(configs))
+        for config, run_dir in zip(configs, run_dirs)
+    ]
 
 
 def _batch_blocker(configs: Sequence[ml_collections.ConfigDict]) -> str:
@@ -345,7 +207,7 @@ def run_table(config: ml_collections.ConfigDict, workdir: str, rows: Sequence[st
         def finish(k: int, result: dict) -> None:
             result.update(row=name, seed=k)
             os.makedirs(run_dirs[k], exist_ok=True)
-            _write_json(os.path.join(run_dirs[k], "result.json"), result)
+            write_json(os.path.join(run_dirs[k], "result.json"), result, indent=1)
             done[k] = result
 
         cfgs = {k: seeded(row_config, k) for k in todo}

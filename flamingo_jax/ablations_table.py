@@ -1,11 +1,13 @@
-"""Ablation tables from per-(row, seed) results: the statistics, and the .md / .csv / .tex / .png files.
+"""Ablation tables from per-(row, seed) results: the statistics, and the .md / .csv / .tex / .png / .json files.
+
+Reads results, runs nothing: flamingo_jax.ablate runs the rows (experiments/ablations.py) and calls write_tables.
 
 Input: `meta`, one dict per row in table order (name, label, group, runnable, reason, note, paper = {overall,
 params, step_time, scores}) and `results` {row: [per-seed dict(scores={dev: value in the tables' units},
 params, step_time)]}. Per row:
   scores      mean +- std over seeds of each DEV score (std: sample std, ddof=1; 0 for one seed);
-  overall     per seed mean over the five DEV benchmarks of 100 * score / denominator (spec section 4; the
-              paper's fine-tuned SotA by default, configurable for the world), then mean +- std over seeds;
+  overall     per seed mean over the five DEV benchmarks of 100 * score / denominator (Table 3's overall score;
+              the fine-tuned SotA of Table 1 by default, configurable), then mean +- std over seeds;
   delta       overall - baseline overall (ours and the paper's);
   agrees      sign(delta ours) == sign(delta paper): 'yes' / 'no'; 'n/a' for the baseline or no paper figure;
   noise       'within noise' when |delta ours| <= sqrt(std_row^2 + std_base^2) (the effect is not resolved);
@@ -15,16 +17,13 @@ params, step_time)]}. Per row:
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from typing import Any, Mapping, Sequence
 
-DEV = ("coco", "okvqa", "vqav2", "msvdqa", "vatex")
-SOTA = {"coco": 143.3, "okvqa": 54.4, "vqav2": 80.2, "msvdqa": 47.9, "vatex": 76.3}
-WORLD_NAMES = {
-    "coco": "captions", "okvqa": "knowledge_vqa", "vqav2": "vqa", "msvdqa": "video_qa", "vatex": "video_captions"
-}
+from flamingo_jax.evaluation.paper_tables import DEV, DEV_TO_WORLD, SOTA
+from flamingo_jax.files import write_json
+
 BASELINE = "baseline"
 
 
@@ -144,7 +143,7 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], title: str, extra: Mapping[st
     den = dict(SOTA, **(denominators or {}))
     lines = [
         f"# {title}", "", "DEV columns (world analogue in brackets when run on the world): " +
-        ", ".join(f"{k} [{WORLD_NAMES[k]}]" for k in DEV) + ". Scores: 4 shots, mean ± std over seeds. Overall = "
+        ", ".join(f"{k} [{DEV_TO_WORLD[k]}]" for k in DEV) + ". Scores: 4 shots, mean ± std over seeds. Overall = "
         "mean of 100 * score / denominator with denominators " + ", ".join(f"{k} {den[k]}" for k in DEV) +
         ". Δ = overall - baseline overall. 'direction agrees': the sign of our Δ equals the paper's.", ""
     ]
@@ -260,7 +259,6 @@ def write_tables(out_dir: str, name: str, meta: Sequence[Mapping[str, Any]],
     with open(paths["tex"], "w") as f:
         f.write(to_latex(rows, title))
     bar_chart(rows, paths["png"], title)
-    with open(paths["json"], "w") as f:
-        json.dump(dict(rows=rows, extra=dict(extra or {}), denominators=dict(SOTA, **(denominators or {}))), f,
-                  indent=1, default=str)
+    write_json(paths["json"], dict(rows=rows, extra=dict(extra or {}), denominators=dict(SOTA, **(denominators or {}))),
+               indent=1)
     return paths

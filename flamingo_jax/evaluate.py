@@ -45,6 +45,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from flamingo_jax.evaluation import harness
+from flamingo_jax.files import write_json
 
 TABLE_SCALE = 100.0
 
@@ -149,21 +150,16 @@ class Results:
         return {"cells": {}}
 
     def save(self, data: dict) -> None:
-        tmp = self.path + f".tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+        write_json(self.path, data, indent=1, sort_keys=True)
 
     def shard_path(self, key: str, shard: tuple[int, int]) -> str:
         return os.path.join(self.dir, "cells", key, f"shard-{shard[0]}-of-{shard[1]}.json")
 
 
-def _write_json(path: str, obj: Any) -> None:
+def _write_shard(path: str, outputs: list[dict]) -> None:
+    """A cell shard's predictions (one JSON list), atomically: shard 0 may be waiting for the file."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + f".tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
+    write_json(path, outputs, indent=None)
 
 
 def summarize(cells: Mapping[str, Mapping[str, Any]], checkpoint_id: str, selection: str,
@@ -275,12 +271,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
                     if not primary:
                         continue
                     outputs = sorted((o for part in parts for o in part), key=lambda o: o["index"])
-                    _write_json(results.shard_path(key, (0, 1)), outputs)  # the cell's predictions, once
+                    _write_shard(results.shard_path(key, (0, 1)), outputs)  # the cell's predictions, once
                 else:
                     path = results.shard_path(key, shard)
                     if not os.path.exists(path):
                         outs = evaluator.predict(task, n_shots, seed, selection, shard, max_queries)
-                        _write_json(path, outs)
+                        _write_shard(path, outs)
                     if not primary:
                         continue
                     outputs = _gather(results, key, shard[1], wait_timeout_s)
@@ -313,9 +309,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
     return out
 
 
-evaluate_row = evaluate  # flamingo_jax.ablate calls evaluate_row(config, workdir, tasks=..., shots=...)
-
-
 def _gather(results: Results, key: str, num_shards: int, timeout_s: float) -> list[dict]:
     deadline = time.time() + timeout_s
     outputs = []
@@ -336,13 +329,8 @@ def _gather(results: Results, key: str, num_shards: int, timeout_s: float) -> li
 def _define_flags():
     from ml_collections import config_flags
 
-    # Defined only if absent: some versions of flamingo_jax.train define them at import.
-    import flamingo_jax.train  # noqa: F401
-
-    if "config" not in flags.FLAGS:
-        config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
-    if "workdir" not in flags.FLAGS:
-        flags.DEFINE_string("workdir", None, "results go to WORKDIR/eval")
+    config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]", lock_config=True)
+    flags.DEFINE_string("workdir", None, "results go to WORKDIR/eval")
     flags.DEFINE_string("checkpoint", None, "training workdir whose newest checkpoint is evaluated")
     flags.DEFINE_list("tasks", None, "eval sets (config.data.eval_sets names or coco,vqav2,okvqa,msvdqa,vatex)")
     flags.DEFINE_list("shots", ["0", "4", "8", "16", "32"], "numbers of shots")
@@ -359,10 +347,10 @@ def _define_flags():
     flags.DEFINE_integer("max_queries", 0, "evaluate only the first N queries of each set (0 = all)")
     flags.DEFINE_integer("num_shards", None, "independent processes (no jax.distributed) sharing the queries")
     flags.DEFINE_integer("shard_index", None, "this independent process's shard")
-    if "coordinator_address" not in flags.FLAGS:  # the trainer's multi-process flags (flamingo_jax.cluster)
-        flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (jax.distributed)")
-        flags.DEFINE_integer("num_processes", None, "number of processes (jax.distributed)")
-        flags.DEFINE_integer("process_id", None, "this process's index (jax.distributed)")
+    # the trainer's multi-process flags (flamingo_jax.cluster)
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (jax.distributed)")
+    flags.DEFINE_integer("num_processes", None, "number of processes (jax.distributed)")
+    flags.DEFINE_integer("process_id", None, "this process's index (jax.distributed)")
 
 
 def main(argv):

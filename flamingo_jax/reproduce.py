@@ -38,8 +38,10 @@ from ml_collections import config_flags
 
 from flamingo_jax import config_files
 from flamingo_jax.config_files import load_config  # noqa: F401  (reproduce.load_config: tests/test_packaging)
-from flamingo_jax.ablate import WORLD_TO_DEV, enable_compilation_cache
-from flamingo_jax.ablations_table import DEV, SOTA, overall
+from flamingo_jax.ablate import enable_compilation_cache
+from flamingo_jax.ablations_table import overall
+from flamingo_jax.evaluation.paper_tables import DEV, SOTA, WORLD_TO_DEV
+from flamingo_jax.files import read_metrics, write_json
 
 STAGES = ("world", "pretrain_vision", "pretrain_lm", "train", "evaluate", "report")
 DEFAULT_SHOTS = (0, 4, 8, 16, 32)
@@ -64,10 +66,7 @@ class StageLog:
         info = dict(fn() or {})
         info["seconds"] = round(time.perf_counter() - t0, 1)
         self.done[name] = info
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.done, f, indent=1)
-        os.replace(tmp, self.path)
+        write_json(self.path, self.done, indent=1)
         print(f"[reproduce] {name}: done in {info['seconds']:.0f} s", flush=True)
         return info
 
@@ -126,17 +125,6 @@ def stage_evaluate(config: ml_collections.ConfigDict, workdir: str, shots: Seque
 
 
 # ---------------------------------------------------------------------------------------------- report
-
-
-def read_metrics(path: str) -> list[dict]:
-    """metrics.jsonl records by step (a resumed run's later lines win)."""
-    by_step: dict[int, dict] = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                rec = json.loads(line)
-                by_step[int(rec["step"])] = rec
-    return [by_step[s] for s in sorted(by_step)]
 
 
 def plot_losses(records: Sequence[Mapping[str, Any]], datasets: Sequence[str], path: str) -> None:
@@ -283,10 +271,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, stages: Mappin
                                                      for t, v in rices["scores"].items()},
             "overall": _json_number(rices_overall)
         }
-    path = os.path.join(workdir, "report.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(report, f, indent=1, allow_nan=False)
-    os.replace(path + ".tmp", path)
+    write_json(os.path.join(workdir, "report.json"), report, indent=1)  # no NaN in it: _json_number wrote null
     return dict(overall={s: round(v, 2) for s, v in overall_s.items()})
 
 

@@ -11,7 +11,8 @@ import os
 import pytest
 
 from flamingo_jax import ablate, ablations_table
-from flamingo_jax.ablate import AblationError, apply_row
+from flamingo_jax.ablation_rows import AblationError, apply_row
+from flamingo_jax.evaluation.paper_tables import SOTA, WORLD_TO_DEV
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -141,7 +142,7 @@ def _meta(names, paper_overall):
 
 def _scores(frac):
     """DEV scores equal to `frac` of each denominator, so the overall score is 100 * frac."""
-    return {k: frac * d for k, d in ablations_table.SOTA.items()}
+    return {k: frac * d for k, d in SOTA.items()}
 
 
 def test_summary_math():
@@ -296,7 +297,7 @@ def test_run_table_trains_and_evaluates_a_row_for_real(tmp_path):
     assert call == dict(shots=[ablate.EVAL_SHOTS], step=2, max_queries=1, batch_size=1)
     records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     assert records[-1]["step"] == 2
-    want = {ablate.WORLD_TO_DEV[t]: pytest.approx(10.0 * (i + 1)) for i, t in enumerate(sorted(ablate.WORLD_TO_DEV))}
+    want = {WORLD_TO_DEV[t]: pytest.approx(10.0 * (i + 1)) for i, t in enumerate(sorted(WORLD_TO_DEV))}
     result = json.load(open(run_dir / "result.json"))
     assert result["scores"] == want
     assert result["row"] == "baseline" and result["seed"] == config.base.seed

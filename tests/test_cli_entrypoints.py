@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from flamingo_jax import ablate, reproduce
+from flamingo_jax import ablate, ablation_rows, reproduce
 from flamingo_jax.data import preview
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +54,7 @@ def test_ablate_config_override_reaches_run_table(tmp_path, monkeypatch):
     ]) == 0
     ((config, *_), ) = calls
     assert config.base.total_steps == 13 and config.base.optimizer.lr == 0.5
-    assert ablate.apply_row(config.base, config.rows.no_video).total_steps == 13  # every row starts from it
+    assert ablation_rows.apply_row(config.base, config.rows.no_video).total_steps == 13  # every row starts from it
     with pytest.raises(SystemExit) as e:  # an unknown field is an error, not a silent no-op
         ablate.main(["--config", f"{ABLATIONS}:table3", "--config.base.no_such_field=1", "--workdir", str(tmp_path)])
     assert e.value.code == 2

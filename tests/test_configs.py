@@ -1,6 +1,5 @@
 """Experiment configs: paper shapes and parameter counts (Table 5), strict overrides, the params tool."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from flamingo_jax.config_files import load_config
 from flamingo_jax.tools.params import count_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,10 +21,7 @@ TABLE5 = {
 
 
 def load_experiment(name: str, arg: str | None = None):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_config(f"{name}:{arg}" if arg else name, folder=str(ROOT / "experiments"))
 
 
 @pytest.fixture(scope="module")

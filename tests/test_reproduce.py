@@ -15,7 +15,8 @@ import pytest
 
 from flamingo_jax import reproduce
 from flamingo_jax.config_files import load_config
-from flamingo_jax.ablate import WORLD_TO_DEV
+from flamingo_jax.evaluation.paper_tables import SOTA, WORLD_TO_DEV
+from flamingo_jax.files import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(
@@ -56,7 +57,7 @@ def test_every_stage_ran_and_wrote_its_outputs(run):
                  "train/metrics.jsonl", "train/eval/results.json", "report.md", "report.json", "loss_curves.png",
                  "score_vs_shots.png"):
         assert os.path.isfile(os.path.join(workdir, path)), path
-    records = reproduce.read_metrics(os.path.join(workdir, "train", "metrics.jsonl"))
+    records = read_metrics(os.path.join(workdir, "train", "metrics.jsonl"))
     assert records[-1]["step"] == config.total_steps
     for name in config.data.mixture:
         assert f"loss/{name}" in records[-1]
@@ -109,7 +110,7 @@ def test_report_puts_every_score_in_its_own_cell(tmp_path):
     assert [r["task (DEV analogue)"] for r in rows] == [f"{t} ({WORLD_TO_DEV[t]})" for t in tasks] + ["**overall**"]
     for t, r in zip(tasks, rows):
         assert {s: r[f"{s}-shot"] for s in ("0", "4")} == {s: f"{v:.1f}" for s, v in scores[t].items()}, t
-    sota = reproduce.SOTA
+    sota = SOTA
     want = {s: sum(100.0 * scores[t][s] / sota[WORLD_TO_DEV[t]] for t in tasks) / len(tasks) for s in ("0", "4")}
     assert {s: rows[-1][f"{s}-shot"] for s in ("0", "4")} == {s: f"{v:.1f}" for s, v in want.items()}
     rices = {r["task"]: r for r in _table(report, "| task | random | RICES |")}

@@ -139,14 +139,11 @@ def test_only_seeds_of_one_experiment_batch():
 
 
 def test_ablate_batches_a_rows_seeds(tmp_path):
-    import importlib.util
     import os
 
-    spec = importlib.util.spec_from_file_location(
-        "_abl", os.path.join(os.path.dirname(__file__), "..", "experiments", "ablations.py"))
-    abl = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(abl)
-    config = abl.get_config("table3")
+    from flamingo_jax.config_files import load_config, parse_flags
+
+    config = load_config(os.path.join(os.path.dirname(__file__), "..", "experiments", "ablations.py") + ":table3")
     singles, batches = [], []
 
     def runner(cfg, run_dir):
@@ -167,4 +164,8 @@ def test_ablate_batches_a_rows_seeds(tmp_path):
     ablate.run_table(config, str(tmp_path / "b"), ["baseline"], seeds=2, runner=runner, seeds_runner=seeds_runner,
                      seed_batching=False)
     assert singles == [base + 3, base, base + 1] and len(batches) == 2
-    assert ablate.parse_bool("false") is False and ablate.parse_bool("True") is True
+    # the flag: --seed_batching=false / --noseed_batching off, on by default (absl's boolean flag)
+    spec = os.path.join(os.path.dirname(__file__), "..", "experiments", "ablations.py")
+    for given, want in (([], True), (["--seed_batching=false"], False), (["--noseed_batching"], False)):
+        f, _ = parse_flags("ablate", "", ["--config", spec, "--workdir", "w", *given], ablate.define_flags)
+        assert f.seed_batching is want

@@ -62,13 +62,11 @@ def set_gates(params, value: float):
 
 def tiny_train_config(mixture=("m3w", "align"), total_steps: int = 3, mesh=(-1, 1, 1), mode: str = "accumulate"):
     """experiments/tiny.py on synthetic batches (no files), small enough to compile in seconds."""
-    import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("tiny_exp", Path(__file__).parents[1] / "experiments" / "tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    from flamingo_jax.config_files import load_config
+
+    config = load_config(str(Path(__file__).parents[1] / "experiments" / "tiny.py"))
     config.data.source = "synthetic"
     config.data.mode = mode
     config.data.mixture = list(mixture)
