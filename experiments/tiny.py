@@ -16,8 +16,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.xattn.kind = a.xattn_kind
     config.model.resampler.kind = a.resampler
     config.seed = 0
-    data = tiny_data_config()
-    config.model.vision.image_size = data.image_size
+    data = tiny_data_config()  # its image_size follows config.model.vision's (configs.link_image_size)
     configs.add_training(config, data, total_steps=20, log_every=5, warmup_steps=10)
     config.optimizer.lr = 1e-3
     return configs.finalize(config)

@@ -73,6 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         if a.vision == "nfnet":
             tiny.model.vision = vision_config("nfnet", "tiny", image_size=tiny.model.vision.image_size,
                                               strides=(1, 1, 1, 2))
+            configs.link_image_size(tiny)
         elif a.vision != "vit":
             raise ValueError(f"experiments/world.py: vision={a.vision!r}: use 'vit' or 'nfnet'")
         # the tower's contrastive pretraining pairs: how many, and the share whose text only names the creatures

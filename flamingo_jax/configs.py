@@ -106,6 +106,7 @@ def add_training(config: ml_collections.ConfigDict, data: ml_collections.ConfigD
     config.trainable = list(optim.DEFAULT_TRAINABLE)
     config.optimizer = optim.optimizer_config(warmup_steps=warmup_steps)
     config.data = data
+    link_image_size(config)
     config.microbatches = ml_collections.ConfigDict({name: 1 for name in data.datasets})
     config.loss = ml_collections.ConfigDict(dict(normalization="sequence"))
     config.guard = guard.guard_config()  # health check, loss spikes, rollback (flamingo_jax.guard)
@@ -121,6 +122,17 @@ def add_training(config: ml_collections.ConfigDict, data: ml_collections.ConfigD
     # sum log p / length ** length_penalty.
     config.evaluation = ml_collections.ConfigDict(dict(num_beams=3, length_penalty=0.0))
     return config
+
+
+def link_image_size(config: ml_collections.ConfigDict) -> None:
+    """config.data.image_size becomes a reference to config.model.vision.image_size: the pipeline resizes
+    images to the vision encoder's input resolution (paper Section 3.1, Appendix B.1.2: 320 for the NFNet-F6,
+    224 for a CLIP ViT), so the encoder's field is the one source of truth and an override of either field
+    (`--config.model.vision.image_size=288`) sets both. Call it again after replacing config.model.vision
+    (config unlocked)."""
+    if "image_size" in config.data:  # replaced, not set: setting a reference field would chain the references
+        del config.data["image_size"]
+    config.data.image_size = config.model.vision.get_ref("image_size")
 
 
 def paper_experiment(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -139,7 +151,6 @@ def paper_experiment(size: str, arg: str | None = None) -> ml_collections.Config
     config.model.remat = a.remat
     config.seed = 0
     data = (real_data_config(a.manual_dir, a.data_dir, a.tokenizer) if a.manual_dir else default_data_config())
-    data.image_size = config.model.vision.image_size
     for name, batch in (("m3w", 256), ("align", 512), ("ltip", 512), ("vtp", 64)):
         data.datasets[name].batch_size = batch
     add_training(config, data, total_steps=500_000, log_every=100, warmup_steps=5000)

@@ -88,3 +88,17 @@ def test_every_experiment_trains_the_papers_per_sequence_objective_by_default():
     config.loss.normalization = "token"  # the command line's --config.loss.normalization=token
     with pytest.raises(AttributeError):
         config.loss.normalisation = "token"
+
+
+@pytest.mark.parametrize("spec", ["tiny", "world", "world:vision=nfnet", "flamingo_3b", "flamingo_9b:vision=vit:L/14"])
+def test_data_image_size_follows_the_vision_encoder(spec):
+    from flamingo_jax.configs import seeded
+
+    name, _, arg = spec.partition(":")
+    config = load_experiment(name, arg or None)
+    assert config.data.image_size == config.model.vision.image_size
+    config = seeded(config, 1)  # a deep copy keeps the link
+    config.model.vision.image_size = 48  # what --config.model.vision.image_size=48 does
+    assert config.data.image_size == 48
+    config.data.image_size = 40  # and the other way round: one field
+    assert config.model.vision.image_size == 40
