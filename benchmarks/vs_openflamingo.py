@@ -3,7 +3,7 @@
     python benchmarks/vs_openflamingo.py [--presets tiny,small,wide] [--rounds 3] \
         [--peer-python ~/.cache/fj-peer/venv/bin/python] [--peer-script ../shared/peer/tiny_of.py]
 
-The protocol of shared/docs/performance.md: per round and preset, run benchmarks/train_step.py and the peer's
+The protocol: per round and preset, run benchmarks/train_step.py and the peer's
 tiny_of.py (OpenFlamingo 2.0.1, same preset, `--lm llama`) one after the other, alternating which goes first
 from round to round; each run is a fresh process. The machine's speed drifts between runs (the matmul probe in
 each of our lines shows it), so the summary reports, per preset, the median of our step, the median of

@@ -57,8 +57,9 @@ def paper_model_config(size: str, *, xattn_every: int | None = None, scan_layers
     The LM is Chinchilla-like: pre-norm RMSNorm, GELU FFW of width 4D with two matrices, rotary positions
     (the stand-in for relative positions), untied 32k embeddings. Cross-attention keys/values project from
     the resampler width (1536, the NFNet's last stage) rather than from the LM width: the visual tokens are
-    1536-wide and projecting from them is the smaller choice (spec section 1). Precision as in the paper:
-    bf16 activations and frozen params, fp32 trainable params.
+    1536-wide and projecting from them is the smaller choice (paper Section 2.1 and Appendix B.1.2: the
+    Perceiver Resampler's outputs are the keys and values of every GATED XATTN-DENSE layer). Precision as in
+    the paper: bf16 activations and frozen params, fp32 trainable params.
     """
     if size not in PAPER_SIZES:
         raise ValueError(f"unknown Flamingo size {size!r}: choose one of {sorted(PAPER_SIZES)}")
