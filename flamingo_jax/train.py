@@ -24,7 +24,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator
 
 import flax.linen as nn
 import jax
@@ -34,9 +34,15 @@ import optax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from flamingo_jax import checkpoint, cluster, guard as guard_lib, models, optim, sharding
+from flamingo_jax import checkpoint, cluster, guard as guard_lib, models, sharding
+from flamingo_jax.metrics_log import MetricsLog
+from flamingo_jax.preemption import Preemption
 from flamingo_jax.progress import Progress
-from flamingo_jax.train_step import MODEL_INPUTS, check_normalization, init_state, make_train_step
+from flamingo_jax.run_checks import check_config, check_vocabulary
+from flamingo_jax.train_step import MODEL_INPUTS, check_normalization, make_train_step
+# Moved to flamingo_jax.train_state (the one train-state builder); importable from here until every caller switches.
+from flamingo_jax.train_state import InitialRun, dummy_inputs, init_params, load_pretrained  # noqa: F401
+from flamingo_jax.train_state import initial_state, make_key, param_targets  # noqa: F401
 
 
 def define_flags() -> dict:
@@ -60,92 +66,6 @@ def define_flags() -> dict:
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (e.g. too many non-finite steps in a row)."""
-
-
-def dummy_inputs(model_config: ml_collections.ConfigDict) -> tuple:
-    """The smallest inputs that trace the model (its params do not depend on their sizes). Host numpy: traced
-    as constants, so building params moves nothing to a device (runs under JAX_TRANSFER_GUARD=disallow)."""
-    s = model_config.vision.image_size
-    return (np.zeros((1, 2), np.int32), np.zeros((1, 1, 1, s, s, 3), np.float32), np.ones((1, 1), bool))
-
-
-def make_key(seed: int, fold: int | None = None) -> jax.Array:
-    """jax.random.key(seed) (folded with `fold`) made inside a jitted program: the seed is a compile-time
-    constant, so no host-to-device transfer (jax.random.key(int) outside jit is one, refused under
-    JAX_TRANSFER_GUARD=disallow)."""
-    if fold is None:
-        return jax.jit(jax.random.key, static_argnums=0)(int(seed))
-    return jax.jit(lambda: jax.random.fold_in(jax.random.key(int(seed)), int(fold)))()
-
-
-def param_targets(model: nn.Module, model_config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict:
-    """The param tree as jax.ShapeDtypeStructs carrying their shardings on `mesh`, from shapes only: restore
-    targets (flamingo_jax.checkpoint.restore_params reads each array straight into its sharding)."""
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs(model_config)))["params"]
-    shardings = sharding.tree_shardings(boxed, mesh)
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.meta.unbox(boxed),
-                        shardings)
-
-
-def init_params(model: nn.Module, model_config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rng: jax.Array,
-                skip: tuple[str, ...] = ()) -> tuple[dict, dict, dict]:
-    """Params initialised straight into their shardings, never whole on one host.
-
-    Subtrees named in `skip` (to be loaded from pretrained files) are not initialised at all: the jitted
-    init only returns the others, so XLA drops their initialisers. Returns (params, shardings, abstract
-    params as ShapeDtypeStructs)."""
-    inputs = dummy_inputs(model_config)
-    abstract = jax.eval_shape(lambda r: model.init(r, *inputs), rng)["params"]
-    shardings = sharding.tree_shardings(abstract, mesh)
-    keep = {k: v for k, v in shardings.items() if k not in skip}
-
-    def init(r):
-        params = nn.meta.unbox(model.init(r, *inputs))["params"]
-        return {k: v for k, v in params.items() if k not in skip}
-
-    return jax.jit(init, out_shardings=keep)(rng), shardings, nn.meta.unbox(abstract)
-
-
-def load_pretrained(config: ml_collections.ConfigDict, shardings: dict, abstract: dict) -> dict:
-    """Frozen subtrees from converted checkpoints (config.pretrained.<subtree> = path), restored straight into
-    their shardings and the configured param dtype. A checkpoint whose shapes differ from the model's
-    (e.g. config.model.lm not taken from the converted config) is an error naming both."""
-    out = {}
-    for name, path in config.pretrained.items():
-        if not path:
-            continue
-        from flamingo_jax.convert import load_converted  # only needed with pretrained weights
-
-        dtype = jax.tree.leaves(abstract[name])[0].dtype
-        subtree, _ = load_converted(path, shardings=shardings[name], dtype=dtype)
-        want = jax.tree.map(lambda x: x.shape, abstract[name])
-        got = jax.tree.map(lambda x: x.shape, subtree)
-        if want != got:
-            raise ValueError(f"pretrained {name} at {path} does not match config.model.{name}: use the config "
-                             f"written by flamingo_jax.convert ({path}/config.json)")
-        out[name] = subtree
-    return out
-
-
-def check_vocabulary(config: ml_collections.ConfigDict, data: Any) -> None:
-    """The model's token ids and the frozen LM's against the data's vocabulary. An LM pretrained under another
-    vocabulary reads every id as another token and nothing fails (the world LM read under a re-drawn world's
-    vocabulary scored 6.45 nats per token against 0.79), so a mismatch is an error naming the fix. The LM
-    pretraining records its vocabulary's fingerprint (flamingo_jax.pretrain.lm); converted LMs record none."""
-    vocab = getattr(data, "vocab", None)
-    if vocab is None:  # synthetic data: token ids only
-        return
-    m = config.model
-    data.check_model_vocab(m.lm.vocab_size, m.image_token_id, m.eoc_token_id)
-    path = config.pretrained.get("lm", "") if "pretrained" in config else ""
-    if path:
-        from flamingo_jax.convert.store import read_manifest
-
-        want = (read_manifest(path).get("source") or {}).get("vocab_sha256")
-        if want and want != vocab.fingerprint():
-            raise ValueError(f"the frozen LM at {path} was pretrained under another vocabulary (fingerprint "
-                             f"{want[:12]}..., config.data.vocab gives {vocab.fingerprint()[:12]}...): point "
-                             "config.data.vocab at the vocabulary it was pretrained with, or pretrain the LM again")
 
 
 def make_data_iterator(config: ml_collections.ConfigDict, process_index: int, process_count: int) -> Iterator:
@@ -187,17 +107,6 @@ def to_global(batches: dict, mesh: jax.sharding.Mesh) -> dict:
     return {name: {k: one(b[k]) for k in (*MODEL_INPUTS, "targets", "loss_mask")} for name, b in batches.items()}
 
 
-class InitialRun(NamedTuple):
-    """initial_state's result: a fresh run's train state, its frozen params, the optimizer and its schedule, and
-    the pretrained subtrees it loaded (to pass on to another seed's initial_state: one load for every seed)."""
-
-    state: dict
-    frozen: dict
-    tx: Any
-    schedule: Any
-    pretrained: dict
-
-
 def mesh_and_model(config: ml_collections.ConfigDict) -> tuple[jax.sharding.Mesh, nn.Module]:
     """The run's mesh and model, after the config checks every run makes (batches divide over the mesh,
     the data's image size is the model's, loss.normalization is known)."""
@@ -209,23 +118,6 @@ def mesh_and_model(config: ml_collections.ConfigDict) -> tuple[jax.sharding.Mesh
         raise ValueError(f"config.data.image_size {config.data.image_size} != config.model.vision.image_size "
                          f"{config.model.vision.image_size}: set them equal")
     return mesh, models.build(config.model)
-
-
-def initial_state(config: ml_collections.ConfigDict, model: nn.Module, mesh: jax.sharding.Mesh,
-                  pretrained: dict | None = None) -> InitialRun:
-    """The state of a fresh run of config.seed: params initialised from jax.random.key(config.seed) (the
-    config.pretrained subtrees loaded instead, or taken from `pretrained` when given), split into trainable
-    and frozen; the train state holds the trainable params, AdamW's state and the rng fold_in(key, 1)."""
-    rng = make_key(config.seed)
-    pretrained_names = tuple(k for k, v in config.pretrained.items() if v)
-    params, shardings, abstract = init_params(model, config.model, mesh, rng, skip=pretrained_names)
-    if pretrained is None:
-        pretrained = load_pretrained(config, shardings, abstract)
-    params.update(pretrained)
-    trainable, frozen = optim.partition(params, config.trainable)
-    tx, schedule = optim.make_optimizer(config.optimizer, trainable, config.total_steps)
-    state = jax.jit(lambda t, r: init_state(t, tx, r))(trainable, make_key(config.seed, fold=1))
-    return InitialRun(state, frozen, tx, schedule, pretrained)
 
 
 def make_step(config: ml_collections.ConfigDict, model: nn.Module, tx: Any, schedule: Any):
@@ -289,104 +181,6 @@ class Trainer:
         return cache[key]
 
 
-class MetricsLog:
-    """metrics.jsonl + TensorBoard event files, written by process 0 only.
-
-    The event files are written with tensorboardX, not clu's metric writers: clu.metric_writers imports
-    TensorFlow when imported (its SummaryWriter is tf.summary), and a base install trains without TensorFlow
-    (pyproject.toml); tensorboardX writes the same event files with protobuf alone."""
-
-    def __init__(self, workdir: str, total_steps: int):
-        del total_steps  # the progress line and its rate are flamingo_jax.progress's (in the training loop)
-        self.primary = jax.process_index() == 0
-        self.writer = None
-        if self.primary:
-            from tensorboardX import SummaryWriter
-
-            self.writer = SummaryWriter(workdir)
-        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.primary else None
-
-    def write(self, step: int, scalars: dict) -> None:
-        if self.writer is not None:
-            for name, value in scalars.items():
-                self.writer.add_scalar(name, value, step)
-        if self.jsonl:
-            self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-            self.jsonl.flush()
-
-    def close(self) -> None:
-        """Flushes and closes both (a full disk here is reported by the caller, not again)."""
-        try:
-            if self.writer is not None:
-                self.writer.close()
-        except Exception:  # noqa: BLE001 - e.g. ENOSPC while flushing; the run's error says what failed
-            logging.warning("closing the TensorBoard writer failed", exc_info=False)
-        if self.jsonl:
-            try:
-                self.jsonl.close()
-            except OSError:
-                pass
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """The config errors a user can make, found before anything is built or written: ValueError, one line."""
-    if config is None:
-        raise ValueError("no config: pass --config experiments/<name>.py[:arg]")
-
-    def positive(name: str, value, zero_ok: bool = False) -> None:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (value == 0 and not zero_ok):
-            raise ValueError(f"config.{name} must be {'>= 0' if zero_ok else '> 0'}, not {value!r}")
-
-    positive("total_steps", config.total_steps)
-    positive("log_every", config.log_every)
-    positive("checkpoint_every", config.get("checkpoint_every", 0), zero_ok=True)
-    positive("checkpoint_every_minutes", config.get("checkpoint_every_minutes", 0.0), zero_ok=True)
-    positive("checkpoint_keep", config.get("checkpoint_keep", 3))
-    positive("checkpoint_keep_every", config.get("checkpoint_keep_every", 0), zero_ok=True)
-    positive("optimizer.lr", config.optimizer.lr, zero_ok=True)
-    check_normalization(config.loss.normalization)
-    guard_lib.check(guard_lib.resolve(config))
-    for name in config.data.mixture:
-        if name not in config.data.datasets:
-            raise ValueError(f"config.data.mixture names {name!r}, which config.data.datasets lacks")
-        positive(f"data.datasets.{name}.batch_size", config.data.datasets[name].batch_size)
-    for name, path in config.pretrained.items():
-        if path and not os.path.exists(path):
-            raise ValueError(f"config.pretrained.{name}: {path} does not exist (convert one with "
-                             f"python -m flamingo_jax.convert, or set it to '' to initialise randomly)")
-        if path:
-            check_pretrained_architecture(name, path, config.model[name])
-
-
-# The fields that fix a tower's parameter shapes; a converted tower must agree with the config on them.
-ARCHITECTURE_FIELDS = ("kind", "family", "width", "layers", "heads", "patch_size", "image_size", "d_model",
-                       "num_layers", "num_heads", "num_kv_heads", "d_ff", "vocab_size", "widths", "depths")
-
-
-def check_pretrained_architecture(name: str, path: str, model_part: ml_collections.ConfigDict) -> None:
-    """ValueError naming the first field where the converted tower at `path` (its config.json, written by
-    flamingo_jax.convert) differs from config.model.<name>: e.g. an open_clip ViT-L/14 given to the paper
-    configs' default NFNet-F6, which would otherwise fail later as a shape error deep in the restore."""
-    from flamingo_jax.convert.store import read_manifest
-
-    try:
-        stored = read_manifest(path).get("config") or {}
-    except (OSError, ValueError):
-        return  # not a converted directory: the restore reports it
-    stored = stored.get(name, stored) if isinstance(stored, dict) else {}
-    for field in ARCHITECTURE_FIELDS:
-        if field in stored and field in model_part:
-            want, got = model_part[field], stored[field]
-            if isinstance(want, (tuple, list)) or isinstance(got, (tuple, list)):
-                want, got = list(want), list(got)
-            if want != got:
-                hint = (f" (e.g. add :vision={stored.get('kind')}:<size> to the config arg, as "
-                        f"experiments/flamingo_*.py take vision=vit:L/14)" if name == "vision" else "")
-                raise ValueError(f"config.pretrained.{name}: {path} holds a tower with {field}={got!r} but "
-                                 f"config.model.{name}.{field} is {want!r}; use the config of the converted "
-                                 f"tower{hint}")
-
-
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs config.total_steps updates, resuming from workdir's newest intact checkpoint; returns the last
     logged scalars. SIGTERM / SIGINT finish the current step, save a checkpoint and return early (the
@@ -395,14 +189,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     check_config(config)  # before the workdir exists
     mesh_and_model(config)  # a mesh or a batch that does not fit the devices: also before anything is written
     os.makedirs(workdir, exist_ok=True)
-    preempt = checkpoint.Preemption()  # from the start: a signal while compiling still ends with a save
+    preempt = Preemption()  # from the start: a signal while compiling still ends with a save
     try:
         return _train(config, workdir, preempt)
     finally:
         preempt.restore_handlers()
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, preempt: checkpoint.Preemption) -> dict:
+def _train(config: ml_collections.ConfigDict, workdir: str, preempt: Preemption) -> dict:
     trainer = Trainer.create(config)
     data = make_data_iterator(config, jax.process_index(), jax.process_count())
     ckpt = checkpoint.Checkpoints(workdir, config, trainer.mesh)

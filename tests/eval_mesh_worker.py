@@ -27,7 +27,7 @@ def main():
     assert jax.config.jax_transfer_guard == "disallow", "run with JAX_TRANSFER_GUARD=disallow"
     from flamingo_jax import sharding
     from flamingo_jax.evaluation import decoding, harness, prompts
-    from flamingo_jax.train import dummy_inputs
+    from flamingo_jax.train_state import dummy_inputs
     with jax.transfer_guard("allow"):
         import tiny  # makes a key at import
 

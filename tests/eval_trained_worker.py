@@ -78,7 +78,7 @@ def main():
 
     assert jax.config.jax_transfer_guard == "disallow", "run with JAX_TRANSFER_GUARD=disallow"
     from flamingo_jax import ablate, checkpoint, evaluate, models, sharding
-    from flamingo_jax.train import param_targets
+    from flamingo_jax.train_state import param_targets
 
     config = config_for(args.data_dir, (1, 4, 2))
     tasks = args.tasks.split(",") if args.tasks else list(config.data.eval_sets)
@@ -90,7 +90,7 @@ def main():
                   flush=True)
         return
 
-    host, step = checkpoint.load_params(None, args.train_dir)  # the reference: read whole to host numpy
+    host, _, step, _ = checkpoint.read_workdir(args.train_dir)  # the reference: read whole to host numpy
     gates = [
         float(np.max(np.abs(x))) for path, x in jax.tree_util.tree_flatten_with_path(host)[0]
         if str(path[-1].key).endswith("_gate")

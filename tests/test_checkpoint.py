@@ -27,7 +27,7 @@ import numpy as np
 import optax
 import pytest
 
-from flamingo_jax import checkpoint
+from flamingo_jax import checkpoint, train_state
 from flamingo_jax.train_step import init_state
 
 ROOT = Path(__file__).parents[1]
@@ -187,7 +187,7 @@ def test_frozen_params_from_a_converted_checkpoint_are_referenced_and_checked(tm
 
 
 def _print_bytes(name: str, config, capsys) -> None:
-    b = checkpoint.checkpoint_bytes(config)
+    b = train_state.checkpoint_bytes(config)
     # trainable fp32 + 2 Adam moments (+ a few counters and the rng): about 3x the trainable bytes
     assert 3 * b["trainable_params"] <= b["step_checkpoint"] < 3 * b["trainable_params"] + 1024
     assert b["full_tree"] == b["step_checkpoint"] + b["frozen_params"]
@@ -204,7 +204,7 @@ def test_bytes_per_step_checkpoint_tiny(capsys):
 
 BYTES_3B_SCRIPT = r"""
 import importlib.util, json
-from flamingo_jax.checkpoint import checkpoint_bytes
+from flamingo_jax.train_state import checkpoint_bytes
 spec = importlib.util.spec_from_file_location("exp3b", "experiments/flamingo_3b.py")
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
@@ -393,7 +393,7 @@ def test_export_writes_one_self_contained_checkpoint(runs, tmp_path):
     _, b, _ = runs
     main(["--workdir", str(b), "--out", str(tmp_path / "export")])
     params, config = load_exported(str(tmp_path / "export"), verify=True)
-    _assert_tree_equal(params, checkpoint.load_params(None, str(b))[0])  # the evaluation entry point
+    _assert_tree_equal(params, checkpoint.read_workdir(str(b))[0])  # the evaluation entry point
     assert config.total_steps == SMALL["total_steps"] and config.model.lm.num_layers == 1
     trainable, frozen = optim.partition(params, list(config.trainable))
     _assert_tree_equal(trainable, _final_trainable(b, SMALL["total_steps"]))
@@ -467,7 +467,7 @@ def test_checkpoint_bytes_are_the_bytes_of_what_the_trainer_saves(runs):
     state = _restore_raw(a / "checkpoints" / str(SMALL["total_steps"]) / "state")
     frozen = _restore_raw(a / "frozen" / "params")
     with jax.default_prng_impl(_env()["JAX_DEFAULT_PRNG_IMPL"]):  # the runs' PRNG: its key data is in the state
-        b = checkpoint.checkpoint_bytes(small_config(**SMALL))
+        b = train_state.checkpoint_bytes(small_config(**SMALL))
     assert b["step_checkpoint"] == nbytes(state)
     assert b["trainable_params"] == nbytes(state["trainable"])
     assert b["optimizer_state"] == nbytes(state["opt_state"])

@@ -27,6 +27,7 @@ import optax
 import pytest
 
 from flamingo_jax import checkpoint
+from flamingo_jax.checkpoint import data_state
 from flamingo_jax.train import TrainingError, train
 from flamingo_jax.train_step import init_state
 from tiny import tiny_train_config
@@ -260,7 +261,7 @@ def test_an_injected_enospc_in_the_async_save_is_one_line_and_keeps_the_last_che
     async def full(self, x, directory):
         raise OSError(errno.ENOSPC, "No space left on device", str(directory))
 
-    monkeypatch.setattr(checkpoint.DataStateHandler, "_save_fn", full)
+    monkeypatch.setattr(data_state.DataStateHandler, "_save_fn", full)
     ck.save(4, _toy_state(4.0), {"step": 4})
     deadline = time.monotonic() + 60
     with pytest.raises(checkpoint.CheckpointError) as err:

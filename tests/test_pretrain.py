@@ -104,7 +104,7 @@ def _stage(kind, model, steps, **kw):
 def _plug(model_config, **paths):
     """The trainer's own loading path: init without the pretrained subtrees, then load_pretrained."""
     from flamingo_jax import models, sharding
-    from flamingo_jax.train import init_params, load_pretrained
+    from flamingo_jax.train_state import init_params, load_pretrained
 
     config = ml_collections.ConfigDict(dict(model=model_config, pretrained={"vision": "", "lm": "", **paths}))
     mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1)))
@@ -124,7 +124,7 @@ def test_pretrain_vision_learns_saves_and_plugs_in(tmp_path, flamingo_config):
     assert manifest["kind"] == "vision" and "text" in manifest["ignored"]
     params, cfg = load_converted(path)
     assert _as_json(cfg) == _as_json(flamingo_config.vision)
-    assert not os.path.exists(os.path.join(out, common.STATE_FILE))  # finished: no resumable state left
+    assert not os.path.exists(os.path.join(out, common.CHECKPOINTS))  # finished: no resumable state left
     # the trainer's loading path checks every shape against the Flamingo model's (the LM test runs a forward)
     _, merged = _plug(flamingo_config, vision=path)
     for a, b in zip(jax.tree.leaves(merged["vision"]), jax.tree.leaves(params)):
@@ -152,7 +152,7 @@ def test_pretrain_lm_learns_resumes_and_plugs_in(tmp_path, flamingo_config):
 
     with pytest.raises(KeyboardInterrupt):
         pretrain.pretrain_lm(_stage("lm", lm_cfg, 10, save_every=5), part, batches=interrupted())
-    assert os.path.exists(os.path.join(part, common.STATE_FILE)) and not pretrain.is_done(part)
+    assert os.listdir(os.path.join(part, common.CHECKPOINTS)) == ["5"] and not pretrain.is_done(part)
     path = pretrain.pretrain_lm(_stage("lm", lm_cfg, 10, save_every=5), part, batches=_text_batches(5))
     rows = _rows(part)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6, 7, 6, 7, 8, 9, 10]  # not a restart from step 0

@@ -12,8 +12,9 @@ config fields (`pretrain_config`):
   text          vision only: the text tower (width, layers, heads, embed_dim, max_len)
   init_temperature  vision only: initial softmax temperature (CLIP: 0.07; learnt, 1/100 at the least)
 
-Workdir layout: metrics.jsonl (one line per log step), train_state.msgpack + data_state.json (while training;
-deleted once the result is saved), and the result itself in flamingo_jax.convert's format (config.json +
+Workdir layout: metrics.jsonl and TensorBoard event files (flamingo_jax.metrics_log), checkpoints/ (Orbax step
+checkpoints of the train state and the data iterator's state, as the Flamingo trainer writes them; deleted once
+the result is saved), and the result itself in flamingo_jax.convert's format (config.json +
 params/), so `config.pretrained.<kind> = workdir` loads it in the trainer unchanged.
 """
 
@@ -22,20 +23,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from typing import Any, Callable, Iterator
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax import serialization
 
+from flamingo_jax.files import read_metrics
 from flamingo_jax.progress import Progress
 
-STATE_FILE = "train_state.msgpack"
-DATA_STATE_FILE = "data_state.json"
+CHECKPOINTS = "checkpoints"  # the resumable step checkpoints (flamingo_jax.checkpoint), removed once the tower is saved
 
 
 def pretrain_config(kind: str, model: ml_collections.ConfigDict, data: ml_collections.ConfigDict,
@@ -122,61 +122,51 @@ def make_iterator(c: ml_collections.ConfigDict) -> Any:
     return make_mixture_iterator(c.data, {c.dataset: bs}, seed=int(c.seed), names=[c.dataset])
 
 
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
-
-
-def save_state(workdir: str, state: dict, data_state: Any) -> None:
-    """Atomically writes the train state (params, optimizer state, step) and the data iterator's state."""
-    tmp = os.path.join(workdir, STATE_FILE + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(serialization.to_bytes(jax.device_get(state)))
-    if data_state is not None:
-        _write_json(os.path.join(workdir, DATA_STATE_FILE), data_state)
-    os.replace(tmp, os.path.join(workdir, STATE_FILE))
-
-
-def restore_state(workdir: str, target: dict) -> tuple[dict, Any] | None:
-    path = os.path.join(workdir, STATE_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path, "rb") as f:
-        state = serialization.from_bytes(jax.device_get(target), f.read())
-    data_state = None
-    dpath = os.path.join(workdir, DATA_STATE_FILE)
-    if os.path.isfile(dpath):
-        with open(dpath) as f:
-            data_state = json.load(f)
-    return state, data_state
-
-
 def run_loop(c: ml_collections.ConfigDict, workdir: str, init_params: dict, loss_fn: Callable, batches: Iterator[dict],
              *, data_iter: Any = None, name: str = "pretrain") -> dict:
-    """Trains `init_params` for c.steps with AdamW; resumes from workdir's train state. Returns final params.
+    """Trains `init_params` for c.steps with AdamW and returns the final params (host numpy).
 
-    loss_fn(params, batch) -> (loss, aux dict of scalars); batch: the numpy batch of the stage's dataset."""
+    loss_fn(params, batch) -> (loss, aux dict of scalars); batch: the numpy batch of the stage's dataset.
+    Runs on the Flamingo trainer's parts, so a pretraining workdir behaves like a training one: the same train
+    state (train_step.init_state: step, params as `trainable`, the optimizer state, rng, counters) saved as
+    Orbax step checkpoints with the data iterator's state and checksums (flamingo_jax.checkpoint.Checkpoints,
+    every c.save_every steps), the same logs (flamingo_jax.metrics_log: metrics.jsonl and TensorBoard) and the
+    same SIGTERM / SIGINT handling (flamingo_jax.preemption: the step finishes, a checkpoint is saved, the run
+    stops). A rerun resumes from the newest intact step checkpoint."""
+    from flamingo_jax.checkpoint import Checkpoints
+    from flamingo_jax.metrics_log import MetricsLog
+    from flamingo_jax.preemption import Preemption
+    from flamingo_jax.train_state import make_key
+    from flamingo_jax.train_step import init_state
+
     os.makedirs(workdir, exist_ok=True)
     tx = make_optimizer(c)
-    state = dict(params=init_params, opt_state=tx.init(init_params), step=jnp.zeros((), jnp.int32))
-    restored = restore_state(workdir, state)
+    state = jax.jit(lambda p, r: init_state(p, tx, r))(init_params, make_key(int(c.seed)))
+    ckpt = Checkpoints(
+        workdir,
+        ml_collections.ConfigDict(
+            dict(checkpoint_every=int(c.save_every), checkpoint_keep=1, checkpoint_async=False, stage=c.to_dict())))
+    restored = ckpt.restore(state)
     if restored is not None:
-        state, data_state = restored
-        if data_state is not None and data_iter is not None:
-            data_iter.set_state(data_state)
-        print(f"[{name}] resumed at step {int(state['step'])}", flush=True)
+        state = restored.state
+        if restored.data_state is not None and data_iter is not None:
+            data_iter.set_state(restored.data_state)
+        print(f"[{name}] resumed at step {restored.step}", flush=True)
 
     @jax.jit
     def step_fn(state, batch):
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["trainable"], batch)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["trainable"])
+        params = optax.apply_updates(state["trainable"], updates)
         aux = dict(aux, loss=loss, grad_norm=optax.global_norm(grads))
-        return dict(params=params, opt_state=opt_state, step=state["step"] + 1), aux
+        return dict(state, trainable=params, opt_state=opt_state, step=state["step"] + 1), aux
 
-    log = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    def save(at: int) -> None:
+        ckpt.save(at, state, data_iter.get_state() if data_iter is not None else None)
+        ckpt.wait()
+
+    log = MetricsLog(workdir, int(c.steps))
+    preempt = Preemption()
     start = int(state["step"])
     tick = time.perf_counter()
     progress = Progress(f"[{name}] step", int(c.steps), start=start)  # at every log step and every 10 s
@@ -190,18 +180,21 @@ def run_loop(c: ml_collections.ConfigDict, workdir: str, init_params: dict, loss
                 now = time.perf_counter()
                 scalars["steps_per_sec"] = c.log_every / max(now - tick, 1e-9)
                 tick = now
-                log.write(json.dumps(dict(step=done, **scalars)) + "\n")
-                log.flush()
+                log.write(done, scalars)
                 progress.show(loss=scalars["loss"],
                               **{k: v
                                  for k, v in scalars.items() if k not in ("loss", "steps_per_sec")})
             elif progress.due():
                 progress.show(loss=float(aux["loss"]))
-            if c.save_every and done % c.save_every == 0 and done < c.steps:
-                save_state(workdir, state, data_iter.get_state() if data_iter is not None else None)
+            if done < c.steps and (ckpt.due(done) or preempt.reached(done)):
+                save(done)
+                if preempt.flag:
+                    raise SystemExit(f"[{name}] {preempt.signal_name}: saved step {done}; rerun to resume")
     finally:
         log.close()
-    return jax.device_get(state["params"])
+        preempt.restore_handlers()
+        ckpt.close()
+    return jax.device_get(state["trainable"])
 
 
 def finish(workdir: str, kind: str, params: dict, model_config: ml_collections.ConfigDict, source: dict,
@@ -211,19 +204,11 @@ def finish(workdir: str, kind: str, params: dict, model_config: ml_collections.C
 
     params = jax.tree.map(np.asarray, params)
     out = save_converted(workdir, Converted(kind, params, model_config, source=source, ignored=ignored, notes=notes))
-    for f in (STATE_FILE, DATA_STATE_FILE):
-        p = os.path.join(workdir, f)
-        if os.path.exists(p):
-            os.remove(p)
+    shutil.rmtree(os.path.join(workdir, CHECKPOINTS), ignore_errors=True)  # the tower is saved: no resume left
     return out
 
 
 def last_metrics(workdir: str) -> dict:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return {}
-    last: dict = {}
-    with open(path) as f:
-        for line in f:
-            last = json.loads(line)
-    return last
+    """The last logged step's record of a pretraining workdir ({} before the first log step)."""
+    records = read_metrics(workdir)
+    return records[-1] if records else {}

@@ -1,4 +1,5 @@
-"""CLIP-style contrastive pretraining of a vision encoder (the paper's NFNet + text tower, spec section 3).
+"""CLIP-style contrastive pretraining of a vision encoder (the paper's NFNet + text tower: Section 3.1,
+Appendix B.1.3).
 
 The image tower is the very encoder Flamingo freezes (build_vision(config.model.vision)); its tokens
 [N, S, D] are mean-pooled and projected. The text tower is a small bidirectional transformer over the world's

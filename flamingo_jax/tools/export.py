@@ -24,106 +24,11 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
+
+from flamingo_jax.checkpoint import read_workdir
+from flamingo_jax.checkpoint.restore import host_targets
 
 FORMAT = "flamingo_jax.export/1"
-
-
-def _target(meta_tree: Any) -> Any:
-    """Host (numpy) restore targets from Orbax array metadata (no sharding: restored as np.ndarray)."""
-    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), meta_tree)
-
-
-def read_workdir(workdir: str, step: int | None = None) -> tuple[dict, ml_collections.ConfigDict, int, dict]:
-    """(params as numpy, config, step, frozen manifest) of a training workdir's step checkpoint."""
-    import orbax.checkpoint as ocp
-
-    from flamingo_jax import checkpoint, optim
-    from flamingo_jax.convert.store import load_converted, params_fingerprint, read_manifest
-
-    workdir = os.path.abspath(workdir)
-    manager = checkpoint.read_only_manager(
-        os.path.join(workdir, "checkpoints"),
-        {checkpoint.STATE: ocp.StandardCheckpointHandler(), checkpoint.META: ocp.JsonCheckpointHandler()})
-    steps = sorted(manager.all_steps())
-    if not steps:
-        raise checkpoint.CheckpointError(f"{workdir} holds no step checkpoint (expected {workdir}/checkpoints/<step>)")
-    if step is not None and step not in steps:
-        raise checkpoint.CheckpointError(f"{workdir} has no checkpoint of step {step}; it has {steps}")
-    trainable = meta = None
-    for s in ([step] if step is not None else reversed(steps)):
-        try:
-            tree = manager.item_metadata(s)[checkpoint.STATE]
-            tree = getattr(tree, "tree", tree)
-            out = manager.restore(
-                s, args=ocp.args.Composite(**{
-                    checkpoint.STATE: ocp.args.StandardRestore(_target(tree)), checkpoint.META: ocp.args.JsonRestore()
-                }))
-        except Exception as e:  # noqa: BLE001 - damaged: fall back to an older one unless --step was given
-            if step is not None:
-                raise checkpoint.CheckpointError(f"checkpoint {s} of {workdir} cannot be read: {e}") from None
-            print(f"warning: checkpoint {s} of {workdir} cannot be read ({type(e).__name__}); trying an older one")
-            continue
-        trainable, meta, step = out[checkpoint.STATE]["trainable"], out[checkpoint.META], s
-        break
-    if trainable is None:
-        raise checkpoint.CheckpointError(f"no intact checkpoint in {workdir}/checkpoints")
-    manager.close()
-
-    with open(os.path.join(workdir, "frozen", "manifest.json")) as f:
-        manifest = json.load(f)
-    if meta.get("frozen_fingerprint") != manifest["fingerprint"]:
-        raise checkpoint.CheckpointError(f"frozen hash mismatch: checkpoint {step} was trained with frozen params "
-                                         f"{meta.get('frozen_fingerprint')}, {workdir}/frozen holds "
-                                         f"{manifest['fingerprint']}")
-    frozen = {}
-    stored = [k for k, v in manifest["subtrees"].items() if v["source"] == "workdir"]
-    if stored:
-        params_dir = os.path.join(workdir, "frozen", "params")
-        ckptr = ocp.StandardCheckpointer()
-        tree = ckptr.metadata(params_dir).item_metadata.tree
-        frozen.update(ckptr.restore(params_dir, _target(tree)))
-    for k, src in manifest["subtrees"].items():
-        if src["source"] == "workdir":
-            got = params_fingerprint(frozen[k])
-        else:
-            got = read_manifest(src["path"]).get("params_sha256", "")
-            subtree, _ = load_converted(src["path"])
-            frozen[k] = subtree
-        if got != src["sha256"]:
-            raise checkpoint.CheckpointError(f"frozen hash mismatch for {k!r}: found {got[:12]}..., the workdir "
-                                             f"records {src['sha256'][:12]}...")
-    config = ml_collections.ConfigDict(meta["config"])
-    frozen = _frozen_part(frozen, config, manifest)
-    params = optim.merge(jax.tree.map(np.asarray, trainable), jax.tree.map(np.asarray, frozen))
-    return params, config, step, manifest
-
-
-def _frozen_part(frozen: dict, config: ml_collections.ConfigDict, manifest: dict) -> dict:
-    """A referenced converted checkpoint holds whole subtrees: keep only what the config freezes, cast to the
-    dtype the trainer used (recorded in the manifest)."""
-    from flamingo_jax import optim
-
-    for k, src in manifest["subtrees"].items():
-        if src["source"] == "pretrained" and src.get("dtype"):
-            dt = src["dtype"]
-            if dt == "bfloat16":
-                import ml_dtypes
-                dt = ml_dtypes.bfloat16
-            frozen[k] = jax.tree.map(
-                lambda x: np.asarray(x).astype(dt)
-                if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x), frozen[k])
-    if _any_trainable(frozen, config):
-        frozen = optim.partition(frozen, config.trainable)[1]
-    return frozen
-
-
-def _any_trainable(tree: dict, config: ml_collections.ConfigDict) -> bool:
-    import re
-
-    import flax.traverse_util as tu
-
-    return any(any(re.fullmatch(p, "/".join(k)) for p in config.trainable) for k in tu.flatten_dict(tree))
 
 
 def export(workdir: str, out: str, step: int | None = None, *, force: bool = False) -> str:
@@ -171,7 +76,7 @@ def load_exported(path: str, *, shardings: Any = None, verify: bool = False) -> 
     params_dir = os.path.join(path, "params")
     tree = ckptr.metadata(params_dir).item_metadata.tree
     if shardings is None:
-        target = _target(tree)
+        target = host_targets(tree)
     else:
         if isinstance(shardings, jax.sharding.Sharding):
             shardings = jax.tree.map(lambda _: shardings, tree)

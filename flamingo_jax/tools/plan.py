@@ -11,8 +11,9 @@ allocated.
 (images encoded, KV cache filled) and one decoding step, params only (no optimizer state), and reports the
 KV cache's per-device bytes beside the programs' peaks.
 
-Builds the step exactly as the trainer does (flamingo_jax.train.Trainer.create) but from abstract shapes:
-params and optimizer state come from jax.eval_shape, every input is a ShapeDtypeStruct carrying its
+Builds the step exactly as the trainer does (flamingo_jax.train.Trainer.create), from the same state layout
+(flamingo_jax.train_state.state_layout), abstract: params and optimizer state come from jax.eval_shape with the
+trainer's shardings, every input is a ShapeDtypeStruct carrying its
 NamedSharding, and jax.jit(step).lower(...).compile() compiles for the target's devices. Prints one JSON
 object with per-device bytes: params (trainable, frozen), optimizer state, batch, temporaries and the peak,
 and a verdict against the target's per-device memory less `headroom` (default 10%).
@@ -45,127 +46,10 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-GIB = 1024**3
-
-# Per-chip memory (GiB) and the libtpu topology naming of each TPU generation.
-TPU_MEMORY_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
-TPU_TOPOLOGY = {  # gen -> (libtpu topology prefix, chip_config_name, chips_per_host_bounds)
-    "v4": ("v4", "megacore", (2, 2, 1)),
-    "v5e": ("v5e", "default", (2, 2, 1)),
-    "v5p": ("v5", "megacore", (2, 2, 1)),
-    "v6e": ("v6e", "default", (2, 2, 1)),
-}
-GPU_MEMORY_GIB = {"h100": 80, "h200": 141, "a100": 80, "b200": 180}
-
-
-class PlanError(RuntimeError):
-    """A target that cannot be planned here (bad name, missing optional compiler, too few devices)."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """A parsed --target: kind in {cpu, tpu, gpu}, the generation/model and the device grid."""
-
-    kind: str
-    name: str = ""
-    grid: tuple[int, ...] = ()
-
-    @property
-    def num_devices(self) -> int | None:
-        return math.prod(self.grid) if self.grid else None
-
-    @property
-    def memory_bytes(self) -> int | None:
-        if self.kind == "tpu":
-            return TPU_MEMORY_GIB[self.name] * GIB
-        if self.kind == "gpu":
-            return GPU_MEMORY_GIB[self.name] * GIB
-        return None
-
-
-def parse_target(text: str) -> Target:
-    """'cpu' | 'tpu:v5e:16x16' | 'gpu:h100:32x8' -> Target. Raises PlanError with the valid forms."""
-    if text == "cpu":
-        return Target("cpu")
-    parts = text.split(":")
-    known = {"tpu": TPU_MEMORY_GIB, "gpu": GPU_MEMORY_GIB}
-    if len(parts) != 3 or parts[0] not in known or parts[1] not in known[parts[0]] or not re.fullmatch(
-            r"\d+(x\d+)*", parts[2]):
-        raise PlanError(f"unknown --target {text!r}: use cpu, tpu:<{'|'.join(TPU_MEMORY_GIB)}>:AxB[xC] or "
-                        f"gpu:<{'|'.join(GPU_MEMORY_GIB)}>:HOSTSxGPUS (e.g. tpu:v5e:16x16, gpu:h100:32x8)")
-    return Target(parts[0], parts[1], tuple(int(x) for x in parts[2].split("x")))
-
-
-def parse_mesh(text: str) -> dict[str, int]:
-    """'data=8,fsdp=4,model=8' -> {'data': 8, 'fsdp': 4, 'model': 8} (missing axes are 1)."""
-    out = {"data": 1, "fsdp": 1, "model": 1}
-    for item in filter(None, text.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key.strip() not in out:
-            raise PlanError(f"bad --mesh item {item!r}: use data=N,fsdp=N,model=N")
-        out[key.strip()] = int(value)
-    if any(v < 1 for v in out.values()):
-        raise PlanError(f"--mesh {text!r}: sizes must be >= 1 (no -1 in a plan)")
-    return out
-
-
-def parse_batch(text: str) -> dict[str, int]:
-    """'m3w=64,align=128' -> {'m3w': 64, 'align': 128}."""
-    out = {}
-    for item in filter(None, text.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise PlanError(f"bad --batch item {item!r}: use dataset=global_batch,...")
-        out[key.strip()] = int(value)
-    return out
-
-
-# ------------------------------------------------------------------------------------------- devices
-
-
-def target_devices(target: Target, count: int, gpu_target_config: str = "") -> list:
-    """`count` devices to compile for: forced CPU devices, or compile-only TPU/GPU devices."""
-    import jax
-
-    if target.kind == "cpu":
-        devices = jax.devices("cpu")
-        if len(devices) < count:
-            raise PlanError(f"{len(devices)} CPU devices but the mesh needs {count}: set "
-                            f"XLA_FLAGS=--xla_force_host_platform_device_count={count} before JAX starts")
-        return devices[:count]
-    if target.num_devices != count:
-        raise PlanError(f"target {target.kind}:{target.name}:{'x'.join(map(str, target.grid))} has "
-                        f"{target.num_devices} devices but the mesh uses {count}")
-    from jax.experimental import topologies
-
-    if target.kind == "tpu":
-        prefix, chip_config, host_bounds = TPU_TOPOLOGY[target.name]
-        grid = "x".join(map(str, target.grid))
-        try:
-            import libtpu  # noqa: F401  (the compile-only TPU compiler)
-        except ImportError:
-            raise PlanError("TPU targets need the TPU compiler: pip install libtpu") from None
-        desc = topologies.get_topology_desc(topology_name=f"{prefix}:{grid}", platform="tpu",
-                                            chip_config_name=chip_config, chips_per_host_bounds=host_bounds,
-                                            num_slices=1)
-        return list(desc.devices)
-    try:
-        import jax_cuda12_plugin  # noqa: F401
-    except ImportError:
-        raise PlanError('GPU targets need the CUDA PJRT plugin: pip install "jax[cuda12]"') from None
-    if not gpu_target_config:
-        raise PlanError("GPU targets need --gpu_target_config FILE (an XLA GpuTargetConfigProto text file, "
-                        "e.g. xla/tools/hlo_opt/gpu_specs/h100_sxm.txtpb)")
-    with open(gpu_target_config) as f:
-        spec = f.read()
-    hosts, per_host = (target.grid + (1, ))[:2] if len(target.grid) == 1 else target.grid[-2:]
-    desc = topologies.get_topology_desc(topology_name=f"{target.name}", platform="cuda", target_config=spec,
-                                        topology=f"1x{hosts}x{per_host}")
-    return list(desc.devices)
-
+from flamingo_jax.tools.targets import (GIB, PlanError, Target, parse_batch, parse_mesh, parse_target, target_devices,
+                                        target_name)
 
 # ------------------------------------------------------------------------------------- abstract state
 
@@ -183,36 +67,6 @@ def per_device_bytes(tree: Any, shardings: Any) -> int:
         shard = s.shard_shape(x.shape)
         total += int(math.prod(shard)) * x.dtype.itemsize
     return total
-
-
-def _dict_path(path: Sequence[Any]) -> tuple[str, ...]:
-    """The dict keys of a key path (optax state containers in between are skipped)."""
-    import jax
-
-    return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
-
-
-def opt_state_shardings(opt_state: Any, trainable_shardings: Any, trainable: Any, replicated: Any) -> Any:
-    """Shardings for an (abstract) optimizer state, matched to the params by path and shape.
-
-    Moment trees (Adam's mu, nu) mirror the params: a leaf whose dict path ends with a param's path and
-    has its shape takes that param's sharding; counts and the rest are replicated. optax.tree_map_params
-    would call the optimizer's init eagerly, which fails for compile-only devices."""
-    import flax.traverse_util as tu
-    import jax
-
-    shards = tu.flatten_dict(trainable_shardings)
-    shapes = {k: v.shape for k, v in tu.flatten_dict(trainable).items()}
-
-    def one(path, leaf):
-        keys = _dict_path(path)
-        for start in range(len(keys)):
-            suffix = keys[start:]
-            if suffix in shards and shapes[suffix] == getattr(leaf, "shape", None):
-                return shards[suffix]
-        return replicated
-
-    return jax.tree_util.tree_map_with_path(one, opt_state)
 
 
 def batch_shapes(config: Any, batch_overrides: Mapping[str, int], datasets: Sequence[str] = ()) -> dict:
@@ -247,8 +101,9 @@ def plan(config: Any, mesh_sizes: Mapping[str, int], target: Target, *, devices:
     (compile=False: the state's per-device bytes from shapes only, see `_finish`)."""
     import jax
 
-    from flamingo_jax import models, optim, sharding
-    from flamingo_jax.train_step import init_state, make_train_step
+    from flamingo_jax import models, sharding
+    from flamingo_jax.train_state import state_layout, with_shardings
+    from flamingo_jax.train_step import make_train_step
 
     t_start = time.perf_counter()
     count = math.prod(mesh_sizes[a] for a in sharding.MESH_AXES)
@@ -260,19 +115,9 @@ def plan(config: Any, mesh_sizes: Mapping[str, int], target: Target, *, devices:
         sharding.batch_size_divides(fields["tokens"][0][0], mesh, name)
 
     model = models.build(config.model)
-    rng = jax.random.key(config.seed)
-    params, param_sh = _abstract_params(config, model, mesh)
-    trainable, frozen = optim.partition(params, config.trainable)
-    trainable_sh, frozen_sh = optim.partition(param_sh, config.trainable)
-    tx, schedule = optim.make_optimizer(config.optimizer, trainable, config.total_steps)
-    state = jax.eval_shape(lambda t, r: init_state(t, tx, r), trainable, rng)
+    layout = state_layout(config, model, mesh)  # the trainer's state and shardings (flamingo_jax.train_state)
+    state, state_sh, frozen, frozen_sh = layout.state, layout.state_shardings, layout.frozen, layout.frozen_shardings
     rep = sharding.replicated(mesh)
-    state_sh = {k: rep for k in state}
-    state_sh["trainable"] = trainable_sh
-    state_sh["opt_state"] = opt_state_shardings(state["opt_state"], trainable_sh, trainable, rep)
-
-    def sds(tree, shardings):
-        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
     batch_args = {
         name: {
@@ -284,12 +129,12 @@ def plan(config: Any, mesh_sizes: Mapping[str, int], target: Target, *, devices:
     weights = {n: config.data.datasets[n].weight for n in config.data.mixture}
     micro = {n: config.microbatches.get(n, 1) for n in config.data.mixture}
     step = sharding.with_activation_sharding(
-        make_train_step(model, tx, schedule, weights, micro, config.loss.normalization), mesh)
+        make_train_step(model, layout.tx, layout.schedule, weights, micro, config.loss.normalization), mesh)
     jitted = jax.jit(step, in_shardings=(state_sh, frozen_sh, None), out_shardings=(state_sh, rep), donate_argnums=0)
     t0 = time.perf_counter()
     compiled, error, compile_s = None, "not compiled (--nocompile)", 0.0
     if compile:
-        lowered = jitted.lower(sds(state, state_sh), sds(frozen, frozen_sh), batch_args)
+        lowered = jitted.lower(with_shardings(state, state_sh), with_shardings(frozen, frozen_sh), batch_args)
     lower_s = time.perf_counter() - t0
     if compile:
         compiled, error, compile_s = _compile(lowered, target)
@@ -356,6 +201,7 @@ def plan_generate(config: Any, mesh_sizes: Mapping[str, int], target: Target, *,
 
     from flamingo_jax import models, sharding
     from flamingo_jax.evaluation.decoding import _batch_axes
+    from flamingo_jax.train_state import abstract_params
 
     t_start = time.perf_counter()
     count = math.prod(mesh_sizes[a] for a in sharding.MESH_AXES)
@@ -368,7 +214,7 @@ def plan_generate(config: Any, mesh_sizes: Mapping[str, int], target: Target, *,
     length = int(prompt_len or c.lm.max_len - new_tokens)
     slots = length + int(new_tokens)
     model = models.build(c)
-    params, param_sh = _abstract_params(config, model, mesh)
+    params, param_sh = abstract_params(model, c, mesh)
     axes = _batch_axes(model, params, slots)
     cache = jax.eval_shape(lambda p: model.apply({"params": p}, b, slots, method="init_cache"), params)
     cache_sh = cache_shardings(cache, axes, mesh)
@@ -425,20 +271,6 @@ def plan_generate(config: Any, mesh_sizes: Mapping[str, int], target: Target, *,
         out["compile_error"] = next(out[n]["compile_error"] for n in ("prefill", "step")
                                     if out[n]["peak_bytes"] is None)
     return _finish(out, target, count, memory_bytes, headroom, lower_s, compile_s, t_start)
-
-
-def _abstract_params(config: Any, model: Any, mesh: Any) -> tuple[Any, Any]:
-    """(params as ShapeDtypeStructs, their NamedShardings): the model's init traced, nothing allocated."""
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    from flamingo_jax import sharding
-
-    size = config.model.vision.image_size  # the smallest inputs that trace the model (flamingo_jax.train)
-    dummy = (jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, 1, 1, size, size, 3), jnp.float32), jnp.ones((1, 1), bool))
-    boxed = jax.eval_shape(lambda r: model.init(r, *dummy), jax.random.key(config.seed))["params"]
-    return nn.meta.unbox(boxed), sharding.tree_shardings(boxed, mesh)
 
 
 def _compile(lowered: Any, target: Target) -> tuple[Any, str | None, float]:
@@ -504,10 +336,6 @@ def _finish(out: dict, target: Target, count: int, memory_bytes: int | None, hea
     if target.kind == "cpu":
         out["note"] = "forced CPU devices: state sizes exact, XLA:CPU temporaries overstate accelerators'"
     return out
-
-
-def target_name(target: Target) -> str:
-    return target.kind if target.kind == "cpu" else f"{target.kind}:{target.name}:{'x'.join(map(str, target.grid))}"
 
 
 # ------------------------------------------------------------------------------------------------ CLI
