@@ -283,6 +283,29 @@ class FileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 # Format families shared by several builders.
 
 
+class JsonlSplitsBuilder(FileBuilder, skip_registration=True):
+    """Base of the builders whose manual directory holds one <split>.jsonl per split, under any split names."""
+
+    def _available_splits(self, root: Path) -> list[str]:
+        splits = sorted(p.stem for p in root.glob("*.jsonl"))
+        if not splits:
+            raise FileNotFoundError(f"no <split>.jsonl in {root}; see the {self.name} docstring")
+        return splits
+
+
+class KarpathyBuilder(FileBuilder, skip_registration=True):
+    """Base of the Karpathy-split caption builders (kind 'captions'): subclasses set name, JSON_FILE (Karpathy's
+    split file) and IMAGE_DIR (the images' folder in the manual directory); see karpathy_captions."""
+
+    KIND = "captions"
+    SPLITS = ("train", "val", "test")
+    JSON_FILE = ""
+    IMAGE_DIR = ""
+
+    def _examples(self, root: Path, split: str):
+        return karpathy_captions(root, self.JSON_FILE, self.IMAGE_DIR, split)
+
+
 def karpathy_captions(root: Path, json_name: str, image_dir: str, split: str) -> Iterator[tuple[str, dict]]:
     """Karpathy-split caption files (dataset_coco.json, dataset_flickr30k.json).
 
@@ -305,27 +328,6 @@ def karpathy_captions(root: Path, json_name: str, image_dir: str, split: str) ->
             yield key, Skip("no_captions", f'{img["filename"]} has no "sentences"')
             continue
         yield key, {"id": key, "image": read_bytes(path), "captions": caps}
-
-
-def vqa_questions(root: Path, questions_file: str, annotations_file: str | None,
-                  image_path_fn) -> Iterator[tuple[str, dict]]:
-    """VQAv2/OKVQA official files: {'questions': [...]} and {'annotations': [...]} joined by question_id.
-
-    Without an annotations file (test splits) answers are empty.
-    """
-    questions = read_json(require(root / questions_file, questions_file))["questions"]
-    answers: dict[int, dict] = {}
-    if annotations_file:
-        for a in read_json(require(root / annotations_file, annotations_file))["annotations"]:
-            answers[a["question_id"]] = a
-    for q in questions:
-        ann = answers.get(q["question_id"], {})
-        key = str(q["question_id"])
-        yield key, {
-            "id": key, "image": read_bytes(image_path_fn(q["image_id"])), "question": q["question"],
-            "answers": [a["answer"] for a in ann.get("answers", [])],
-            "question_type": ann.get("answer_type", ann.get("question_type", ""))
-        }
 
 
 def webdataset_key(name: str) -> tuple[str, str]:

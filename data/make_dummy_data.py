@@ -33,6 +33,24 @@ def jsl(path, objs):
     path.write_text("".join(json.dumps(o) + "\n" for o in objs))
 
 
+def frames(folder, n):
+    for f in range(n):
+        img(Path(folder) / f"{f:05d}.jpg")
+
+
+def frame_folders(r, folders, n):
+    """n frames in each of r/frames/<folder>/ and the extraction rate, 1 FPS, in r/frames_fps.txt."""
+    for folder in folders:
+        frames(r / "frames" / folder, n)
+    (r / "frames_fps.txt").write_text("1\n")
+
+
+def csv_splits(r, columns, **rows):
+    """r/<split>.csv for each split=rows: the columns' names, then a line per row (no field holds a comma)."""
+    for split, table in rows.items():
+        (r / f"{split}.csv").write_text("".join(",".join(map(str, row)) + "\n" for row in [columns, *table]))
+
+
 # interleaved_generic
 r = D / "interleaved_generic/dummy_data"
 for i in range(4):
@@ -194,10 +212,7 @@ for s, v in recs.items():
 
 # msvd-qa
 r = D / "msvd_qa/dummy_data"
-for vid in (1, 2, 3, 4):
-    for f in range(5):
-        img(r / f"frames/vid{vid}/{f:05d}.jpg")
-(r / "frames_fps.txt").write_text("1\n")
+frame_folders(r, [f"vid{vid}" for vid in (1, 2, 3, 4)], 5)
 js(r / "train_qa.json", [{"answer": "man", "id": 0, "question": "who is running?", "video_id": 1}, {
     "answer": "run", "id": 1, "question": "what is the man doing?", "video_id": 1
 }, {"answer": "dog", "id": 2, "question": "what jumps?", "video_id": 2}])
@@ -206,22 +221,14 @@ js(r / "test_qa.json", [{"answer": "car", "id": 4, "question": "what is driving?
 
 # vatex
 r = D / "vatex/dummy_data"
-for v in ("AbC_000010_000020", "XyZ_000000_000010", "QqQ_000005_000015"):
-    for f in range(5):
-        img(r / f"frames/{v}/{f:05d}.jpg")
-(r / "frames_fps.txt").write_text("1\n")
+frame_folders(r, ("AbC_000010_000020", "XyZ_000000_000010", "QqQ_000005_000015"), 5)
 js(r / "vatex_training_v1.0.json",
    [{"videoID": v, "enCap": [f"caption {k} of {v}" for k in range(10)], "chCap": ["x"] * 10}
     for v in ("AbC_000010_000020", "XyZ_000000_000010")])
 js(r / "vatex_validation_v1.0.json",
    [{"videoID": "QqQ_000005_000015", "enCap": ["a person cooks"] * 10, "chCap": ["x"] * 10}])
 
-
-# ---- the held-out benchmarks (issue 19) --------------------------------------------------------------
-def frames(folder, n):
-    for f in range(n):
-        img(Path(folder) / f"{f:05d}.jpg")
-
+# ---- the paper's other held-out benchmarks (Table 1) -------------------------------------------------
 
 # visdial: 3-round dialogs (10 in the release), 100 answer options per round, dense relevance for one val round
 r = D / "visdial/dummy_data"
@@ -261,9 +268,7 @@ js(r / "visdial_1.0_val_dense_annotations.json",
 
 # youcook2: recipe videos with annotated segments (seconds) and their frames at 1 FPS
 r = D / "youcook2/dummy_data"
-for v in ("GLd3aX16zBg", "xHr8X2Wpmno"):
-    frames(r / "frames" / v, 8)
-(r / "frames_fps.txt").write_text("1\n")
+frame_folders(r, ("GLd3aX16zBg", "xHr8X2Wpmno"), 8)
 js(
     r / "youcookii_annotations_trainval.json", {
         "database": {
@@ -282,9 +287,7 @@ js(
 
 # msrvtt-qa
 r = D / "msrvtt_qa/dummy_data"
-for v in range(4):
-    frames(r / f"frames/video{v}", 4)
-(r / "frames_fps.txt").write_text("1\n")
+frame_folders(r, [f"video{v}" for v in range(4)], 4)
 js(r / "train_qa.json",
    [{"answer": "cartoon", "category_id": 3, "id": 0, "question": "what is a cartoon doing?", "video_id": 0},
     {"answer": "dance", "category_id": 3, "id": 1, "question": "what are the people doing?", "video_id": 1}])
@@ -293,20 +296,17 @@ js(r / "test_qa.json", [{"answer": "car", "category_id": 4, "id": 3, "question":
 
 # ivqa: clips of longer videos, five answers each
 r = D / "ivqa/dummy_data"
-for v in ("5sKmRk8o7YE", "Rj3Hw1Vd9Jc", "q8UXlB0Y2Hs"):
-    frames(r / "frames" / v, 8)
-(r / "frames_fps.txt").write_text("1\n")
-hdr = "video_id,start,end,question,answer1,answer2,answer3,answer4,answer5\n"
-(r / "train.csv").write_text(hdr + "5sKmRk8o7YE,0,4,what is the man cutting,onion,onion,onions,onion,carrot\n"
-                             "Rj3Hw1Vd9Jc,2,6,what tool is used,knife,knife,knife,blade,knife\n")
-(r / "val.csv").write_text(hdr + "q8UXlB0Y2Hs,1,5,what is in the bowl,flour,flour,flour,sugar,flour\n")
-(r / "test.csv").write_text(hdr + "q8UXlB0Y2Hs,3,8,what does she pour,milk,milk,water,milk,milk\n")
+frame_folders(r, ("5sKmRk8o7YE", "Rj3Hw1Vd9Jc", "q8UXlB0Y2Hs"), 8)
+csv_splits(
+    r, ("video_id", "start", "end", "question", "answer1", "answer2", "answer3", "answer4", "answer5"), train=[
+        ("5sKmRk8o7YE", 0, 4, "what is the man cutting", "onion", "onion", "onions", "onion", "carrot"),
+        ("Rj3Hw1Vd9Jc", 2, 6, "what tool is used", "knife", "knife", "knife", "blade", "knife")
+    ], val=[("q8UXlB0Y2Hs", 1, 5, "what is in the bowl", "flour", "flour", "flour", "sugar", "flour")],
+    test=[("q8UXlB0Y2Hs", 3, 8, "what does she pour", "milk", "milk", "water", "milk", "milk")])
 
 # rareact: three (verb, noun) classes; positives, hard negatives and negatives (as in the metric test)
 r = D / "rareact/dummy_data"
-for v in ("7frRY7aGwMU", "aBcD3fGh1jK", "Zz9yXw8vU7t", "Qq1wE2rT3yU"):
-    frames(r / "frames" / v, 6)
-(r / "frames_fps.txt").write_text("1\n")
+frame_folders(r, ("7frRY7aGwMU", "aBcD3fGh1jK", "Zz9yXw8vU7t", "Qq1wE2rT3yU"), 6)
 (r / "rareact.csv").write_text(
     "id,video_id,start,end,class_id,verb,noun,annotation\n"
     "0,7frRY7aGwMU,0,2,0,cut,laptop,1\n1,7frRY7aGwMU,3,5,0,cut,laptop,1\n2,aBcD3fGh1jK,0,3,0,cut,laptop,0\n"
@@ -314,22 +314,19 @@ for v in ("7frRY7aGwMU", "aBcD3fGh1jK", "Zz9yXw8vU7t", "Qq1wE2rT3yU"):
 
 # nextqa (NExT-OE): videos found through map_vid_vidorID.json
 r = D / "nextqa/dummy_data"
-for v in ("1001/4010069381", "1002/3233088823", "1003/8783897632"):
-    frames(r / "frames" / v, 5)
-(r / "frames_fps.txt").write_text("1\n")
+frame_folders(r, ("1001/4010069381", "1002/3233088823", "1003/8783897632"), 5)
 js(r / "map_vid_vidorID.json",
    {"4010069381": "1001/4010069381", "3233088823": "1002/3233088823", "8783897632": "1003/8783897632"})
-hdr = "video,frame_count,width,height,question,answer,qid,type\n"
-(r / "train.csv").write_text(hdr + "4010069381,369,640,480,what are the people doing in the video,performing,9,TC\n"
-                             "4010069381,369,640,480,why does the lady walk away,help man,3,CW\n")
-(r / "val.csv").write_text(hdr + "3233088823,462,640,480,how is the bulldozer controlled,from the drivers cabin,3,CH\n")
-(r / "test.csv").write_text(hdr + "8783897632,974,640,360,how many people are filmed,two,9,DC\n")
+csv_splits(
+    r, ("video", "frame_count", "width", "height", "question", "answer", "qid", "type"), train=[
+        (4010069381, 369, 640, 480, "what are the people doing in the video", "performing", 9, "TC"),
+        (4010069381, 369, 640, 480, "why does the lady walk away", "help man", 3, "CW")
+    ], val=[(3233088823, 462, 640, 480, "how is the bulldozer controlled", "from the drivers cabin", 3, "CH")],
+    test=[(8783897632, 974, 640, 360, "how many people are filmed", "two", 9, "DC")])
 
 # star: Charades clips, four choices (no test file here: its split is left out)
 r = D / "star/dummy_data"
-for v in ("6H78U", "YSKX3"):
-    frames(r / "frames" / v, 6)
-(r / "frames_fps.txt").write_text("1\n")
+frame_folders(r, ("6H78U", "YSKX3"), 6)
 
 
 def star(qid, q, vid, s, e, choices, answer):

@@ -6,17 +6,11 @@ Manual directory:
 Splits: train (train + restval: the few-shot support pool), val, test.
 """
 
-from pathlib import Path
-
 from flamingo_jax_datasets import common
 
 
-class Builder(common.FileBuilder):
+class Builder(common.KarpathyBuilder):
     """COCO Karpathy captions."""
 
     name = "coco_karpathy"
-    KIND = "captions"
-    SPLITS = ("train", "val", "test")
-
-    def _examples(self, root: Path, split: str):
-        return common.karpathy_captions(root, "dataset_coco.json", "", split)
+    JSON_FILE = "dataset_coco.json"

@@ -6,17 +6,11 @@ Manual directory:
 Splits: train, val, test.
 """
 
-from pathlib import Path
-
 from flamingo_jax_datasets import common
 
 
-class Builder(common.FileBuilder):
+class Builder(common.KarpathyBuilder):
     """Flickr30k Karpathy captions."""
 
     name = "flickr30k"
-    KIND = "captions"
-    SPLITS = ("train", "val", "test")
-
-    def _examples(self, root: Path, split: str):
-        return common.karpathy_captions(root, "dataset_flickr30k.json", "flickr30k-images", split)
+    JSON_FILE, IMAGE_DIR = "dataset_flickr30k.json", "flickr30k-images"

@@ -13,17 +13,11 @@ from pathlib import Path
 from flamingo_jax_datasets import common
 
 
-class Builder(common.FileBuilder):
+class Builder(common.JsonlSplitsBuilder):
     """Interleaved text+image documents from <split>.jsonl files of chunks."""
 
     name = "interleaved_generic"
     KIND = "interleaved"
-
-    def _available_splits(self, root: Path):
-        splits = sorted(p.stem for p in root.glob("*.jsonl"))
-        if not splits:
-            raise FileNotFoundError(f"no <split>.jsonl in {root}; see the interleaved_generic docstring")
-        return splits
 
     def _examples(self, root: Path, split: str):
         for n, line in enumerate(common.read_jsonl_lines(root / f"{split}.jsonl")):

@@ -7,27 +7,17 @@ Manual directory:
 Splits: train (support pool), validation, test.
 """
 
-from pathlib import Path
-
-from flamingo_jax_datasets import common
-
-_SPLITS = {"train": "train", "validation": "val", "test": "test"}
+from flamingo_jax_datasets import clips, common
 
 
-class Builder(common.FileBuilder):
+class Builder(clips.VideoQaBuilder):
     """iVQA clips, questions and five answers each."""
 
     name = "ivqa"
-    KIND = "video_qa"
-    SPLITS = tuple(_SPLITS)
 
-    def _examples(self, root: Path, split: str):
-        fps = common.frames_fps(root)
-        for i, row in enumerate(common.read_csv(root / f"{_SPLITS[split]}.csv")):
+    def _clips(self, root, official):
+        for i, row in enumerate(common.read_csv(root / f"{official}.csv")):
             key = f"{row['video_id']}_{row['start']}_{row['end']}_{i}"
             answers = [row[f"answer{k}"] for k in range(1, 6) if row.get(f"answer{k}")]
-            yield key, {
-                "id": key, "frames": common.segment_frames(root / "frames" / row["video_id"], fps, float(row["start"]),
-                                                           float(row["end"])), "fps": fps, "question": row["question"],
-                "answers": answers, "question_type": ""
-            }
+            clip = clips.Clip(row["video_id"], float(row["start"]), float(row["end"]))
+            yield key, clip, clips.qa_fields(row["question"], answers)

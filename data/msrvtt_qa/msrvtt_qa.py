@@ -7,30 +7,13 @@ Manual directory:
 Splits: train (support pool), validation, test.
 """
 
-from pathlib import Path
-
-from flamingo_jax_datasets import common
-
-_SPLITS = {"train": "train", "validation": "val", "test": "test"}
+from flamingo_jax_datasets import clips
 
 
-class Builder(common.FileBuilder):
+class Builder(clips.VideoQaBuilder):
     """MSRVTT-QA questions, one-word answers and frame folders."""
 
     name = "msrvtt_qa"
-    KIND = "video_qa"
-    SPLITS = tuple(_SPLITS)
 
-    def _examples(self, root: Path, split: str):
-        f = f"{_SPLITS[split]}_qa.json"
-        fps = common.frames_fps(root)
-        cache: dict[int, list[bytes]] = {}
-        for rec in common.read_json(common.require(root / f, f)):
-            vid = int(rec["video_id"])
-            if vid not in cache:  # about 20 questions per video: read its frames once
-                cache = {vid: common.segment_frames(root / "frames" / f"video{vid}", fps)}
-            key = str(rec["id"])
-            yield key, {
-                "id": key, "frames": cache[vid], "fps": fps, "question": rec["question"], "answers": [rec["answer"]],
-                "question_type": rec["question"].split()[0].lower()
-            }
+    def _clips(self, root, official):
+        return clips.qa_json(root, official, "video{}")

@@ -8,30 +8,17 @@ Manual directory:
 Splits: train (support pool), validation, test. question_type: the csv's type (CW, CH, TN, TC, DB, DC, ...).
 """
 
-from pathlib import Path
-
-from flamingo_jax_datasets import common
-
-_SPLITS = {"train": "train", "validation": "val", "test": "test"}
+from flamingo_jax_datasets import clips, common
 
 
-class Builder(common.FileBuilder):
+class Builder(clips.VideoQaBuilder):
     """NExT-QA questions with their free-form answers and frame folders."""
 
     name = "nextqa"
-    KIND = "video_qa"
-    SPLITS = tuple(_SPLITS)
 
-    def _examples(self, root: Path, split: str):
-        fps = common.frames_fps(root)
+    def _clips(self, root, official):
         where = common.read_json(root / "map_vid_vidorID.json") if (root / "map_vid_vidorID.json").exists() else {}
-        cache: dict[str, list[bytes]] = {}
-        for row in common.read_csv(root / f"{_SPLITS[split]}.csv"):
+        for row in common.read_csv(root / f"{official}.csv"):
             video = row["video"]
-            if video not in cache:
-                cache = {video: common.segment_frames(root / "frames" / where.get(video, video), fps)}
-            key = f"{video}_{row['qid']}"
-            yield key, {
-                "id": key, "frames": cache[video], "fps": fps, "question": row["question"], "answers": [row["answer"]],
-                "question_type": row["type"]
-            }
+            fields = clips.qa_fields(row["question"], [row["answer"]], row["type"])
+            yield f"{video}_{row['qid']}", clips.Clip(where.get(video, video)), fields

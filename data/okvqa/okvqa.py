@@ -7,22 +7,11 @@ Manual directory:
 Splits: train (support pool), validation.
 """
 
-from pathlib import Path
-
-from flamingo_jax_datasets import common
-
-_SPLITS = {"train": "train", "validation": "val"}
+from flamingo_jax_datasets import vqa
 
 
-class Builder(common.FileBuilder):
+class Builder(vqa.VqaBuilder):
     """OK-VQA questions, answers and COCO images."""
 
     name = "okvqa"
-    KIND = "vqa"
-    SPLITS = tuple(_SPLITS)
-
-    def _examples(self, root: Path, split: str):
-        s = _SPLITS[split]
-        return common.vqa_questions(root, f"OpenEnded_mscoco_{s}2014_questions.json",
-                                    f"mscoco_{s}2014_annotations.json",
-                                    lambda image_id: root / f"{s}2014" / f"COCO_{s}2014_{int(image_id):012d}.jpg")
+    LAYOUT = vqa.coco_layout("OpenEnded_mscoco_{s}2014_questions.json", "mscoco_{s}2014_annotations.json")

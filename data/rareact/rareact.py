@@ -9,25 +9,19 @@ Manual directory:
 Splits: test (the only one: RareAct is evaluated zero-shot). Rows keep the csv's order.
 """
 
-from pathlib import Path
-
-from flamingo_jax_datasets import common
+from flamingo_jax_datasets import clips, common
 
 
-class Builder(common.FileBuilder):
+class Builder(clips.ClipBuilder):
     """RareAct's annotated clips and their classes."""
 
     name = "rareact"
     KIND = "video_retrieval"
-    SPLITS = ("test", )
+    OFFICIAL = {"test": "rareact.csv"}
 
-    def _examples(self, root: Path, split: str):
-        fps = common.frames_fps(root)
-        for row in common.read_csv(root / "rareact.csv"):
-            key = str(row["id"])
-            yield key, {
-                "id": key, "frames": common.segment_frames(root / "frames" / row["video_id"], fps, float(row["start"]),
-                                                           float(row["end"])), "fps": fps, "video_id": row["video_id"],
-                "class_id": int(row["class_id"]), "verb": row["verb"], "noun": row["noun"],
+    def _clips(self, root, official):
+        for row in common.read_csv(root / official):
+            yield str(row["id"]), clips.Clip(row["video_id"], float(row["start"]), float(row["end"])), {
+                "video_id": row["video_id"], "class_id": int(row["class_id"]), "verb": row["verb"], "noun": row["noun"],
                 "annotation": int(row["annotation"])
             }

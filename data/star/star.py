@@ -12,31 +12,28 @@ question_type: the question id's prefix (Interaction, Sequence, Prediction, Feas
 
 from pathlib import Path
 
-from flamingo_jax_datasets import common
-
-_FILES = {"train": "STAR_train.json", "validation": "STAR_val.json", "test": "STAR_test.json"}
+from flamingo_jax_datasets import clips, common
 
 
-class Builder(common.FileBuilder):
+class Builder(clips.ClipBuilder):
     """STAR situated questions, their four choices and the Charades clips."""
 
     name = "star"
     KIND = "video_choice"
+    OFFICIAL = {"train": "STAR_train.json", "validation": "STAR_val.json", "test": "STAR_test.json"}
 
     def _available_splits(self, root: Path):
-        splits = [s for s, f in _FILES.items() if (root / f).exists()]
+        splits = [s for s, f in self.OFFICIAL.items() if (root / f).exists()]
         if not splits:
             raise FileNotFoundError(f"no STAR_train.json / STAR_val.json in {root}; see the star docstring")
         return splits
 
-    def _examples(self, root: Path, split: str):
-        fps = common.frames_fps(root)
-        for q in common.read_json(root / _FILES[split]):
+    def _clips(self, root, official):
+        for q in common.read_json(root / official):
             options = [c["choice"] for c in sorted(q["choices"], key=lambda c: int(c["choice_id"]))]
             key = str(q["question_id"])
-            yield key, {
-                "id": key, "frames": common.segment_frames(root / "frames" / q["video_id"], fps, float(q["start"]),
-                                                           float(q["end"])), "fps": fps, "question": q["question"],
-                "options": options, "answer_index": options.index(q["answer"]) if q.get("answer") in options else -1,
+            yield key, clips.Clip(q["video_id"], float(q["start"]), float(q["end"])), {
+                "question": q["question"], "options": options,
+                "answer_index": options.index(q["answer"]) if q.get("answer") in options else -1,
                 "question_type": key.split("_")[0]
             }

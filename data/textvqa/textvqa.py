@@ -6,25 +6,12 @@ Manual directory:
 Splits: train (support pool), validation.
 """
 
-from pathlib import Path
-
-from flamingo_jax_datasets import common
-
-_SPLITS = {"train": "train", "validation": "val"}
+from flamingo_jax_datasets import vqa
 
 
-class Builder(common.FileBuilder):
+class Builder(vqa.VqaBuilder):
     """TextVQA questions, answers and images."""
 
     name = "textvqa"
-    KIND = "vqa"
-    SPLITS = tuple(_SPLITS)
-
-    def _examples(self, root: Path, split: str):
-        f = f"TextVQA_0.5.1_{_SPLITS[split]}.json"
-        for rec in common.read_json(common.require(root / f, f))["data"]:
-            key = str(rec["question_id"])
-            yield key, {
-                "id": key, "image": common.read_bytes(root / "train_images" / f'{rec["image_id"]}.jpg'),
-                "question": rec["question"], "answers": list(rec.get("answers", [])), "question_type": ""
-            }
+    LAYOUT = vqa.VqaLayout("TextVQA_0.5.1_{s}.json", lambda s, rec: f"train_images/{rec['image_id']}.jpg",
+                           records_key="data", type_fields=())

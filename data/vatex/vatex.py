@@ -7,26 +7,16 @@ Manual directory:
 Splits: train (support pool), validation (the paper's DEV split).
 """
 
-from pathlib import Path
-
-from flamingo_jax_datasets import common
-from flamingo_jax_datasets.msvd_qa.msvd_qa import frames_fps
-
-_FILES = {"train": "vatex_training_v1.0.json", "validation": "vatex_validation_v1.0.json"}
+from flamingo_jax_datasets import clips, common
 
 
-class Builder(common.FileBuilder):
+class Builder(clips.ClipBuilder):
     """VATEX clips (as frames) and their English captions."""
 
     name = "vatex"
     KIND = "video_captions"
-    SPLITS = tuple(_FILES)
+    OFFICIAL = {"train": "vatex_training_v1.0.json", "validation": "vatex_validation_v1.0.json"}
 
-    def _examples(self, root: Path, split: str):
-        fps = frames_fps(root)
-        for rec in common.read_json(common.require(root / _FILES[split], _FILES[split])):
-            vid = rec["videoID"]
-            yield vid, {
-                "id": vid, "frames": [common.read_bytes(p) for p in common.frame_files(root / "frames" / vid)],
-                "fps": fps, "captions": list(rec.get("enCap", []))
-            }
+    def _clips(self, root, official):
+        for rec in common.read_json(common.require(root / official, official)):
+            yield rec["videoID"], clips.Clip(rec["videoID"]), {"captions": list(rec.get("enCap", []))}

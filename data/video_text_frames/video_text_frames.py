@@ -14,17 +14,11 @@ from pathlib import Path
 from flamingo_jax_datasets import common
 
 
-class Builder(common.FileBuilder):
+class Builder(common.JsonlSplitsBuilder):
     """Frame folders + captions."""
 
     name = "video_text_frames"
     KIND = "video_text"
-
-    def _available_splits(self, root: Path):
-        splits = sorted(p.stem for p in root.glob("*.jsonl"))
-        if not splits:
-            raise FileNotFoundError(f"no <split>.jsonl in {root}; see the video_text_frames docstring")
-        return splits
 
     def _examples(self, root: Path, split: str):
         for rec in common.read_jsonl(root / f"{split}.jsonl"):

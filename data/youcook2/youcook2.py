@@ -8,31 +8,21 @@ Manual directory:
 Splits: train (support pool), validation (the test annotations are not public).
 """
 
-from pathlib import Path
-
-from flamingo_jax_datasets import common
-
-_SUBSETS = {"train": "training", "validation": "validation"}
+from flamingo_jax_datasets import clips, common
 
 
-class Builder(common.FileBuilder):
+class Builder(clips.ClipBuilder):
     """YouCook2 segments (their frames) and their sentences."""
 
     name = "youcook2"
     KIND = "video_captions"
-    SPLITS = tuple(_SUBSETS)
+    OFFICIAL = {"train": "training", "validation": "validation"}  # the annotations' "subset"
 
-    def _examples(self, root: Path, split: str):
+    def _clips(self, root, official):
         f = "youcookii_annotations_trainval.json"
-        db = common.read_json(common.require(root / f, f))["database"]
-        fps = common.frames_fps(root)
-        for vid, v in sorted(db.items()):
-            if v["subset"] != _SUBSETS[split]:
+        for vid, v in sorted(common.read_json(common.require(root / f, f))["database"].items()):
+            if v["subset"] != official:
                 continue
             for seg in v["annotations"]:
                 start, end = seg["segment"]
-                key = f"{vid}_{seg['id']}"
-                yield key, {
-                    "id": key, "frames": common.segment_frames(root / "frames" / vid, fps, start, end), "fps": fps,
-                    "captions": [seg["sentence"]]
-                }
+                yield f"{vid}_{seg['id']}", clips.Clip(vid, start, end), {"captions": [seg["sentence"]]}

@@ -154,26 +154,13 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, seed_sentencepiec
     import sentencepiece as spm
 
     buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter((" " + t if i % 2 else t) for i, t in enumerate(texts) if t),
-        model_writer=buf,
-        vocab_size=vocab_size,
-        model_type="bpe",
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        character_coverage=1.0,
-        hard_vocab_limit=False,
-        num_threads=1,
-        shuffle_input_sentence=False,
-        # Leading spaces are significant (GPT-style), so the paper's "space prepended with p = 0.5"
-        # augmentation really changes the first token; interleaved segments are joined with ' '.
-        add_dummy_prefix=False,
-        remove_extra_whitespaces=False,
-        seed_sentencepiece_size=seed_sentencepiece_size,
-        minloglevel=2,
-        split_digits=True)
+    # Leading spaces are significant (GPT-style, add_dummy_prefix off), so the paper's "space prepended with
+    # p = 0.5" augmentation really changes the first token; interleaved segments are joined with ' '.
+    spm.SentencePieceTrainer.train(sentence_iterator=iter((" " + t if i % 2 else t) for i, t in enumerate(texts) if t),
+                                   model_writer=buf, vocab_size=vocab_size, model_type="bpe", pad_id=0, eos_id=1,
+                                   bos_id=2, unk_id=3, character_coverage=1.0, hard_vocab_limit=False, num_threads=1,
+                                   shuffle_input_sentence=False, add_dummy_prefix=False, remove_extra_whitespaces=False,
+                                   seed_sentencepiece_size=seed_sentencepiece_size, minloglevel=2, split_digits=True)
     return buf.getvalue()
 
 
@@ -192,7 +179,7 @@ def world_vocab(world_config, vocab_size: int = 1000, cache_dir: str | os.PathLi
     model = train_sentencepiece(world_lib.iter_world_text(world_lib.World(world_config)), vocab_size)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # one per process: two writers never share it
         tmp.write_bytes(model)
         tmp.replace(path)  # atomic: concurrent processes never read a half-written model
     return SentencePieceVocab(model, vocab_size)
