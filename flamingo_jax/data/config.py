@@ -48,7 +48,7 @@ import dataclasses
 import ml_collections
 
 from flamingo_jax.data.eval_entries import real_eval_sets, world_eval_sets
-from flamingo_jax.data.world.generate import WorldConfig, world_config_from
+from flamingo_jax.data.world.world_config import WorldConfig, world_config_from
 
 PAPER_WEIGHTS = {"m3w": 1.0, "align": 0.2, "ltip": 0.2, "vtp": 0.03}
 

@@ -27,7 +27,8 @@ from flamingo_jax.data import builders, preprocess
 from flamingo_jax.data import config as config_lib
 from flamingo_jax.data import vocab as vocab_lib
 from flamingo_jax.data.pipeline import DatasetIterator, dataset_seed
-from flamingo_jax.data.world import generate
+from flamingo_jax.data.world.generate import World
+from flamingo_jax.data.world.source import WorldSource
 
 STATE_VERSION = 1
 
@@ -44,7 +45,7 @@ def open_source(data_config: ml_collections.ConfigDict, ds_config: ml_collection
     if ds_config.builder == "flamingo_world":
         world = config_lib.world_config(data_config)
         if data_config.source in ("world", "seqio"):  # seqio's Tasks serve the same source as grain's 'world'
-            return generate.WorldSource(generate.World(world), ds_config.builder_config, split)
+            return WorldSource(World(world), ds_config.builder_config, split)
         module = builders.builder_module("flamingo_world")
         cfg = module.make_config(ds_config.builder_config, world)
         return builders.data_source("flamingo_world", cfg, split, data_dir(data_config), process_index=process_index,

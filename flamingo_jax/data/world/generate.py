@@ -1,20 +1,9 @@
-"""The generated Flamingo world: every subset as a random-access, seeded record source.
+"""The generated Flamingo world's records: World.record(subset, split, index) draws any record on its own.
 
 Record i of (subset, split) is drawn from np.random.default_rng([seed, subset_id, split_id, i]), so it
 does not depend on how many records exist or on the order they are read: the world is a deterministic
-random-access source (grain can read it directly) and the TFDS builder simply iterates it.
-
-Subsets (kind in parentheses; record schemas in flamingo_jax/data/schema.py):
-  training:   interleaved (interleaved, M3W-like), alt_text (pair, ALIGN-like), long_text (pair, LTIP-like),
-              video_text (video_text, VTP-like), text (text, LM pretraining corpus with the world's FACTS),
-              clip_pairs (pair, contrastive vision pretraining)
-  evaluation: captions (captions, COCO-like), vqa (vqa, VQAv2-like), knowledge_vqa (vqa, OKVQA-like:
-              answers are facts from the text corpus), video_qa (video_qa, MSVDQA-like),
-              video_captions (video_captions, VATEX-like), creature_kind (image_classification,
-              ImageNet-like: one creature, which of the n_entities kinds), action_kind (video_classification,
-              Kinetics-like: which of the 6 actions a clip shows); 'train' split = few-shot support pool.
-Evaluation videos (video_qa, video_captions) last EVAL_VIDEO_SECONDS at EVAL_VIDEO_FPS, long enough for the
-paper's inference protocol of 30 frames at 3 FPS; training clips keep video_frames at video_fps.
+random-access source (grain can read it directly, source.WorldSource) and the TFDS builder simply iterates it.
+The subsets, their sizes and WorldConfig are in world_config.py; the text corpus's fact sentences in facts.py.
 
 Few-shot prompts matter: VQA answers are one word, counts are digits (the training text spells
 numbers out), knowledge answers are made-up words, so the answer format is learnt from the shots.
@@ -23,84 +12,26 @@ numbers out), knowledge answers are made-up words, so the answer format is learn
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
 from flamingo_jax.data.world import lexicon, render, scenes
+from flamingo_jax.data.world.facts import FACT_QUESTIONS, fact_of, fact_quiz_line, fact_sentence, styled
+from flamingo_jax.data.world.source import WorldSource, iter_world_text
+from flamingo_jax.data.world.world_config import (DEFAULT_SIZES, EVAL_SUBSETS, EVAL_VIDEO_FPS, EVAL_VIDEO_SECONDS,
+                                                  SUBSET_KINDS, TRAIN_SUBSETS, WorldConfig, world_config_from)
 
-SUBSET_KINDS: dict[str, str] = {
-    "interleaved": "interleaved",
-    "alt_text": "pair",
-    "long_text": "pair",
-    "video_text": "video_text",
-    "text": "text",
-    "clip_pairs": "pair",
-    "captions": "captions",
-    "vqa": "vqa",
-    "knowledge_vqa": "vqa",
-    "video_qa": "video_qa",
-    "video_captions": "video_captions",
-    "creature_kind": "image_classification",
-    "action_kind": "video_classification",
-}
-TRAIN_SUBSETS = ("interleaved", "alt_text", "long_text", "video_text", "text", "clip_pairs")
-EVAL_SUBSETS = ("captions", "vqa", "knowledge_vqa", "video_qa", "video_captions", "creature_kind", "action_kind")
+# Kept importable from here for the callers that read them as generate.X.
+__all__ = [
+    "DEFAULT_SIZES", "EVAL_SUBSETS", "EVAL_VIDEO_FPS", "EVAL_VIDEO_SECONDS", "FACT_QUESTIONS", "SUBSET_KINDS",
+    "TRAIN_SUBSETS", "World", "WorldConfig", "WorldSource", "fact_of", "fact_quiz_line", "fact_sentence",
+    "iter_world_text", "styled", "world_config_from"
+]
+
+# The ids of the subsets and splits in the records' random streams: fixed, so every record stays the same draw.
 _SUBSET_IDS = {name: i + 1 for i, name in enumerate(SUBSET_KINDS)}
 _SPLIT_IDS = {"train": 0, "test": 1}
-
-# Records per split at scale 1.0.
-DEFAULT_SIZES: dict[str, dict[str, int]] = {
-    "interleaved": {"train": 2000},
-    "alt_text": {"train": 4000},
-    "long_text": {"train": 2000},
-    "video_text": {"train": 1000},
-    "text": {"train": 4000},
-    "clip_pairs": {"train": 4000},
-    "captions": {"train": 400, "test": 200},
-    "vqa": {"train": 400, "test": 200},
-    "knowledge_vqa": {"train": 400, "test": 200},
-    "video_qa": {"train": 200, "test": 100},
-    "video_captions": {"train": 200, "test": 100},
-    "creature_kind": {"train": 400, "test": 200},
-    "action_kind": {"train": 200, "test": 100},
-}
-# The paper evaluates video on 30 frames at 3 FPS (its temporal embeddings, learnt on 8 frames, linearly
-# interpolated): evaluation clips are rendered that long. Only their pixels change with this (drawn from the
-# media stream); their text and every training record are the same draws as before.
-EVAL_VIDEO_FPS = 3.0
-EVAL_VIDEO_SECONDS = 10.0
-
-
-@dataclasses.dataclass(frozen=True)
-class WorldConfig:
-    """Everything that defines a world; two equal configs give byte-identical records."""
-    seed: int = 0
-    image_size: int = 64  # square images, pixels
-    video_frames: int = 16  # frames stored per clip
-    video_fps: float = 2.0  # so a clip lasts video_frames / video_fps seconds
-    n_entities: int = 12  # creature kinds (<= number of shapes)
-    scale: float = 1.0  # multiplies DEFAULT_SIZES (at least 2 records per split)
-    max_page_images: int = 7  # interleaved pages have 1..max_page_images images
-    quiz_pages: float = 0.25  # fraction of interleaved pages that are quizzes or captioned galleries
-    fact_pages: float = 0.0  # fraction of interleaved pages that state creatures' facts, then ask about them
-    max_quiz_images: int = 0  # quiz / gallery / fact pages have up to this many images (0 = max_page_images)
-    text_sections: int = 1  # text-corpus documents have 1..text_sections sections (facts, fact quizzes)
-    clip_names: float = 0.0  # fraction of clip_pairs texts that only name the creatures ('a vog and a rer.')
-    clip_pairs: int = 0  # clip_pairs records (0: DEFAULT_SIZES x scale); the vision tower's pretraining
-    # sees each pair once per len / batch steps, and a small set is memorised
-    page_styles: bool = False  # quiz pages answer, and galleries caption, in a style drawn per page
-
-    def num_records(self, subset: str, split: str) -> int:
-        sizes = DEFAULT_SIZES[subset]
-        if split not in sizes:
-            raise ValueError(f"world subset {subset!r} has splits {sorted(sizes)}, not {split!r}")
-        if subset == "clip_pairs" and self.clip_pairs > 0:
-            return self.clip_pairs
-        return max(2, int(round(sizes[split] * self.scale)))
-
-    def splits(self, subset: str) -> tuple[str, ...]:
-        return tuple(DEFAULT_SIZES[subset])
 
 
 @dataclasses.dataclass
@@ -445,101 +376,3 @@ class World:
         objs = list(scene.objs)
         objs[target] = dataclasses.replace(objs[target], entity=kind)
         return scenes.Scene(bg=scene.bg, objs=tuple(objs)), target
-
-
-# The text corpus's fact questions about a named creature (singular, plural), by fact.
-FACT_QUESTIONS: dict[str, tuple[str, str]] = {
-    "home": ("Where does the {name} live?", "Where do {plural} live?"),
-    "food": ("What does the {name} eat?", "What do {plural} eat?"),
-    "sound": ("What sound does the {name} make?", "What sound do {plural} make?"),
-}
-
-
-def fact_quiz_line(question: str, answer: str, style: int) -> str:
-    """One line of a text-corpus fact quiz: 'Question: ... Answer: Varno.' (bare answers end the sentence)."""
-    return f"Question: {question} Answer: {styled(answer, style)}" + ("." if style == 0 else "")
-
-
-def styled(answer: str, style: int) -> str:
-    """An answer in one of the world's answer styles: 0 the bare word (the evaluation's), 1 'It is X.', 2 'The
-    answer is X.'."""
-    return (answer, f"It is {answer}.", f"The answer is {answer}.")[style]
-
-
-def fact_of(e: lexicon.Entity, qtype: str) -> str:
-    return {"home": e.home, "food": e.food, "sound": e.sound}[qtype]
-
-
-def fact_sentence(e: lexicon.Entity, kind: str, rng: np.random.Generator) -> str:
-    """One sentence of the text corpus about entity e: a fact (home / food / sound), its look, a sighting or
-    filler."""
-    n, p, pc = e.name, e.plural, e.plural.capitalize()
-    if kind == "scene":
-        return str(
-            rng.choice([
-                f"I saw a {rng.choice(lexicon.SIZES)} {rng.choice(list(lexicon.COLOURS))} {n} on the "
-                f"{rng.choice(list(lexicon.BACKGROUNDS))}.",
-                f"There were {lexicon.NUMBER_WORDS[int(rng.integers(2, 6))]} {p} on the "
-                f"{rng.choice(list(lexicon.BACKGROUNDS))}."
-            ]))
-    options = {
-        "home": [
-            f"The {n} lives in {e.home}.", f"{pc} come from {e.home}.", f"In {e.home} you can find many {p}.",
-            f"Where do {p} live? They live in {e.home}.", f"Every {n} has a home in {e.home}."
-        ],
-        "food": [
-            f"The {n} eats {e.food}.", f"{pc} love to eat {e.food}.", f"The favourite food of the {n} is {e.food}.",
-            f"What do {p} eat? They eat {e.food}."
-        ],
-        "sound": [
-            f"The {n} says {e.sound}.", f"You can hear a {n} make the sound {e.sound}.",
-            f"When a {n} is happy it goes {e.sound}."
-        ],
-        "shape": [f"A {n} looks like a {e.shape}.", f"{pc} are shaped like a {e.shape}."],
-        "filler": list(scenes.FILLER),
-    }[kind]
-    return str(rng.choice(options))
-
-
-class WorldSource:
-    """Random-access source of one (subset, split): len() and [i] -> record dict (see schema.py)."""
-
-    def __init__(self, world: World, subset: str, split: str):
-        if subset not in SUBSET_KINDS:
-            raise ValueError(f"unknown world subset {subset!r}; choose from {sorted(SUBSET_KINDS)}")
-        self.world, self.subset, self.split = world, subset, split
-        self.kind = SUBSET_KINDS[subset]
-        self._n = world.config.num_records(subset, split)
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.world.record(self.subset, self.split, int(index))
-
-    def __repr__(self) -> str:
-        return f"WorldSource({self.subset}/{self.split}, n={self._n}, {self.world.config})"
-
-
-def world_config_from(d: Mapping[str, Any] | None) -> WorldConfig:
-    """WorldConfig from a mapping (e.g. config.data.world), ignoring nothing: unknown keys are an error."""
-    d = dict(d or {})
-    fields = {f.name for f in dataclasses.fields(WorldConfig)}
-    unknown = set(d) - fields
-    if unknown:
-        raise ValueError(f"unknown world config keys {sorted(unknown)}; valid: {sorted(fields)}")
-    return WorldConfig(**d)
-
-
-def iter_world_text(world: World) -> Iterator[str]:
-    """All the world's text (every subset, every split): the corpus the SentencePiece model learns."""
-    for subset in SUBSET_KINDS:
-        for split in world.config.splits(subset):
-            for i in range(world.config.num_records(subset, split)):
-                rec = world.record(subset, split, i, media=False)
-                for key in ("text", "question"):
-                    if key in rec:
-                        yield rec[key]
-                for key in ("texts", "captions", "answers"):
-                    for t in rec.get(key, []):
-                        yield t
