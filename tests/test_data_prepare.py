@@ -1,4 +1,4 @@
-"""Preparation of the formats researchers hold (issue 17): WebDataset MMC4 and LAION-style shards, OBELICS-style
+"""Preparation of the formats researchers hold: WebDataset MMC4 and LAION-style shards, OBELICS-style
 parquet, hostile manual dirs. Every planted corruption is skipped or repaired and counted exactly by reason;
 none stops the build. Also the prepare command and grain worker processes on a prepared corpus."""
 
@@ -89,7 +89,7 @@ def test_laion_pairs_and_obelics_parquet_prepare_with_exact_counts(tmp_path):
 
 
 def test_hostile_manual_dirs_never_stop_the_build(tmp_path):
-    """The issue's fresh-clone findings: a truncated tar, a COCO record without `sentences`, a bad jsonl line."""
+    """Inputs found in real manual dirs: a truncated tar, a COCO record without `sentences`, a bad jsonl line."""
     pairs_src = Path(builders.builder_module("image_text_pairs").__path__[0]) / "dummy_data"
     manual = tmp_path / "pairs"
     shutil.copytree(pairs_src, manual)

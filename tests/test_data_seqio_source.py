@@ -1,7 +1,6 @@
-"""config.data.source = 'seqio' (issue 17): our Tasks give the grain source's batches and losses; a user's Task
+"""config.data.source = 'seqio': our Tasks give the grain source's batches and losses; a user's Task
 trains and resumes; the data counters reach metrics.jsonl."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -87,10 +86,9 @@ def test_a_user_registered_task_trains_through_the_source_and_resumes_by_replay(
 
 
 def _tiny_train_config(source):
-    spec = importlib.util.spec_from_file_location("tiny_exp", ROOT / "experiments" / "tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    from flamingo_jax.config_files import load_config
+
+    config = load_config(str(ROOT / "experiments" / "tiny.py"))
     config.data = tiny_config(source=source, num_threads=1, mixture=["m3w", "align"])
     config.total_steps, config.log_every = 3, 1
     return config

@@ -25,6 +25,7 @@ from types import ModuleType
 from typing import Any, Sequence
 
 import flamingo_jax
+from flamingo_jax import files
 
 PACKAGE = "flamingo_jax_datasets"
 
@@ -120,12 +121,10 @@ def prepare(name: str, config: Any = None, data_dir: str | None = None, manual_d
     tallies = getattr(builder, "tallies", None)
     if tallies:
         splits = {split: dict(sorted(t.items())) for split, t in tallies.items()}
-        with open(os.path.join(builder.data_dir, REPORT), "w") as f:
-            json.dump(
-                {
-                    "builder": name, "config": builder.builder_config.name if builder.builder_config else "",
-                    "splits": splits
-                }, f, indent=1)
+        report = {
+            "builder": name, "config": builder.builder_config.name if builder.builder_config else "", "splits": splits
+        }
+        files.write_json(os.path.join(builder.data_dir, REPORT), report, indent=1)
         skipped = {s: {k: v for k, v in t.items() if k.startswith("skipped/")} for s, t in splits.items()}
         logging.warning("prepared %s in %s; skipped %s (details in %s)", name, builder.data_dir, skipped, REPORT)
     return builder

@@ -1,5 +1,5 @@
 """Generated corpora in the formats researchers hold, with planted corruption and the exact counts a
-preparation must report (tests, benchmarks/input_pipeline.py and the issue-17 volume check).
+preparation must report (tests, benchmarks/input_pipeline.py and the README's "Real data at volume" check).
 
     python -m flamingo_jax.data.fake_corpora mmc4 --out DIR --docs 2000 --corrupt 0.05 --image_size 320
 

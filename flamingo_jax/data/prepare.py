@@ -20,7 +20,6 @@ keeps the accelerators from idling while one host decodes a corpus.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import multiprocessing
 import os
 import time
@@ -29,6 +28,7 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
+from flamingo_jax import files
 from flamingo_jax.data import builders, mixture
 
 
@@ -110,8 +110,7 @@ def main(argv, config_flag, datasets_flag, eval_flag, parallel_flag, json_flag) 
     for r in reports:
         print("\n".join(summary_lines(r)), flush=True)
     if json_flag.value:
-        with open(json_flag.value, "w") as f:
-            json.dump(reports, f, indent=1)
+        files.write_json(json_flag.value, reports, indent=1)
 
 
 def run() -> None:

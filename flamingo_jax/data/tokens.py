@@ -3,7 +3,7 @@
 All functions work on one example; L = seq_len. A layout builds L+1 ids; the model input is ids[:L]
 (`tokens`) and the targets are ids[1:] (`targets`).
 
-Layouts (spec sec. 2):
+Layouts (the paper's interleaving, Section 2.3: <image> where an image stood, <EOC> ending each chunk):
   pair:        <BOS><image>caption<EOC><EOS>               (video-text pairs too: the video is one media)
   interleaved: <BOS>text<EOC><image>text<EOC><image>text<EOC><EOS>   (no <EOC> before a leading <image>)
 
