@@ -38,7 +38,7 @@ def main() -> None:
 
     from benchmarks.presets import preset_config
     from flamingo_jax import checkpoint, models, optim
-    from flamingo_jax.train import dummy_inputs
+    from flamingo_jax.train_state import dummy_inputs
     from flamingo_jax.train_step import init_state
 
     config = preset_config(args.preset)
@@ -59,13 +59,13 @@ def main() -> None:
         treedef,
         [jax.random.key(0) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else next(it) for x in leaves])
     jax.block_until_ready(state)
-    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(checkpoint._storable(state)))
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(checkpoint.storable(state)))
 
-    checkpoint.checksums(checkpoint._storable(state))  # compile
+    checkpoint.checksums(checkpoint.storable(state))  # compile
     t = []
     for _ in range(3):
         t0 = time.perf_counter()
-        checkpoint.checksums(checkpoint._storable(state))
+        checkpoint.checksums(checkpoint.storable(state))
         t.append(time.perf_counter() - t0)
     checksum_s = statistics.median(t)
 

@@ -28,6 +28,28 @@ PEER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 PEER_DIR = os.path.expanduser("~/.cache/fj-peer")
 
 
+def add_workload_args(ap, *, n_img: int | None, seq_len: int | None, prompt_len: int, rounds: int) -> None:
+    """The command-line arguments every few-shot benchmark takes (generate.py, rank.py), with its defaults."""
+    ap.add_argument("--presets", default="small")
+    ap.add_argument("--n-img", type=int, default=n_img, help="images per prompt (default: the preset's)")
+    ap.add_argument("--seq-len", type=int, default=seq_len, help="tokens per dummy sequence (default: the preset's)")
+    ap.add_argument("--prompt-len", type=int, default=prompt_len)
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--runs", type=int, default=3, help="timed calls per round on each side")
+    ap.add_argument("--of-threads", type=int, default=0, help="torch threads for the peer (0 = its default)")
+
+
+def workload(preset: str, a, *, left_pad_row0: bool) -> tuple:
+    """(sizes, config, model, params, images [B, n, 1, S, S, 3], tokens [B, L], token mask [B, L], image mask [B, n])
+    of one preset under the parsed add_workload_args `a`."""
+    import jax
+
+    p = sizes(preset, a.n_img, a.seq_len)
+    cfg, model, params, images = our_model(preset, p)
+    tokens, tmask = prompts(p, a.prompt_len, cfg.image_token_id, cfg.eoc_token_id, left_pad_row0=left_pad_row0)
+    return p, cfg, model, params, images, tokens, tmask, jax.numpy.ones((p["B"], p["n_img"]), bool)
+
+
 def sizes(preset: str, n_img: int | None, seq_len: int | None) -> dict:
     """The preset's sizes with the overrides (as tiny_of.py applies --n-img / --seq-len)."""
     p = dict(PRESETS[preset])
@@ -65,7 +87,7 @@ def our_model(preset: str, p: dict):
     import jax
 
     from flamingo_jax import models, sharding
-    from flamingo_jax.train import init_params
+    from flamingo_jax.train_state import init_params
 
     cfg = preset_model_config(preset)
     model = models.build(cfg)

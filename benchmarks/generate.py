@@ -30,22 +30,13 @@ from flamingo_jax.evaluation import decoding  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", default="small")
-    ap.add_argument("--n-img", type=int, default=None, help="images per prompt (default: the preset's)")
-    ap.add_argument("--seq-len", type=int, default=None, help="tokens per dummy sequence (default: the preset's)")
-    ap.add_argument("--prompt-len", type=int, default=20)
+    fewshot.add_workload_args(ap, n_img=None, seq_len=None, prompt_len=20, rounds=3)
     ap.add_argument("--new-tokens", type=int, default=8)
     ap.add_argument("--beams", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--runs", type=int, default=3, help="timed calls per round on each side")
     ap.add_argument("--no-openflamingo", action="store_true", help="time ours only")
-    ap.add_argument("--of-threads", type=int, default=0, help="torch threads for the peer (0 = its default)")
     a = ap.parse_args()
     for name in a.presets.split(","):
-        p = fewshot.sizes(name, a.n_img, a.seq_len)
-        cfg, model, params, images = fewshot.our_model(name, p)
-        tokens, tmask = fewshot.prompts(p, a.prompt_len, cfg.image_token_id, cfg.eoc_token_id, left_pad_row0=True)
-        image_mask = jax.numpy.ones((p["B"], p["n_img"]), bool)
+        p, cfg, model, params, images, tokens, tmask, image_mask = fewshot.workload(name, a, left_pad_row0=True)
         dec = decoding.Decoder(model, pad_id=BASE_VOCAB + 2)
         gen = decoding.GenerationConfig(max_new_tokens=a.new_tokens, num_beams=a.beams, stop_ids=(),
                                         banned_ids=(cfg.image_token_id, ))

@@ -39,12 +39,8 @@ import jax  # noqa: E402
 from flamingo_jax.config_files import load_config  # noqa: E402
 from flamingo_jax.configs import seeded  # noqa: E402
 from flamingo_jax.seed_batch import SeedBatch  # noqa: E402
-from flamingo_jax.train import (
-    Trainer,
-    initial_state,
-    make_data_iterator,
-    make_step,  # noqa: E402
-    mesh_and_model)
+from flamingo_jax.train import Trainer, make_data_iterator, make_step, mesh_and_model  # noqa: E402
+from flamingo_jax.train_state import initial_state  # noqa: E402
 
 
 def timed(fn, batches) -> float:

@@ -60,9 +60,9 @@ def eval_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
 
 
 def random_params(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict:
-    """Randomly initialised params (flamingo_jax.train.init_params: straight into their shardings on `mesh`)."""
+    """Randomly initialised params (flamingo_jax.train_state.init_params: straight into their shardings on `mesh`)."""
     from flamingo_jax import models
-    from flamingo_jax.train import init_params, make_key
+    from flamingo_jax.train_state import init_params, make_key
 
     model = models.build(config.model)
     params, _, _ = init_params(model, config.model, mesh, make_key(config.get("seed", 0)))
@@ -83,7 +83,7 @@ def load_checkpoint(config: ml_collections.ConfigDict, path: str,
     params from the step checkpoint, frozen ones from the workdir's frozen store or the converted
     checkpoints it references (flamingo_jax.checkpoint.restore_params, which checks their hashes)."""
     from flamingo_jax import checkpoint, models
-    from flamingo_jax.train import param_targets
+    from flamingo_jax.train_state import param_targets
 
     path = os.path.abspath(path)
     if os.path.basename(path) == "checkpoints":

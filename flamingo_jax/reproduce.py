@@ -37,7 +37,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from flamingo_jax import config_files
-from flamingo_jax.config_files import load_config  # noqa: F401  (reproduce.load_config: tests/test_packaging)
 from flamingo_jax.ablate import enable_compilation_cache
 from flamingo_jax.ablations_table import overall
 from flamingo_jax.evaluation.paper_tables import DEV, SOTA, WORLD_TO_DEV

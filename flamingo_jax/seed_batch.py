@@ -10,7 +10,7 @@ jax.vmap(step) is jitted once: one compiled step (and one dispatch per update) s
 works on N-times-larger ops, whose fixed costs dominate at world sizes (benchmarks/seed_batch.py).
 
 Seed k batched is seed k alone: its config is `configs.seeded(config, k)` (config.seed and config.data.seed
-shifted by k), its state comes from `train.initial_state` of that config, its data from
+shifted by k), its state comes from `train_state.initial_state` of that config, its data from
 `train.make_data_iterator` of that config, and the update is `train.make_step`'s, vmapped (tests/
 test_seed_batch.py: every trainable leaf within 1e-5 after a few steps, the same logged losses).
 
@@ -52,9 +52,11 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from flamingo_jax import checkpoint, configs, guard, sharding
+from flamingo_jax.metrics_log import MetricsLog
+from flamingo_jax.preemption import Preemption
 from flamingo_jax.progress import Progress
-from flamingo_jax.train import (MODEL_INPUTS, MetricsLog, TrainingError, initial_state, make_data_iterator, make_step,
-                                mesh_and_model)
+from flamingo_jax.train import MODEL_INPUTS, TrainingError, make_data_iterator, make_step, mesh_and_model
+from flamingo_jax.train_state import initial_state
 
 
 class SeedBatchError(ValueError):
@@ -203,7 +205,7 @@ def train_configs(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequen
     check_batchable(configs)
     for w in workdirs:
         os.makedirs(w, exist_ok=True)
-    preempt = checkpoint.Preemption()
+    preempt = Preemption()
     try:
         return _train(list(configs), list(workdirs), preempt)
     finally:
@@ -234,7 +236,7 @@ def _restore(ckpts: list[checkpoint.Checkpoints], targets: list[dict]) -> tuple[
     return 0, None
 
 
-def _train(configs: list, workdirs: list[str], preempt: checkpoint.Preemption) -> list[dict]:
+def _train(configs: list, workdirs: list[str], preempt: Preemption) -> list[dict]:
     base, n = configs[0], len(configs)
     mesh, model = mesh_and_model(base)
     inits, pretrained = [], None

@@ -40,9 +40,7 @@ from flamingo_jax.preemption import Preemption
 from flamingo_jax.progress import Progress
 from flamingo_jax.run_checks import check_config, check_vocabulary
 from flamingo_jax.train_step import MODEL_INPUTS, check_normalization, make_train_step
-# Moved to flamingo_jax.train_state (the one train-state builder); importable from here until every caller switches.
-from flamingo_jax.train_state import InitialRun, dummy_inputs, init_params, load_pretrained  # noqa: F401
-from flamingo_jax.train_state import initial_state, make_key, param_targets  # noqa: F401
+from flamingo_jax.train_state import initial_state
 
 
 def define_flags() -> dict:

@@ -24,13 +24,9 @@ RICES = ("vqa", 4)  # one RICES cell: support features of the whole pool, query 
 
 def config_for(data_dir: str, mesh: tuple[int, int, int]):
     """experiments/tiny.py (the model the checkpoint was trained with) on the tests' world data dir."""
-    import importlib.util
+    from flamingo_jax.config_files import load_config
 
-    spec = importlib.util.spec_from_file_location(
-        "tiny_exp", os.path.join(os.path.dirname(__file__), "..", "experiments", "tiny.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config(os.path.join(os.path.dirname(__file__), "..", "experiments", "tiny.py"))
     config.data.data_dir = data_dir
     config.mesh.data, config.mesh.fsdp, config.mesh.model = mesh
     return config

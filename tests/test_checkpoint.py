@@ -203,12 +203,10 @@ def test_bytes_per_step_checkpoint_tiny(capsys):
 
 
 BYTES_3B_SCRIPT = r"""
-import importlib.util, json
+import json
+from flamingo_jax.config_files import load_config
 from flamingo_jax.train_state import checkpoint_bytes
-spec = importlib.util.spec_from_file_location("exp3b", "experiments/flamingo_3b.py")
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-print("BYTES " + json.dumps(checkpoint_bytes(module.get_config())))
+print("BYTES " + json.dumps(checkpoint_bytes(load_config("experiments/flamingo_3b.py"))))
 """
 
 # ---------------------------------------------------------------------------------------------------------

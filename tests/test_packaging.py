@@ -25,7 +25,7 @@ for name in ("tensorflow", "tensorflow_text", "seqio"):
     sys.modules[name] = None  # import raises ModuleNotFoundError; importlib.util.find_spec says None
 from flamingo_jax import config_files, evaluate, reproduce, train
 workdir = sys.argv[1]
-config = reproduce.load_config(config_files.find_config("experiments/tiny.py"))
+config = config_files.load_config(config_files.find_config("experiments/tiny.py"))
 config.total_steps, config.log_every = 2, 1
 train.train(config, workdir)
 scores = evaluate.evaluate(config, workdir, ["vqa"], [0], checkpoint=workdir, batch_size=2, num_beams=1,

@@ -36,7 +36,7 @@ CONFIG = textwrap.dedent("""
 # embed over fsdp (2), mlp / heads / kv_heads / vocab over model (4), the rest replicated; a mesh axis that does
 # not divide its dimension, or that an earlier dimension of the same array took, replicates that dimension.
 SCRIPT = textwrap.dedent("""
-    import importlib.util, json, math, sys
+    import json, math, sys
     import flax.linen as nn, jax, jax.numpy as jnp
     from flamingo_jax import models
     from flamingo_jax.tools import plan as P
@@ -55,9 +55,8 @@ SCRIPT = textwrap.dedent("""
             out.append(dim // n)
         return out
 
-    spec = importlib.util.spec_from_file_location("cfg", sys.argv[1])
-    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-    config = mod.get_config()
+    from flamingo_jax.config_files import load_config
+    config = load_config(sys.argv[1])
     mesh_sizes = dict(data=1, fsdp=2, model=4)
     out = P.plan(config, mesh_sizes, P.parse_target("cpu"))
 
@@ -90,12 +89,17 @@ def config_file(tmp_path_factory) -> str:
     return str(path)
 
 
-def test_cpu_plan_param_bytes_match_shapes(config_file):
+def _run_on_8_devices(script: str, config_file: str) -> dict:
+    """The last JSON line a script prints, run on 8 forced CPU devices with the config file as its argument."""
     env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    r = subprocess.run([sys.executable, "-c", SCRIPT, config_file], env=env, cwd=ROOT, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", script, config_file], env=env, cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    res = _last_json(r.stdout)
+    return _last_json(r.stdout)
+
+
+def test_cpu_plan_param_bytes_match_shapes(config_file):
+    res = _run_on_8_devices(SCRIPT, config_file)
     out = res["plan"]
     assert out["devices"] == 8 and out["platform"] == "cpu" and out["mesh"] == dict(data=1, fsdp=2, model=4)
     assert out["params_bytes"] == res["expected_params_bytes"]
@@ -132,14 +136,13 @@ def test_bad_target_is_one_line_error(config_file):
 
 # Generation from prompts of two lengths on (data 2, fsdp 2, model 2): the KV cache's bytes as the config predicts.
 GENERATE = textwrap.dedent("""
-    import importlib.util, json, sys
+    import json, sys
     import jax.numpy as jnp
     from flamingo_jax.models.lm import head_dim
     from flamingo_jax.tools import plan as P
 
-    spec = importlib.util.spec_from_file_location("cfg", sys.argv[1])
-    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-    config = mod.get_config()
+    from flamingo_jax.config_files import load_config
+    config = load_config(sys.argv[1])
     mesh = dict(data=2, fsdp=2, model=2)
     runs = [P.plan_generate(config, mesh, P.parse_target("cpu"), prompt_len=n, new_tokens=8, num_images=5)
             for n in (32, 96)]
@@ -155,11 +158,7 @@ GENERATE = textwrap.dedent("""
 
 
 def test_generate_plan_holds_the_kv_cache(config_file):
-    env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    r = subprocess.run([sys.executable, "-c", GENERATE, config_file], env=env, cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    res = _last_json(r.stdout)
+    res = _run_on_8_devices(GENERATE, config_file)
     short, long = res["runs"]
     assert short["mode"] == "generate" and short["global_batch"] == 4 and short["cache_len"] == 40
     assert long["cache_len"] == 104 and long["params_bytes"] == short["params_bytes"]

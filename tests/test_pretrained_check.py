@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from flamingo_jax import train
+from flamingo_jax import run_checks
 from flamingo_jax.convert.store import FORMAT
 from flamingo_jax.models import vision_config
 from flamingo_jax.config_files import load_config
@@ -29,11 +29,11 @@ def test_paper_config_refuses_a_vit_in_the_nfnet_slot_and_takes_it_with_vision_a
     with pytest.raises(
             ValueError, match=r"config.pretrained.vision: .* holds a tower with kind='vit' but "
             r"config.model.vision.kind is 'nfnet'.*vision=vit:<size>"):
-        train.check_config(config)
+        run_checks.check_config(config)
     config = load_config("experiments/flamingo_9b.py:vision=vit:L/14")
     config.pretrained.vision = vit
-    train.check_config(config)  # the recipe's config arg: accepted
+    run_checks.check_config(config)  # the recipe's config arg: accepted
     config = load_config("experiments/flamingo_9b.py:vision=vit:B/16")
     config.pretrained.vision = vit
     with pytest.raises(ValueError, match="width=1024 but config.model.vision.width is 768"):
-        train.check_config(config)
+        run_checks.check_config(config)

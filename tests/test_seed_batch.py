@@ -13,7 +13,8 @@ import pytest
 
 from flamingo_jax import ablate, checkpoint
 from flamingo_jax.seed_batch import SeedBatchError, check_batchable, seed_config, train_seeds
-from flamingo_jax.train import init_params, mesh_and_model, train
+from flamingo_jax.train import mesh_and_model, train
+from flamingo_jax.train_state import init_params
 from tiny import tiny_train_config
 
 STEPS = 3
@@ -39,7 +40,7 @@ def _config(tmp):
 
 def _params(workdir):
     """{path: array} of every param (trainable from the newest step checkpoint, frozen from the store)."""
-    params, _ = checkpoint.load_params(None, str(workdir))
+    params = checkpoint.read_workdir(str(workdir))[0]
     flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
     return flat
 

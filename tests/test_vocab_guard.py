@@ -1,4 +1,4 @@
-"""A frozen LM read under another vocabulary is an error, not silent garbage (train.check_vocabulary)."""
+"""A frozen LM read under another vocabulary is an error, not silent garbage (run_checks.check_vocabulary)."""
 
 import json
 import os
@@ -6,13 +6,13 @@ import os
 import ml_collections
 import pytest
 
-from flamingo_jax import train
+from flamingo_jax import run_checks
 from flamingo_jax.convert.store import FORMAT
 from flamingo_jax.data.vocab import train_sentencepiece, SentencePieceVocab
 
 
 class _Data:
-    """What train.check_vocabulary reads from the mixture iterator: its vocabulary and the id check."""
+    """What run_checks.check_vocabulary reads from the mixture iterator: its vocabulary and the id check."""
 
     def __init__(self, vocab):
         self.vocab = vocab
@@ -47,15 +47,15 @@ def test_lm_pretrained_under_another_vocabulary_is_an_error(tmp_path):
     a, b = _vocab("dax vog rer"), _vocab("plimbet varno kuku")
     assert a.fingerprint() != b.fingerprint()
     lm = _lm_dir(tmp_path, a.fingerprint())
-    train.check_vocabulary(_config(lm), _Data(a))  # its own vocabulary: fine
+    run_checks.check_vocabulary(_config(lm), _Data(a))  # its own vocabulary: fine
     with pytest.raises(ValueError, match="pretrained under another vocabulary.*point config.data.vocab"):
-        train.check_vocabulary(_config(lm), _Data(b))
+        run_checks.check_vocabulary(_config(lm), _Data(b))
 
 
 def test_model_ids_are_checked_and_unrecorded_vocabularies_pass(tmp_path):
     a = _vocab("dax vog rer")
     data = _Data(a)
-    train.check_vocabulary(_config(_lm_dir(tmp_path, None)), data)  # a converted LM records no vocabulary
+    run_checks.check_vocabulary(_config(_lm_dir(tmp_path, None)), data)  # a converted LM records no vocabulary
     assert data.checked == (64, 64, 65)
     assert os.path.exists(tmp_path / "lm" / "config.json")
 

@@ -46,13 +46,3 @@ __all__ = [
     "frozen_sources", "one_line", "prepare_frozen", "quiet_orbax_info", "read_only_manager", "read_workdir",
     "restore_params", "storable", "verify_checksums", "versions"
 ]
-
-# Old names kept until their last callers switch (issue 15's consolidation, in progress): Preemption moved to
-# flamingo_jax.preemption, and load_params(config, workdir) is read_workdir(workdir).
-from flamingo_jax.preemption import Preemption  # noqa: E402,F401
-
-
-def load_params(config, workdir: str, step: int | None = None) -> tuple[dict, int]:
-    del config
-    params, _, step, _ = read_workdir(workdir, step)
-    return params, step

@@ -20,6 +20,7 @@ params/), so `config.pretrained.<kind> = workdir` loads it in the trainer unchan
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -112,6 +113,20 @@ def make_optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation
     decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)  # noqa: E731
     tx = optax.adamw(sched, b1=c.b1, b2=c.b2, weight_decay=c.weight_decay, mask=decay_mask)
     return optax.chain(optax.clip_by_global_norm(c.clip_norm), tx) if c.clip_norm else tx
+
+
+def stage(config: ml_collections.ConfigDict, kind: str, workdir: str) -> tuple[ml_collections.ConfigDict, str]:
+    """(a private copy of the stage config of `config` (as_stage_config), the absolute workdir)."""
+    return copy.deepcopy(as_stage_config(config, kind)), os.path.abspath(workdir)
+
+
+def stage_batches(c: ml_collections.ConfigDict, batches: Iterator[dict] | None) -> tuple[Any, Iterator[dict]]:
+    """(the data iterator or None, the stage dataset's batches): `batches` when given (tests), else the mixture
+    iterator's batches of c.dataset (the iterator is returned for its state and vocabulary)."""
+    if batches is not None:
+        return None, batches
+    data_iter = make_iterator(c)
+    return data_iter, (b[c.dataset] for b in data_iter)
 
 
 def make_iterator(c: ml_collections.ConfigDict) -> Any:

@@ -1,4 +1,4 @@
-"""CLIP-style contrastive pretraining of a vision encoder (the paper's NFNet + text tower: Section 3.1,
+"""CLIP-style contrastive pretraining of a vision encoder (the paper's NFNet + text tower: Section 2.1,
 Appendix B.1.3).
 
 The image tower is the very encoder Flamingo freezes (build_vision(config.model.vision)); its tokens
@@ -14,9 +14,7 @@ tokens int32[B, L] (<BOS>caption<EOS>, padded), loss_mask float32[B, L] (1 on re
 
 from __future__ import annotations
 
-import copy
 import math
-import os
 
 import flax.linen as nn
 import jax
@@ -133,15 +131,12 @@ def pretrain_vision(config: ml_collections.ConfigDict, workdir: str, *, batches=
 
     config: a pretrain_config('vision', ...) or an experiment config (its model.vision and data).
     batches / vocab_size: an iterator of 'contrastive' batches instead of the data pipeline (tests)."""
-    c = copy.deepcopy(common.as_stage_config(config, "vision"))
-    workdir = os.path.abspath(workdir)
+    c, workdir = common.stage(config, "vision", workdir)
     if common.is_done(workdir):
         return workdir
-    data_iter = None
-    if batches is None:
-        data_iter = common.make_iterator(c)
+    data_iter, batches = common.stage_batches(c, batches)
+    if data_iter is not None:
         vocab_size = data_iter.vocab.size
-        batches = (b[c.dataset] for b in data_iter)
     first = next(batches)
     seq_len = int(first["tokens"].shape[1])
     model = build(c, vocab_size)

@@ -8,9 +8,7 @@ vocabulary must be the data's (config.model.lm.vocab_size = config.data.vocab.si
 
 from __future__ import annotations
 
-import copy
 import math
-import os
 
 import flax.linen as nn
 import jax
@@ -48,24 +46,20 @@ def pretrain_lm(config: ml_collections.ConfigDict, workdir: str, *, batches=None
 
     config: a pretrain_config('lm', ...) or an experiment config (its model.lm and data).
     batches: an iterator of 'text' batches instead of the data pipeline (tests)."""
-    c = copy.deepcopy(common.as_stage_config(config, "lm"))
-    workdir = os.path.abspath(workdir)
+    c, workdir = common.stage(config, "lm", workdir)
     if common.is_done(workdir):
         return workdir
-    data_iter = None
-    if batches is None:
-        data_iter = common.make_iterator(c)
-        if data_iter.vocab.base_size != c.model.vocab_size:
-            raise ValueError(f"LM vocab_size {c.model.vocab_size} != the data vocabulary's {data_iter.vocab.base_size}:"
-                             " set config.model.lm.vocab_size = config.data.vocab.size")
-        batches = (b[c.dataset] for b in data_iter)
+    data_iter, batches = common.stage_batches(c, batches)
+    if data_iter is not None and data_iter.vocab.base_size != c.model.vocab_size:
+        raise ValueError(f"LM vocab_size {c.model.vocab_size} != the data vocabulary's {data_iter.vocab.base_size}:"
+                         " set config.model.lm.vocab_size = config.data.vocab.size")
     model = DecoderLM(c.model)
     params = nn.meta.unbox(model.init(jax.random.key(c.seed), jnp.zeros((1, 2), jnp.int32)))["params"]
     final = common.run_loop(c, workdir, params, make_loss_fn(model), batches, data_iter=data_iter, name="pretrain lm")
     last = common.last_metrics(workdir)
     source = dict(format="flamingo_jax.pretrain", objective="next-token cross-entropy", dataset=c.dataset,
                   steps=int(c.steps), seed=int(c.seed))
-    if data_iter is not None:  # what the trainer checks its data's vocabulary against (train.check_vocabulary)
+    if data_iter is not None:  # what the trainer checks its data's vocabulary against (run_checks.check_vocabulary)
         source["vocab_sha256"] = data_iter.vocab.fingerprint()
     notes = [f"final {k} {last[k]:.4f}" for k in ("loss", "accuracy", "perplexity") if k in last]
     if "loss" in last:

@@ -33,7 +33,8 @@ def roll_images(batch: dict[str, Any]) -> dict[str, Any]:
 def image_dependence(config: ml_collections.ConfigDict, checkpoint_dir: str, batches: int = 8) -> dict:
     """{dataset: {'nll_own', 'nll_rolled', 'gap', 'tokens'}} of the newest checkpoint in checkpoint_dir."""
     from flamingo_jax import checkpoint, models, sharding
-    from flamingo_jax.train import make_data_iterator, param_targets
+    from flamingo_jax.train import make_data_iterator
+    from flamingo_jax.train_state import param_targets
     from flamingo_jax.train_step import MODEL_INPUTS, cross_entropy
 
     model = models.build(config.model)
