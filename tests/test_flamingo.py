@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flamingo_jax.models import SUBTREES, build
+from flamingo_jax.models import SUBTREES, build, xattn_config
 from flamingo_jax.models.lm import DecoderLM
+from flamingo_jax.models.schedule import Segment, layer_schedule
 from tiny import VOCAB, images, init_params, set_gates, tiny_model_config, tokens_with_images
 
 B, T, L = 2, 3, 12
@@ -146,3 +147,47 @@ def test_remat_gives_the_same_loss_and_gradients(variant):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{policy} {jax.tree_util.keystr(path)}")
         if policy == "full":
             assert residual_bytes(remat) < residual_bytes(plain)
+
+
+def test_layer_schedule_is_the_papers_placement_as_data():
+    """Segments of LM layers with the cross-attention layer before each; evenly spaced segments fold into one
+    scanned Segment with stacked params, a shorter last one stays apart."""
+    gated = lambda **kw: xattn_config("gated", **kw)  # noqa: E731
+    assert layer_schedule(gated(every=2), 5, False) == (Segment(0, 0, 2), Segment(1, 2, 4), Segment(2, 4, 5))
+    assert layer_schedule(gated(every=2), 5, True) == (Segment(0, 0, 2, scan=2), Segment(2, 4, 5))
+    assert layer_schedule(gated(every=2), 4, True) == (Segment(0, 0, 2, scan=2), )
+    assert layer_schedule(gated(every=2, offset=1), 4, False) == (Segment(None, 0, 1), Segment(0, 1,
+                                                                                               3), Segment(1, 3, 4))
+    assert layer_schedule(gated(placement="middle"), 4, True) == (Segment(None, 0, 2), Segment(0, 2, 4))
+    assert layer_schedule(gated(placement="list", layers=(0, 2)), 5, True) == (Segment(0, 0, 2,
+                                                                                       scan=1), Segment(1, 2, 5))
+    assert layer_schedule(xattn_config("grafting", every=2), 4,
+                          False) == (Segment(None, 0, 4, remat=False), Segment(0, 4, 4), Segment(1, 4, 4))
+    assert layer_schedule(xattn_config("grafting", every=2), 4,
+                          True) == (Segment(None, 0, 4, remat=False), Segment(0, 4, 4, scan=2))
+
+
+def _stacked(params, subtree):
+    """Per-layer params layers_0 .. layers_{n-1} of a subtree -> one `layers` tree stacked on axis 0."""
+    tree = dict(params[subtree])
+    names = sorted((k for k in tree if k.startswith("layers_")), key=lambda k: int(k.split("_")[1]))
+    tree["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[tree.pop(k) for k in names])
+    return dict(params, **{subtree: tree})
+
+
+@pytest.mark.parametrize("kind,placement", [("gated", (0, 2)), ("vanilla", (1, 3)), ("grafting", (0, 1))])
+def test_stacked_layers_compute_what_per_layer_params_compute(kind, placement):
+    """The scanned schedule (stacked params) gives the per-layer schedule's logits, also for evenly spaced
+    cross-attention layers whose last segment is longer than the stride (gated, layers 0 and 2 of 5)."""
+    config = tiny_model_config(kind, placement="list", num_layers=5)
+    config.xattn.layers = placement
+    tokens = tokens_with_images(config, B, L)
+    imgs = images(B, T)
+    _, params, _ = init_params(config, tokens, imgs, IMAGE_MASK)
+    params = set_gates(params, 0.5)
+    loop = jax.jit(build(config).apply)({"params": params}, tokens, imgs, IMAGE_MASK)
+    scan_config = config.copy_and_resolve_references()
+    scan_config.lm.scan_layers = True
+    stacked = _stacked(_stacked(params, "lm"), "xattn")
+    scan = jax.jit(build(scan_config).apply)({"params": stacked}, tokens, imgs, IMAGE_MASK)
+    np.testing.assert_allclose(scan, loop, rtol=1e-5, atol=1e-5)

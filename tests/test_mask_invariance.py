@@ -1,4 +1,4 @@
-"""Mask-invariance properties of the Flamingo model, over seeded random cases (tracker issue 18).
+"""Mask-invariance properties of the Flamingo model, over seeded random cases.
 
 Masking bugs recur in Flamingo implementations: OpenFlamingo #154 and #242, IDEFICS #26428 (text before the
 first image still attended to images), #28591 (wrong masks with longest padding), #33499 (batch > 1 differs

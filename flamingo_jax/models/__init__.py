@@ -48,7 +48,7 @@ def model_config(vision: ml_collections.ConfigDict, lm: ml_collections.ConfigDic
 def openflamingo_config(vision: ml_collections.ConfigDict, lm: ml_collections.ConfigDict,
                         cross_attn_every_n_layers: int, *, add_pad_token: bool = True,
                         dtype: str = "float32") -> ml_collections.ConfigDict:
-    """The `openflamingo` compatibility setting (flamingo_spec.md section 6), exactly as OpenFlamingo 2.0.1:
+    """The `openflamingo` compatibility setting for OpenFlamingo checkpoints, exactly as OpenFlamingo 2.0.1:
     no biases, 8x64 heads, GELU, perceiver without time embeddings plus a final LayerNorm, cross-attention
     without a key/value norm inserted before block i when (i+1) % n == 0, FFW on every token. Added token
     ids follow its tokenizer: `<|endofchunk|>` = V, `<image>` = V+1, then `<PAD>` = V+2 if it lacked one."""

@@ -11,6 +11,10 @@ Top-level param subtrees, so "trainable" is a choice of subtrees:
 Inputs: images float32[B, T_img, F, H, W, C] in [0, 1] (an image is a 1-frame video), image_mask
 bool[B, T_img], tokens int32[B, L], optional media_index int32[B, L] (see xattn.py) and token_mask
 bool[B, L] (False on left padding). Output: logits float32[B, L, vocab_size + num_new_tokens].
+
+The order of the LM and cross-attention layers is data, schedule.layer_schedule's segments, which one
+runner (`Flamingo._run_schedule`) applies for every kind, with per-layer or stacked params and with or
+without a decoding cache.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ import ml_collections
 
 from flamingo_jax.models.attention import alibi_bias
 from flamingo_jax.models.layers import Dtype, dtype_of, logical
-from flamingo_jax.models.lm import DecoderLM
+from flamingo_jax.models.lm import DecoderLM, loop_blocks, scan_blocks
 from flamingo_jax.models.media_attention import OwnImageMask
 from flamingo_jax.models.resampler import build_resampler, resampler_width
+from flamingo_jax.models.schedule import Segment, layer_schedule
 from flamingo_jax.models.vision import build_vision, vision_output_dim
-from flamingo_jax.models.xattn import CrossAttentionStack, default_media_index, media_mask, placement
+from flamingo_jax.models.xattn import CrossAttentionStack, default_media_index, media_mask
 from flamingo_jax.sharding import constrain
 
 
@@ -52,14 +57,6 @@ class NewTokens(nn.Module):
         return self.unembedding if self.untied else self.embedding.T
 
 
-def _uniform_groups(positions: tuple[int, ...], num_layers: int) -> int | None:
-    """The common distance between cross-attention layers if they are evenly spaced, else None."""
-    if len(positions) < 2:
-        return None
-    gaps = {b - a for a, b in zip(positions, positions[1:])}
-    return gaps.pop() if len(gaps) == 1 else None
-
-
 REMAT_POLICIES = {
     "full": None,  # keep only each block's inputs; recompute everything else in the backward pass
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
@@ -68,6 +65,19 @@ REMAT_POLICIES = {
 
 def _dynamic_rows(tree, start, size: int):
     return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, size, axis=0), tree)
+
+
+def _layer(layers, j, stacked: bool):
+    """Layer j's tree: row j (an int or a traced index) of a tree stacked on a leading layer axis, or item j
+    of a list of per-layer trees."""
+    return jax.tree.map(lambda a: a[0], _dynamic_rows(layers, j, 1)) if stacked else layers[j]
+
+
+def _with_layer(layers, j, tree, stacked: bool):
+    """`layers` with layer j's tree replaced by `tree` (see _layer)."""
+    if stacked:
+        return _set_rows(layers, jax.tree.map(lambda x: x[None], tree), j)
+    return [*layers[:j], tree, *layers[j + 1:]]
 
 
 def _set_rows(tree, part, start):
@@ -170,15 +180,9 @@ class Flamingo(nn.Module):
                       ("act_batch", "act_length", "act_embed"))
         attn = dict(positions=positions, mask=self_mask, bias=bias,
                     cache_index=None if cache is None else cache["lm"]["index"])
-        lm_layers = None if cache is None else cache["lm"]["layers"]
-        graft = None if cache is None else cache["graft"]
-        if c.xattn.kind == "grafting":
-            h, lm_layers = self.lm.run_layers(h, attn, lm_layers, prefix=dec.get("lm_prefix"))
-            h, graft = self._run_grafts(h, visual_flat, xmask, self_mask, attn["cache_index"], graft, dec)
-        elif c.lm.scan_layers:
-            h, lm_layers = self._run_scanned(h, visual_flat, xmask, attn, lm_layers, dec)
-        else:
-            h, lm_layers = self._run_unrolled(h, visual_flat, xmask, attn, lm_layers, dec)
+        h, lm_layers, graft = self._run_schedule(h, visual_flat, xmask, attn,
+                                                 None if cache is None else cache["lm"]["layers"],
+                                                 None if cache is None else cache["graft"], dec)
         if last_logits:
             h, l = h[:, -1:], 1
         base, hn = self.lm.logits(constrain(h, ("act_batch", "act_length", "act_embed")))
@@ -245,169 +249,89 @@ class Flamingo(nn.Module):
             raise ValueError(f"unknown model.remat {policy!r}: use 'none' or one of {sorted(REMAT_POLICIES)}")
         return jax.checkpoint(fn, policy=REMAT_POLICIES[policy])
 
-    def _xattn_fn(self, params, visual, xmask, remat: bool = True, extras: dict | None = None):
-        block = self.xattn.block()
-        fn = lambda h: block.apply({"params": params}, h, visual, xmask, **(extras or {}))  # noqa: E731
-        return self._remat(fn) if remat else fn
+    def _run_schedule(self, h, visual, xmask, attn, lm_layers, graft, dec):
+        """Runs the layer schedule (schedule.layer_schedule) on the residual stream h [B, L, D].
 
-    def _run_unrolled(self, h, visual, xmask, attn, lm_layers, dec=None):
-        """Per-layer params: a Python loop, cross-attention before (gated) or inside (vanilla) LM blocks."""
-        where = {layer: j for j, layer in enumerate(placement(self.config.xattn, self.config.lm.num_layers))}
-        vanilla = self.config.xattn.kind == "vanilla"
-        block = self.lm.block()
-        new_layers = None if lm_layers is None else list(lm_layers)
-        for i in range(self.config.lm.num_layers):
-            mid = None
-            if i in where:
-                # Vanilla: inside the LM block, which is rematted as a whole (remat it once, not twice).
-                x = self._xattn_fn(self.xattn.layer_params[where[i]], visual, xmask, remat=not vanilla,
-                                   extras=self._xattn_extras(dec, where[i]))
-                if vanilla:
-                    mid = x
-                else:
-                    h = x(h)
-            lm_prefix = (dec or {}).get("lm_prefix")
-            layer_prefix = None if lm_prefix is None else dict(lm_prefix["layers"][i], mask=lm_prefix["mask"],
-                                                               bias=lm_prefix["bias"])
-            apply_block = functools.partial(block.apply, {"params": self.lm.layer_params[i]}, mid=mid,
-                                            cache=None if new_layers is None else new_layers[i], prefix=layer_prefix,
-                                            **attn)
-            h, layer_cache = self._remat(apply_block)(h)
-            if new_layers is not None:
-                new_layers[i] = layer_cache
-        return h, new_layers
-
-    def _scan_lm(self, h, params, caches, attn, mid=None, prefix=None):
-        """Applies the LM layers stacked in `params` (and their caches) in order with lax.scan.
-
-        prefix: {'layers': the layers' stacked prefix keys/values, 'mask', 'bias'} (decoding) or None."""
-        block = self.lm.block()
-        n = jax.tree.leaves(params)[0].shape[0]
-        kvs = None if prefix is None else prefix["layers"]
-
-        def layer_prefix(kv):
-            return None if kv is None else dict(kv, mask=prefix["mask"], bias=prefix["bias"])
-
-        if mid is not None:  # the first layer of the group holds the vanilla cross-attention
-            first = jax.tree.map(lambda x: x[0], params)
-            first_cache = None if caches is None else jax.tree.map(lambda x: x[0], caches)
-            first_kv = None if kvs is None else jax.tree.map(lambda x: x[0], kvs)
-            h, c0 = block.apply({"params": first}, h, mid=mid, cache=first_cache, prefix=layer_prefix(first_kv), **attn)
-            if n == 1:
-                return h, None if caches is None else jax.tree.map(lambda x: x[None], c0)
-            rest = jax.tree.map(lambda x: x[1:], params)
-            rest_cache = None if caches is None else jax.tree.map(lambda x: x[1:], caches)
-            rest_prefix = None if kvs is None else dict(prefix, layers=jax.tree.map(lambda x: x[1:], kvs))
-            h, cr = self._scan_lm(h, rest, rest_cache, attn, prefix=rest_prefix)
-            if caches is None:
-                return h, None
-            return h, jax.tree.map(lambda a, r: jnp.concatenate([a[None], r]), c0, cr)
-
-        def body(carry, xs):
-            p, layer_cache, kv = xs
-            return block.apply({"params": p}, carry, cache=layer_cache, prefix=layer_prefix(kv), **attn)
-
-        return jax.lax.scan(body, h, (params, caches, kvs))
-
-    def _run_segment(self, h, j, start, size, visual, xmask, attn, lm_layers, stacks, dec=None):
-        """Cross-attention layer j (if any), then LM layers [start, start+size) from the stacked trees.
-
-        stacks: (lm params, xattn params), read before any lax.scan so that lazy setup (and, at init,
-        param creation) never happens inside a traced loop body."""
-        lm_params, xattn_params = stacks
-        x = None
-        if j is not None:
-            params_j = jax.tree.map(lambda a: a[0], _dynamic_rows(xattn_params, j, 1))
-            x = self._xattn_fn(
-                params_j,
-                visual,
-                xmask,
-                remat=False,  # the caller remats the whole segment
-                extras=self._xattn_extras(dec, j))
-        vanilla = self.config.xattn.kind == "vanilla"
-        if x is not None and not vanilla:
-            h = x(h)
-        if size == 0:
-            return h, lm_layers
-        params = _dynamic_rows(lm_params, start, size)
-        caches = None if lm_layers is None else _dynamic_rows(lm_layers, start, size)
-        lm_prefix = (dec or {}).get("lm_prefix")
-        if lm_prefix is not None:
-            lm_prefix = dict(lm_prefix, layers=_dynamic_rows(lm_prefix["layers"], start, size))
-        h, caches = self._scan_lm(h, params, caches, attn, mid=x if vanilla else None, prefix=lm_prefix)
-        if lm_layers is not None:
-            lm_layers = _set_rows(lm_layers, caches, start)
-        return h, lm_layers
-
-    def _run_scanned(self, h, visual, xmask, attn, lm_layers, dec=None):
-        """Stacked params: evenly spaced cross-attention layers run as one scan over (xattn, n LM blocks)
-        groups, so compile time does not grow with depth; uneven placements run segment by segment."""
-        num_layers = self.config.lm.num_layers
-        pos = placement(self.config.xattn, num_layers)
+        lm_layers, graft: the LM's and the grafted layers' self-attention caches (None without a cache).
+        Per-layer params run each segment's layers in a Python loop, each layer under remat; stacked params
+        run the LM layers with lax.scan, each segment under remat as a whole (one checkpoint per segment),
+        and a Segment with `scan` as one lax.scan over its copies. Returns (h, lm_layers, graft)."""
+        stacked = self.config.lm.scan_layers
+        # Read before any lax.scan so that lazy setup (and, at init, param creation) never happens inside a
+        # traced loop body.
         stacks = (self.lm.layer_params, self.xattn.layer_params)
 
-        def segment(h_, layers_, j, start, size):  # under remat as a whole (one checkpoint per group)
-            run = lambda carry: self._run_segment(
-                carry[0],
-                j,
-                start,
-                size,
-                visual,
-                xmask,
-                attn,
-                carry[1],  # noqa: E731
-                stacks,
-                dec)
-            return self._remat(run)((h_, layers_))
+        def run(state, seg: Segment, j, start):
+            size = seg.stop - seg.start
+            unit = functools.partial(self._run_segment, visual=visual, xmask=xmask, attn=attn, stacks=stacks, dec=dec,
+                                     j=j, start=start, size=size, layer_remat=seg.remat and not stacked)
+            return self._remat(unit)(state) if seg.remat and stacked else unit(state)
 
-        if not pos:
-            return segment(h, lm_layers, None, 0, num_layers)
-        h, lm_layers = segment(h, lm_layers, None, 0, pos[0])
-        stride = _uniform_groups(pos, num_layers)
-        first_plain = 0
-        if stride is not None:
-            full = len(pos) if pos[-1] + stride <= num_layers else len(pos) - 1
+        state = (h, lm_layers, graft)
+        for seg in layer_schedule(self.config.xattn, self.config.lm.num_layers, stacked):
+            if seg.scan:
+                size = seg.stop - seg.start
 
-            def group(carry, j):
-                return segment(carry[0], carry[1], j, pos[0] + j * stride, stride), None
+                def group(carry, k, seg=seg, size=size):
+                    return run(carry, seg, seg.xattn + k, seg.start + k * size), None
 
-            (h, lm_layers), _ = jax.lax.scan(group, (h, lm_layers), jnp.arange(full))
-            first_plain = full
-        for j in range(first_plain, len(pos)):
-            stop = pos[j + 1] if j + 1 < len(pos) else num_layers
-            h, lm_layers = segment(h, lm_layers, j, pos[j], stop - pos[j])
-        return h, lm_layers
+                state, _ = jax.lax.scan(group, state, jnp.arange(seg.scan))
+            else:
+                state = run(state, seg, seg.xattn, seg.start)
+        return state
 
-    def _run_grafts(self, h, visual, xmask, self_mask, cache_index, graft, dec=None):
-        """GRAFTING: the new layers run after the whole frozen LM stack."""
-        block = self.xattn.block()
-        kw = dict(self_mask=self_mask, cache_index=cache_index)
-        params = self.xattn.layer_params
-        gp = (dec or {}).get("graft_prefix")
-
-        def self_prefix(kv):
-            return None if kv is None else dict(kv, mask=gp["mask"], bias=None)
-
-        if not self.config.lm.scan_layers:
-            new = None if graft is None else list(graft)
-            for j, p in enumerate(params):
-                apply_block = functools.partial(block.apply, {"params": p}, visual=visual, mask=xmask,
-                                                cache=None if new is None else new[j],
-                                                self_prefix=None if gp is None else self_prefix(gp["layers"][j]),
-                                                **self._xattn_extras(dec, j), **kw)
-                h, cj = self._remat(apply_block)(h)
-                if new is not None:
-                    new[j] = cj
-            return h, new
-
-        def body(carry, xs):
-            p, cj, j, kv = xs
+    def _run_segment(self, state, *, visual, xmask, attn, stacks, dec, j, start, size, layer_remat):
+        """Cross-attention layer j (None: none; an int or, inside a scan, a traced index), then LM layers
+        [start, start + size). state: (h, lm_layers, graft) -> the same after the segment."""
+        h, lm_layers, graft = state
+        lm_params, xattn_params = stacks
+        stacked = self.config.lm.scan_layers
+        kind = self.config.xattn.kind
+        wrap = self._remat if layer_remat else (lambda fn: fn)
+        mid = None
+        if j is not None:
+            x_block = self.xattn.block()
+            x_params = _layer(xattn_params, j, stacked)
             extras = self._xattn_extras(dec, j)
-            return self._remat(lambda h_: block.apply({"params": p}, h_, visual, xmask, cache=cj, self_prefix=
-                                                      self_prefix(kv), **extras, **kw))(carry)
-
-        return jax.lax.scan(
-            body, h, (params, graft, jnp.arange(len(self.xattn.positions)), None if gp is None else gp["layers"]))
+            if kind == "grafting":
+                gp = (dec or {}).get("graft_prefix")
+                self_prefix = None
+                if gp is not None:
+                    self_prefix = dict(_layer(gp["layers"], j, stacked), mask=gp["mask"], bias=None)
+                cache = None if graft is None else _layer(graft, j, stacked)
+                apply = functools.partial(x_block.apply, {"params": x_params}, visual=visual, mask=xmask, cache=cache,
+                                          self_prefix=self_prefix, self_mask=attn["mask"],
+                                          cache_index=attn["cache_index"], **extras)
+                h, cache = wrap(apply)(h)
+                if graft is not None:
+                    graft = _with_layer(graft, j, cache, stacked)
+            else:
+                fn = lambda y: x_block.apply({"params": x_params}, y, visual, xmask, **extras)  # noqa: E731
+                if kind == "vanilla":  # inside the first LM block, under that block's remat
+                    mid = fn
+                else:
+                    h = wrap(fn)(h)
+        if size == 0:
+            return h, lm_layers, graft
+        stop = start + size
+        lm_prefix = (dec or {}).get("lm_prefix")
+        lm_block = self.lm.block()
+        if stacked:
+            caches = None if lm_layers is None else _dynamic_rows(lm_layers, start, size)
+            if lm_prefix is not None:
+                lm_prefix = dict(lm_prefix, layers=_dynamic_rows(lm_prefix["layers"], start, size))
+            h, caches = scan_blocks(lm_block, h, _dynamic_rows(lm_params, start, size), caches, attn, mid=mid,
+                                    prefix=lm_prefix)
+            if lm_layers is not None:
+                lm_layers = _set_rows(lm_layers, caches, start)
+            return h, lm_layers, graft
+        if lm_prefix is not None:
+            lm_prefix = dict(lm_prefix, layers=lm_prefix["layers"][start:stop])
+        caches = None if lm_layers is None else lm_layers[start:stop]
+        h, caches = loop_blocks(lm_block, h, lm_params[start:stop], caches, attn, mid=mid, prefix=lm_prefix, wrap=wrap)
+        if lm_layers is not None:
+            lm_layers = [*lm_layers[:start], *caches, *lm_layers[stop:]]
+        return h, lm_layers, graft
 
 
 def zeros_gates(params):

@@ -1,4 +1,5 @@
-"""Building blocks shared by every model: dense layers, norms, activations, embeddings.
+"""Building blocks shared by every model: dense layers, norms, activations, embeddings, and the config
+constructors' checked overrides (`config_with`).
 
 Every parameter is created through `nn.with_logical_partitioning`, so each leaf carries logical axis
 names from the short vocabulary below; `flamingo_jax.sharding` maps them to mesh axes.
@@ -21,6 +22,7 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from flamingo_jax.sharding import constrain  # sharding imports nothing of the models
 
@@ -33,6 +35,17 @@ def logical(init: Initializer, names: Sequence[str | None]) -> Initializer:
     return nn.with_logical_partitioning(init, tuple(names))
 
 
+def config_with(part: str, defaults: dict, overrides: dict) -> ml_collections.ConfigDict:
+    """ConfigDict(defaults) with `overrides` applied. An override of a field that `defaults` lacks raises
+    KeyError naming `part` (e.g. 'LM'), so a misspelt field is an error rather than a new, unread one."""
+    c = ml_collections.ConfigDict(defaults)
+    for key, value in overrides.items():
+        if key not in c:
+            raise KeyError(f"unknown {part} field {key!r}")
+        c[key] = value
+    return c
+
+
 def dtype_of(name: str | Dtype) -> Dtype:
     """'bfloat16' / 'float32' / a dtype -> a jnp dtype."""
     return jnp.dtype(name)
@@ -42,7 +55,7 @@ class Dense(nn.Module):
     """A dense layer over the last `in_dims` axes, with any output shape and logical axis names.
 
     The input is reshaped to 2-D before the matmul: XLA:CPU otherwise materialises transposed copies for
-    N-D weight-gradient dots (shared/docs/performance.md), and on accelerators it is the same dot.
+    N-D weight-gradient dots (slower there), and on accelerators it is the same dot.
 
     x: [..., *in_shape] -> [..., *features]; kernel: [*in_shape, *features] named `axes`.
     """

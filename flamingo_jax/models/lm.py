@@ -17,6 +17,8 @@ Cache (incremental decoding), a dict:
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -24,7 +26,7 @@ import ml_collections
 
 from flamingo_jax.models import stack
 from flamingo_jax.models.attention import MultiHeadAttention, alibi_bias
-from flamingo_jax.models.layers import Dense, Dtype, FeedForward, logical, norm
+from flamingo_jax.models.layers import Dense, Dtype, config_with, FeedForward, logical, norm
 from flamingo_jax.sharding import constrain
 
 RESIDUAL = ("act_batch", "act_length", "act_embed")  # the residual stream h [B, L, D]
@@ -36,33 +38,32 @@ def lm_config(family: str = "chinchilla", **overrides) -> ml_collections.ConfigD
     """LM hyper-parameters with the family's conventions; any field can be overridden."""
     if family not in FAMILIES:
         raise ValueError(f"unknown LM family {family!r}: choose one of {FAMILIES}")
-    c = ml_collections.ConfigDict(
-        dict(
-            family=family,
-            vocab_size=32000,
-            d_model=2048,
-            num_layers=24,
-            num_heads=16,
-            num_kv_heads=0,
-            head_dim=0,
-            d_ff=0,
-            ffw_mult=4,
-            act="gelu",
-            gated_ffw=False,
-            norm="rmsnorm",
-            norm_eps=1e-6,
-            norm_bias=False,
-            use_bias=False,
-            positions="rope",
-            rope_theta=10000.0,
-            rotary_pct=1.0,
-            max_len=2048,
-            learned_pos_offset=0,
-            parallel_residual=False,
-            tie_embeddings=False,
-            scan_layers=False,
-            embed_init_std=0.02,
-        ))
+    defaults = dict(
+        family=family,
+        vocab_size=32000,
+        d_model=2048,
+        num_layers=24,
+        num_heads=16,
+        num_kv_heads=0,
+        head_dim=0,
+        d_ff=0,
+        ffw_mult=4,
+        act="gelu",
+        gated_ffw=False,
+        norm="rmsnorm",
+        norm_eps=1e-6,
+        norm_bias=False,
+        use_bias=False,
+        positions="rope",
+        rope_theta=10000.0,
+        rotary_pct=1.0,
+        max_len=2048,
+        learned_pos_offset=0,
+        parallel_residual=False,
+        tie_embeddings=False,
+        scan_layers=False,
+        embed_init_std=0.02,
+    )
     family_defaults = {
         "chinchilla": {},
         "llama": dict(act="silu", gated_ffw=True, norm_eps=1e-5),
@@ -75,12 +76,7 @@ def lm_config(family: str = "chinchilla", **overrides) -> ml_collections.ConfigD
         "neox": dict(act="gelu", norm="layernorm", norm_eps=1e-5, norm_bias=True, use_bias=True, rotary_pct=0.25,
                      parallel_residual=True),
     }[family]
-    c.update(family_defaults)
-    for key, value in overrides.items():
-        if key not in c:
-            raise KeyError(f"unknown LM field {key!r}")
-        c[key] = value
-    return c
+    return config_with("LM", {**defaults, **family_defaults}, overrides)
 
 
 def head_dim(c: ml_collections.ConfigDict) -> int:
@@ -129,6 +125,59 @@ def dummy_block_inputs(c: ml_collections.ConfigDict, dtype: Dtype) -> tuple[tupl
     """Smallest inputs that trace a block (its params do not depend on the lengths)."""
     return (jnp.zeros((1, 1, c.d_model), dtype), ), dict(positions=jnp.zeros((1, 1), jnp.int32), mask=jnp.ones(
         (1, 1, 1, 1), bool))
+
+
+def layer_prefix(prefix: dict | None, kv: dict | None) -> dict | None:
+    """One layer's part of a cached prompt prefix: its keys/values kv with the prefix's mask and bias."""
+    return None if kv is None else dict(kv, mask=prefix["mask"], bias=prefix["bias"])
+
+
+def loop_blocks(block: DecoderBlock, h: jax.Array, params: list, caches: list | None, attn: dict, *, mid=None,
+                prefix: dict | None = None, wrap=lambda fn: fn) -> tuple[jax.Array, list | None]:
+    """Per-layer params: applies `block` with each layer's params in a Python loop.
+
+    h: [B, L, D]; params, caches: one entry per layer (caches None without a cache); attn: the blocks'
+    positions/mask/bias/cache_index; mid: the first block's mid-block function (VANILLA XATTN); prefix:
+    {'layers': one {'k', 'v'} per layer, 'mask', 'bias'} or None; wrap: applied to each layer's function
+    (remat). Returns (h, the layers' new caches or None)."""
+    new = None if caches is None else list(caches)
+    for i, p in enumerate(params):
+        kv = None if prefix is None else prefix["layers"][i]
+        apply = functools.partial(block.apply, {"params": p}, mid=mid if i == 0 else None,
+                                  cache=None if new is None else new[i], prefix=layer_prefix(prefix, kv), **attn)
+        h, layer_cache = wrap(apply)(h)
+        if new is not None:
+            new[i] = layer_cache
+    return h, new
+
+
+def scan_blocks(block: DecoderBlock, h: jax.Array, params, caches, attn: dict, *, mid=None, prefix: dict | None = None):
+    """Stacked params: applies `block` with each row of `params` in order with lax.scan (compile time flat
+    in depth). Arguments as loop_blocks', with trees stacked on a leading layer axis instead of lists; a
+    `mid` function runs in the first layer, applied before the scan. Returns (h, new stacked caches or None)."""
+    n = jax.tree.leaves(params)[0].shape[0]
+    kvs = None if prefix is None else prefix["layers"]
+    if mid is not None:
+        first = jax.tree.map(lambda x: x[0], params)
+        first_cache = None if caches is None else jax.tree.map(lambda x: x[0], caches)
+        first_kv = None if kvs is None else jax.tree.map(lambda x: x[0], kvs)
+        h, c0 = block.apply({"params": first}, h, mid=mid, cache=first_cache, prefix=layer_prefix(prefix, first_kv),
+                            **attn)
+        if n == 1:
+            return h, None if caches is None else jax.tree.map(lambda x: x[None], c0)
+        rest = jax.tree.map(lambda x: x[1:], params)
+        rest_cache = None if caches is None else jax.tree.map(lambda x: x[1:], caches)
+        rest_prefix = None if kvs is None else dict(prefix, layers=jax.tree.map(lambda x: x[1:], kvs))
+        h, cr = scan_blocks(block, h, rest, rest_cache, attn, prefix=rest_prefix)
+        if caches is None:
+            return h, None
+        return h, jax.tree.map(lambda a, r: jnp.concatenate([a[None], r]), c0, cr)
+
+    def body(carry, xs):
+        p, layer_cache, kv = xs
+        return block.apply({"params": p}, carry, cache=layer_cache, prefix=layer_prefix(prefix, kv), **attn)
+
+    return jax.lax.scan(body, h, (params, caches, kvs))
 
 
 class DecoderLM(nn.Module):
@@ -220,45 +269,12 @@ class DecoderLM(nn.Module):
         return dict(layers=layers, index=jnp.zeros((), jnp.int32), key_mask=jnp.zeros((batch, max_len), bool),
                     next_position=jnp.zeros((batch, ), jnp.int32))
 
-    def run_layers(self, h: jax.Array, attn: dict, cache_layers=None, start: int = 0, stop: int | None = None,
-                   prefix: dict | None = None):
-        """Applies layers [start, stop) in order. attn: positions/mask/bias/cache_index. Returns (h, caches).
+    def run_layers(self, h: jax.Array, attn: dict, cache_layers=None, prefix: dict | None = None):
+        """Applies every layer in order. attn: positions/mask/bias/cache_index. Returns (h, caches).
 
         prefix: a cached prompt prefix, {'layers': per-layer {'k', 'v'} like the cache's, 'mask', 'bias'}."""
-        stop = self.config.num_layers if stop is None else stop
-        block = self.block()
-        if stop <= start:
-            return h, cache_layers
-
-        def layer_prefix(kv):
-            return None if kv is None else dict(kv, mask=prefix["mask"], bias=prefix["bias"])
-
-        if not self.config.scan_layers:
-            new = list(cache_layers) if cache_layers is not None else None
-            for i in range(start, stop):
-                h, layer_cache = block.apply({"params": self.layer_params[i]}, h, cache=None if new is None else new[i],
-                                             prefix=None if prefix is None else layer_prefix(prefix["layers"][i]),
-                                             **attn)
-                if new is not None:
-                    new[i] = layer_cache
-            return h, new
-        params = self.layer_params
-        if (start, stop) != (0, self.config.num_layers):
-            params = stack.take(params, start, stop)
-        sliced_cache = None if cache_layers is None else stack.take(cache_layers, start, stop)
-        sliced_prefix = None if prefix is None else stack.take(prefix["layers"], start, stop)
-
-        def body(carry, xs):
-            p, layer_cache, kv = xs
-            out, new_cache = block.apply({"params": p}, carry, cache=layer_cache, prefix=layer_prefix(kv), **attn)
-            return out, new_cache
-
-        h, new_cache = jax.lax.scan(body, h, (params, sliced_cache, sliced_prefix))
-        if cache_layers is None:
-            return h, None
-        if (start, stop) == (0, self.config.num_layers):
-            return h, new_cache
-        return h, jax.tree.map(lambda full, part: full.at[start:stop].set(part), cache_layers, new_cache)
+        run = scan_blocks if self.config.scan_layers else loop_blocks
+        return run(self.block(), h, self.layer_params, cache_layers, attn, prefix=prefix)
 
     def __call__(self, tokens: jax.Array, token_mask: jax.Array | None = None, cache: dict | None = None):
         """The LM alone. tokens: int32[B, L] -> (logits float32[B, L, V], new cache or None)."""

@@ -20,8 +20,8 @@ import ml_collections
 import numpy as np
 
 from flamingo_jax.models.attention import MultiHeadAttention, dot_product_attention
-from flamingo_jax.models.layers import (Dense, DenseKernel, Dtype, FeedForward, NormParams, logical, norm, project,
-                                        standardize)
+from flamingo_jax.models.layers import (Dense, DenseKernel, Dtype, FeedForward, NormParams, config_with, logical, norm,
+                                        project, standardize)
 from flamingo_jax.sharding import constrain
 
 KINDS = ("perceiver", "transformer", "mlp")
@@ -31,27 +31,22 @@ def resampler_config(kind: str = "perceiver", **overrides) -> ml_collections.Con
     """Resampler hyper-parameters (paper: 6 layers, width 1536, 16 heads, 64 latents)."""
     if kind not in KINDS:
         raise ValueError(f"unknown resampler {kind!r}: choose one of {KINDS}")
-    c = ml_collections.ConfigDict(
-        dict(
-            kind=kind,
-            d_model=0,
-            depth=6,
-            num_heads=16,
-            head_dim=0,
-            ffw_mult=4,
-            num_latents=64,
-            max_frames=8,
-            final_norm=True,
-            act="sqrelu",
-            use_bias=False,
-            norm_eps=1e-5,
-            mlp_hidden_mult=6,
-        ))
-    for key, value in overrides.items():
-        if key not in c:
-            raise KeyError(f"unknown resampler field {key!r}")
-        c[key] = value
-    return c
+    defaults = dict(
+        kind=kind,
+        d_model=0,
+        depth=6,
+        num_heads=16,
+        head_dim=0,
+        ffw_mult=4,
+        num_latents=64,
+        max_frames=8,
+        final_norm=True,
+        act="sqrelu",
+        use_bias=False,
+        norm_eps=1e-5,
+        mlp_hidden_mult=6,
+    )
+    return config_with("resampler", defaults, overrides)
 
 
 def interpolate_rows(table: jax.Array, n: int) -> jax.Array:
@@ -182,42 +177,6 @@ class TransformerResamplerLayer(nn.Module):
         return y[:, :m], y[:, m:]
 
 
-class AttentionResampler(nn.Module):
-    """Perceiver (latents query) or Transformer (all tokens query) resampler.
-
-    features: [N, F, S, Dv] -> [N, num_latents, d].
-    """
-
-    config: ml_collections.ConfigDict
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, features: jax.Array) -> jax.Array:
-        c = self.config
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = flatten_features(self, features, c, self.dtype, self.param_dtype)  # [N, F*S, d]
-        x = constrain(x, ("act_batch", "act_length", "act_embed"))
-        n, d = x.shape[0], x.shape[-1]
-        latents = self.param("latents", logical(nn.initializers.normal(1.0), ("latents", "embed")), (c.num_latents, d),
-                             self.param_dtype)
-        if c.kind == "transformer":
-            z = jnp.broadcast_to(latents.astype(self.dtype), (n, c.num_latents, d))
-            for i in range(c.depth):
-                x, z = TransformerResamplerLayer(c, name=f"layers_{i}", **kw)(x, z)
-        else:
-            # The media never change across perceiver layers: standardize them once; the first layer's latents
-            # are the same for every item (broadcast inside the layer, after their projections).
-            x_hat = standardize(x, c.norm_eps, self.dtype)
-            z = latents.astype(self.dtype)[None]
-            for i in range(c.depth):
-                z = PerceiverLayer(c, name=f"layers_{i}", **kw)(x_hat, z)
-            z = jnp.broadcast_to(z, (n, *z.shape[1:]))  # depth 0
-        if c.final_norm:
-            z = norm("layernorm", eps=c.norm_eps, name="final_norm", **kw)(z)
-        return constrain(z, ("act_batch", "act_latents", "act_embed"))
-
-
 def pooling_matrix(num_in: int, num_out: int) -> np.ndarray:
     """Adaptive average pooling [num_out, num_in]: output j averages inputs floor(j*I/O)..ceil((j+1)*I/O)."""
     m = np.zeros((num_out, num_in), np.float32)
@@ -228,11 +187,11 @@ def pooling_matrix(num_in: int, num_out: int) -> np.ndarray:
     return m
 
 
-class MLPResampler(nn.Module):
-    """Per-token residual MLPs, then adaptive average pooling to num_latents tokens.
+class Resampler(nn.Module):
+    """The resampler of config.kind (see the module docstring). features: [N, F, S, Dv] -> [N, num_latents, d].
 
-    features: [N, F, S, Dv] -> [N, num_latents, d].
-    """
+    One module for the three kinds: they share the input projection, the temporal embeddings and the final
+    norm, and keep the param names they always had (latents, layers_i; or norm_i, mlp_i)."""
 
     config: ml_collections.ConfigDict
     dtype: Dtype = jnp.float32
@@ -243,21 +202,37 @@ class MLPResampler(nn.Module):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = flatten_features(self, features, c, self.dtype, self.param_dtype)  # [N, F*S, d]
-        d = x.shape[-1]
-        for i in range(c.depth):
-            h = norm("layernorm", eps=c.norm_eps, name=f"norm_{i}", **kw)(x)
-            x = x + FeedForward(c.mlp_hidden_mult * d, act=c.act, use_bias=c.use_bias, name=f"mlp_{i}", **kw)(h)
-        pool = jnp.asarray(pooling_matrix(x.shape[1], c.num_latents), self.dtype)
-        z = jnp.einsum("ot,ntd->nod", pool, x)
+        n, d = x.shape[0], x.shape[-1]
+        if c.kind == "mlp":
+            for i in range(c.depth):
+                h = norm("layernorm", eps=c.norm_eps, name=f"norm_{i}", **kw)(x)
+                x = x + FeedForward(c.mlp_hidden_mult * d, act=c.act, use_bias=c.use_bias, name=f"mlp_{i}", **kw)(h)
+            pool = jnp.asarray(pooling_matrix(x.shape[1], c.num_latents), self.dtype)
+            z = jnp.einsum("ot,ntd->nod", pool, x)
+        else:
+            x = constrain(x, ("act_batch", "act_length", "act_embed"))
+            latents = self.param("latents", logical(nn.initializers.normal(1.0), ("latents", "embed")),
+                                 (c.num_latents, d), self.param_dtype)
+            if c.kind == "transformer":
+                z = jnp.broadcast_to(latents.astype(self.dtype), (n, c.num_latents, d))
+                for i in range(c.depth):
+                    x, z = TransformerResamplerLayer(c, name=f"layers_{i}", **kw)(x, z)
+            else:
+                # The media never change across perceiver layers: standardize them once; the first layer's
+                # latents are the same for every item (broadcast inside the layer, after their projections).
+                x_hat = standardize(x, c.norm_eps, self.dtype)
+                z = latents.astype(self.dtype)[None]
+                for i in range(c.depth):
+                    z = PerceiverLayer(c, name=f"layers_{i}", **kw)(x_hat, z)
+                z = jnp.broadcast_to(z, (n, *z.shape[1:]))  # depth 0
         if c.final_norm:
             z = norm("layernorm", eps=c.norm_eps, name="final_norm", **kw)(z)
-        return z
+        return constrain(z, ("act_batch", "act_latents", "act_embed"))
 
 
 def build_resampler(c: ml_collections.ConfigDict, dtype: Dtype, param_dtype: Dtype) -> nn.Module:
     """The resampler module for `c.kind` (unnamed: assign it in a parent's setup)."""
-    cls = MLPResampler if c.kind == "mlp" else AttentionResampler
-    return cls(c, dtype=dtype, param_dtype=param_dtype)
+    return Resampler(c, dtype=dtype, param_dtype=param_dtype)
 
 
 def resampler_width(c: ml_collections.ConfigDict, vision_dim: int) -> int:

@@ -1,10 +1,10 @@
 """Layer stacks stored either per layer or stacked on a leading `layers` axis (scan over layers).
 
 A stack is created by an owner module as one parameter whose value is the param tree of an unbound
-template block: `layers_0 ... layers_{n-1}` (per layer: fastest on CPU, see performance.md) or a single
+template block: `layers_0 ... layers_{n-1}` (per layer: run by a Python loop, faster on CPU) or a single
 `layers` tree with a leading axis of size n (lax.scan: compile time flat in depth, for paper-size models).
 Applying a layer is `template.apply({'params': p}, ...)`, so the owner decides the order of layers from
-different stacks (the Flamingo schedule interleaves LM blocks and cross-attention blocks).
+different stacks (models/schedule.py: the Flamingo schedule interleaves LM and cross-attention blocks).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 Params = Any
 
@@ -54,22 +53,3 @@ def declare(owner: nn.Module, template: nn.Module, length: int, scan: bool, dumm
         return owner.param("layers", stacked_init(template, length, dummy_args, dummy_kwargs))
     init = layer_init(template, dummy_args, dummy_kwargs)
     return [owner.param(f"layers_{i}", init) for i in range(length)]
-
-
-def take(stacked: Params, start: int, stop: int) -> Params:
-    """Rows [start, stop) of a stacked tree (a copy: use only outside hot loops)."""
-    return jax.tree.map(lambda x: x[start:stop], stacked)
-
-
-def split_groups(stacked: Params, groups: int, size: int) -> Params:
-    """[groups*size, ...] -> [groups, size, ...] for a nested scan."""
-    return jax.tree.map(lambda x: x.reshape(groups, size, *x.shape[1:]), stacked)
-
-
-def merge_groups(stacked: Params) -> Params:
-    """Inverse of split_groups."""
-    return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), stacked)
-
-
-def zeros_like_tree(tree: Params) -> Params:
-    return jax.tree.map(jnp.zeros_like, tree)

@@ -20,7 +20,7 @@ import ml_collections
 
 from flamingo_jax.models import stack
 from flamingo_jax.models.attention import MultiHeadAttention
-from flamingo_jax.models.layers import Dtype, FeedForward, logical, norm
+from flamingo_jax.models.layers import Dtype, FeedForward, config_with, logical, norm
 from flamingo_jax.sharding import constrain
 
 KINDS = ("gated", "vanilla", "grafting")
@@ -33,28 +33,23 @@ def xattn_config(kind: str = "gated", **overrides) -> ml_collections.ConfigDict:
     offset every - 1), or `middle` (one layer at num_layers // 2), or an explicit `layers` list."""
     if kind not in KINDS:
         raise ValueError(f"unknown cross-attention kind {kind!r}: choose one of {KINDS}")
-    c = ml_collections.ConfigDict(
-        dict(
-            kind=kind,
-            placement="every",
-            every=1,
-            offset=0,
-            layers=(),
-            num_heads=0,
-            head_dim=0,
-            ffw_mult=4,
-            gating=True,
-            mask="previous",
-            act="sqrelu",
-            use_bias=False,
-            norm_eps=1e-5,
-            kv_norm=True,
-        ))
-    for key, value in overrides.items():
-        if key not in c:
-            raise KeyError(f"unknown cross-attention field {key!r}")
-        c[key] = value
-    return c
+    defaults = dict(
+        kind=kind,
+        placement="every",
+        every=1,
+        offset=0,
+        layers=(),
+        num_heads=0,
+        head_dim=0,
+        ffw_mult=4,
+        gating=True,
+        mask="previous",
+        act="sqrelu",
+        use_bias=False,
+        norm_eps=1e-5,
+        kv_norm=True,
+    )
+    return config_with("cross-attention", defaults, overrides)
 
 
 def placement(c: ml_collections.ConfigDict, num_lm_layers: int) -> tuple[int, ...]:
