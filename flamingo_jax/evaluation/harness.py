@@ -65,7 +65,7 @@ def metric_name(kind: str, metric: str = "") -> str:
 
 
 class EvalData:
-    """The data issue's eval-set API behind a small adapter (the only place that knows it)."""
+    """flamingo_jax.data's eval-set API behind a small adapter (the only place that knows it)."""
 
     def __init__(self, data_config: ml_collections.ConfigDict, vocab=None):
         from flamingo_jax.data import eval_sets, mixture

@@ -1,4 +1,4 @@
-"""Few-shot prompts as in the paper (spec section 4), built as token ids.
+"""Few-shot prompts as in the paper (Section 2.5: interleaved support examples, then the query), built as token ids.
 
     captions, video_captions   <image>Output: {caption}<EOC>
     vqa, video_qa              <image>Question: {question} Answer: {answer}<EOC>
