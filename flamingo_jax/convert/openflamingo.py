@@ -3,7 +3,7 @@
 Inputs: `checkpoint.pt` (the trainable weights: perceiver, gated cross-attention layers, and the full input
 embedding table resized for the added tokens), the LM's HuggingFace directory, and the open_clip vision
 tower's state dict. Output: params {vision, resampler, lm, xattn, new_tokens} and
-`openflamingo_config(vision, lm, n)` (flamingo_spec.md section 6).
+`openflamingo_config(vision, lm, n)` (flamingo_jax.models: OpenFlamingo's architecture).
 
 Checkpoint names (OpenFlamingo saves `model.state_dict()` minus frozen named_parameters, so aliases of
 shared modules survive): `perceiver.*`; `lang_encoder.gated_cross_attn_layers.{i}.*` and its alias

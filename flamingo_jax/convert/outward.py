@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from flamingo_jax.convert.weights import ConversionError, Weights, read_config
+from flamingo_jax.files import write_json
 
 HF_FAMILIES = ("llama", "gpt2", "opt", "mpt", "neox")
 
@@ -155,8 +156,7 @@ def lm_to_hf(lm_params: dict, lm_config: Any, template_dir: str, out_dir: str, *
     for name in os.listdir(template_dir):  # the tokenizer travels with the LM
         if "token" in name or name in ("special_tokens_map.json", "generation_config.json", "vocab.json", "merges.txt"):
             shutil.copy2(os.path.join(template_dir, name), os.path.join(out_dir, name))
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf, f, indent=2)
+    write_json(os.path.join(out_dir, "config.json"), hf)
     return out_dir
 
 

@@ -24,6 +24,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from flamingo_jax.files import write_json
+
 FORMAT = "flamingo_jax.convert/1"
 KINDS = {"lm": "lm", "vision": "vision", "flamingo": None}
 
@@ -92,22 +94,28 @@ def save_converted(out: str, result: Converted, *, dtype: str | None = None, for
     manifest = dict(format=FORMAT, kind=result.kind, subtree=result.subtree, config=result.config.to_dict(),
                     param_dtype=dtype or "float32", params_sha256=params_fingerprint(params), source=result.source,
                     ignored=result.ignored, notes=result.notes)
-    with open(manifest_path, "w") as f:
-        json.dump(manifest, f, indent=1, default=lambda x: list(x) if isinstance(x, tuple) else str(x))
+    # Values JSON lacks (e.g. numpy scalars in a config) are written as their str().
+    write_json(manifest_path, json.loads(json.dumps(manifest, default=str)), indent=1)
     return out
+
+
+def read_record(path: str, fmt: str, what: str, command: str) -> dict:
+    """<path>/config.json of a directory of format `fmt` (its "format" field). A missing file raises
+    FileNotFoundError saying that path is not `what` and to run `command` first; another format, ValueError."""
+    p = os.path.join(path, "config.json")
+    if not os.path.isfile(p):
+        raise FileNotFoundError(f"{path} is not {what} (no config.json): run `{command}` first")
+    with open(p) as f:
+        record = json.load(f)
+    if record.get("format") != fmt:
+        raise ValueError(f"{p}: unknown format {record.get('format')!r} (expected {fmt!r})")
+    return record
 
 
 def read_manifest(path: str) -> dict:
     """The config.json of a converted directory (kind, subtree, config, source, ignored, notes)."""
-    p = os.path.join(path, "config.json")
-    if not os.path.isfile(p):
-        raise FileNotFoundError(f"{path} is not a converted checkpoint (no config.json): run "
-                                "`python -m flamingo_jax.convert hf|openflamingo ... --out DIR` first")
-    with open(p) as f:
-        manifest = json.load(f)
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{p}: unknown format {manifest.get('format')!r} (expected {FORMAT!r})")
-    return manifest
+    return read_record(path, FORMAT, "a converted checkpoint",
+                       "python -m flamingo_jax.convert hf|openflamingo ... --out DIR")
 
 
 def load_converted(path: str, *, shardings: Any = None, dtype: Any = None) -> tuple[dict, ml_collections.ConfigDict]:

@@ -77,37 +77,51 @@ def hf_clip_config(hf: dict, *, ln_post: bool = False, preprocessor: dict | None
                        pre.get("image_mean", CLIP_MEAN), pre.get("image_std", CLIP_STD))
 
 
+def _vit_params(w: Weights, c: ml_collections.ConfigDict, *, patch: str, cls: str, pos: str, ln_pre: str, block,
+                ln_1: str, ln_2: str, fc1: str, fc2: str, attn) -> dict:
+    """Our ViT's params from one checkpoint layout: patch, cls, pos, ln_pre name the embedding tensors and the
+    first norm; block(i) is layer i's name prefix, inside which ln_1, ln_2, fc1, fc2 name the norms and the MLP
+    linears; attn(t, d) returns _attn's q, k, v, out kernels and biases read through t(name, shape)."""
+    d, p, f = c.width, c.patch_size, c.mlp_ratio * c.width
+    grid = c.image_size // p
+    params = {
+        "patch_embed": {"kernel": w.take(patch, (d, 3, p, p)).transpose(2, 3, 1, 0)},
+        "class_embedding": w.take(cls, (d, )),
+        "positional_embedding": w.take(pos, (grid * grid + 1, d)),
+        "ln_pre": _ln(w, ln_pre, d),
+    }
+    for i in range(c.layers):
+        b = block(i)
+        t = lambda n, shape, b=b: w.take(b + n, shape)  # noqa: E731
+        params[f"block{i}"] = {
+            "ln_1": _ln(w, b + ln_1, d),
+            "attn": _attn(*attn(t, d), c.heads),
+            "ln_2": _ln(w, b + ln_2, d),
+            "mlp": {
+                "wi": {"kernel": linear(t(fc1 + ".weight", (f, d))), "bias": t(fc1 + ".bias", (f, ))},
+                "wo": {"kernel": linear(t(fc2 + ".weight", (d, f))), "bias": t(fc2 + ".bias", (d, ))}
+            },
+        }
+    return params
+
+
 def hf_clip_params(w: Weights, c: ml_collections.ConfigDict) -> dict:
     """ViT params from HF CLIP vision tensors (`vision_model.*`); other towers are ignored with a reason."""
     root = "vision_model."
     if root + "embeddings.class_embedding" not in w:
         raise ConversionError(f"{w.source}: no vision_model.embeddings.class_embedding (not a HF CLIP checkpoint)")
-    d, p, f = c.width, c.patch_size, c.mlp_ratio * c.width
-    grid = c.image_size // p
-    e = root + "embeddings."
-    params = {
-        "patch_embed": {"kernel": w.take(e + "patch_embedding.weight", (d, 3, p, p)).transpose(2, 3, 1, 0)},
-        "class_embedding": w.take(e + "class_embedding", (d, )),
-        "positional_embedding": w.take(e + "position_embedding.weight", (grid * grid + 1, d)),
-        "ln_pre": _ln(w, root + "pre_layrnorm", d),
-    }
-    for i in range(c.layers):
-        b = f"{root}encoder.layers.{i}."
-        t = lambda n, shape: w.take(b + n, shape)  # noqa: E731
-        a = "self_attn."
-        params[f"block{i}"] = {
-            "ln_1": _ln(w, b + "layer_norm1", d),
-            "attn": _attn(*(linear(t(a + n + "_proj.weight", (d, d))) for n in "qkv"),
-                          linear(t(a + "out_proj.weight", (d, d))), *(t(a + n + "_proj.bias", (d, )) for n in "qkv"),
-                          t(a + "out_proj.bias", (d, )), c.heads),
-            "ln_2": _ln(w, b + "layer_norm2", d),
-            "mlp": {
-                "wi": {"kernel": linear(t("mlp.fc1.weight", (f, d))), "bias": t("mlp.fc1.bias", (f, ))},
-                "wo": {"kernel": linear(t("mlp.fc2.weight", (d, f))), "bias": t("mlp.fc2.bias", (d, ))}
-            },
-        }
+    e, a = root + "embeddings.", "self_attn."
+
+    def attn(t, d):
+        return (*(linear(t(a + n + "_proj.weight", (d, d))) for n in "qkv"), linear(t(a + "out_proj.weight", (d, d))),
+                *(t(a + n + "_proj.bias", (d, )) for n in "qkv"), t(a + "out_proj.bias", (d, )))
+
+    params = _vit_params(w, c, patch=e + "patch_embedding.weight", cls=e + "class_embedding",
+                         pos=e + "position_embedding.weight", ln_pre=root + "pre_layrnorm",
+                         block=lambda i: f"{root}encoder.layers.{i}.", ln_1="layer_norm1", ln_2="layer_norm2",
+                         fc1="mlp.fc1", fc2="mlp.fc2", attn=attn)
     if c.ln_post:
-        params["ln_post"] = _ln(w, root + "post_layernorm", d)
+        params["ln_post"] = _ln(w, root + "post_layernorm", c.width)
     else:
         w.ignore(r"vision_model\.post_layernorm\.(weight|bias)", POOLED_ONLY + " (pass ln_post=True to use it)")
     w.ignore(r"vision_model\.embeddings\.position_ids", "buffer recomputed by the model (not a learnt weight)")
@@ -151,33 +165,21 @@ def open_clip_config(w: Weights, *, act: str = "quick_gelu", ln_post: bool = Fal
 def open_clip_params(w: Weights, c: ml_collections.ConfigDict) -> dict:
     """ViT params from an open_clip VisionTransformer state dict (prefixed `visual.` or bare)."""
     pre = open_clip_prefix(w)
-    d, p, f = c.width, c.patch_size, c.mlp_ratio * c.width
-    grid = c.image_size // p
-    params = {
-        "patch_embed": {"kernel": w.take(pre + "conv1.weight", (d, 3, p, p)).transpose(2, 3, 1, 0)},
-        "class_embedding": w.take(pre + "class_embedding", (d, )),
-        "positional_embedding": w.take(pre + "positional_embedding", (grid * grid + 1, d)),
-        "ln_pre": _ln(w, pre + "ln_pre", d),
-    }
     for i in range(c.layers):
-        b = f"{pre}transformer.resblocks.{i}."
-        t = lambda n, shape: w.take(b + n, shape)  # noqa: E731
+        if f"{pre}transformer.resblocks.{i}.ls_1.gamma" in w:
+            raise ConversionError(f"{w.source}: LayerScale (ls_1/ls_2) is not supported by our ViT")
+
+    def attn(t, d):
         q, k, v = np.split(linear(t("attn.in_proj_weight", (3 * d, d))), 3, axis=1)
         qb, kb, vb = np.split(t("attn.in_proj_bias", (3 * d, )), 3)
-        params[f"block{i}"] = {
-            "ln_1": _ln(w, b + "ln_1", d),
-            "attn": _attn(q, k, v, linear(t("attn.out_proj.weight", (d, d))), qb, kb, vb,
-                          t("attn.out_proj.bias", (d, )), c.heads),
-            "ln_2": _ln(w, b + "ln_2", d),
-            "mlp": {
-                "wi": {"kernel": linear(t("mlp.c_fc.weight", (f, d))), "bias": t("mlp.c_fc.bias", (f, ))},
-                "wo": {"kernel": linear(t("mlp.c_proj.weight", (d, f))), "bias": t("mlp.c_proj.bias", (d, ))}
-            },
-        }
-        if f"{b}ls_1.gamma" in w:
-            raise ConversionError(f"{w.source}: LayerScale (ls_1/ls_2) is not supported by our ViT")
+        return q, k, v, linear(t("attn.out_proj.weight", (d, d))), qb, kb, vb, t("attn.out_proj.bias", (d, ))
+
+    params = _vit_params(w, c, patch=pre + "conv1.weight", cls=pre + "class_embedding",
+                         pos=pre + "positional_embedding", ln_pre=pre + "ln_pre",
+                         block=lambda i: f"{pre}transformer.resblocks.{i}.", ln_1="ln_1", ln_2="ln_2", fc1="mlp.c_fc",
+                         fc2="mlp.c_proj", attn=attn)
     if c.ln_post:
-        params["ln_post"] = _ln(w, pre + "ln_post", d)
+        params["ln_post"] = _ln(w, pre + "ln_post", c.width)
     else:
         w.ignore(
             re.escape(pre) + r"ln_post\.(weight|bias)",
