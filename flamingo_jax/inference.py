@@ -32,7 +32,7 @@ def load(workdir: str, step: int | None = None) -> tuple[dict, ml_collections.Co
     """(params as host arrays, the run's config) of a training workdir's newest intact checkpoint (or `step`):
     the trainable params of the step, the frozen ones from the workdir's store or the converted checkpoints it
     references, and the config the run was trained with (its checkpoint's meta item)."""
-    from flamingo_jax.tools.export import read_workdir
+    from flamingo_jax.checkpoint import read_workdir
 
     params, config, _, _ = read_workdir(workdir, step)
     return params, config

@@ -1,9 +1,9 @@
 """MSRVTT-QA (kind 'video_qa', top-1 accuracy) from the official qa files and extracted frames.
 
 Manual directory:
-  {train,val,test}_qa.json        lists of {"answer", "category_id", "id", "question", "video_id": int}
-  frames/video<video_id>/*.jpg    frames extracted from video<video_id>.mp4 at frames_fps
-  frames_fps.txt (optional)       the extraction rate (default 1)
+    {train,val,test}_qa.json        lists of {"answer", "category_id", "id", "question", "video_id": int}
+    frames/video<video_id>/*.jpg    frames extracted from video<video_id>.mp4 at frames_fps
+    frames_fps.txt (optional)       the extraction rate (default 1)
 Splits: train (support pool), validation, test.
 """
 

@@ -1,9 +1,9 @@
 """MSVD-QA (kind 'video_qa') from the official qa files and extracted frames.
 
 Manual directory:
-  {train,val,test}_qa.json     lists of {"answer", "id", "question", "video_id"}
-  frames/vid<video_id>/*.jpg   frames extracted from video/vid<video_id>.avi at frames_fps
-  frames_fps.txt (optional)    the extraction rate in frames per second (default 1)
+    {train,val,test}_qa.json     lists of {"answer", "id", "question", "video_id"}
+    frames/vid<video_id>/*.jpg   frames extracted from video/vid<video_id>.avi at frames_fps
+    frames_fps.txt (optional)    the extraction rate in frames per second (default 1)
 Videos must be decoded to frames beforehand (ffmpeg -i vid1.avi -r 1 frames/vid1/%05d.jpg).
 Splits: train (support pool), validation, test.
 """

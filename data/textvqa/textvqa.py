@@ -1,8 +1,8 @@
 """TextVQA (kind 'vqa') from the official files.
 
 Manual directory:
-  TextVQA_0.5.1_{train,val}.json   {"data": [{"question_id", "question", "image_id", "answers": [...]}]}
-  train_images/<image_id>.jpg      the images (val images are in train_images/ too, as released)
+    TextVQA_0.5.1_{train,val}.json   {"data": [{"question_id", "question", "image_id", "answers": [...]}]}
+    train_images/<image_id>.jpg      the images (val images are in train_images/ too, as released)
 Splits: train (support pool), validation.
 """
 

@@ -1,9 +1,9 @@
 """Video-text pairs (VTP-style) from extracted frame folders (kind 'video_text').
 
 Manual directory:
-  <split>.jsonl        one clip per line: {"video": "<folder>", "caption": "...", "fps": <frames per second
+    <split>.jsonl        one clip per line: {"video": "<folder>", "caption": "...", "fps": <frames per second
                        of the extracted frames>}
-  frames/<folder>/*.jpg  the clip's frames, in name order
+    frames/<folder>/*.jpg  the clip's frames, in name order
 Videos must be decoded to frames beforehand (e.g. `ffmpeg -i clip.mp4 -r 2 frames/clip/%05d.jpg`): no
 video decoder is a dependency of this project. A clip with no frame folder is stored with no frames
 and skipped when the dataset is prepared (counted as no_frames).

@@ -1,8 +1,8 @@
 """VizWiz VQA (kind 'vqa') from the official files.
 
 Manual directory:
-  Annotations/{train,val}.json   lists of {"image", "question", "answers": [{"answer", ...}], "answer_type"}
-  {train,val}/<image>            the images
+    Annotations/{train,val}.json   lists of {"image", "question", "answers": [{"answer", ...}], "answer_type"}
+    {train,val}/<image>            the images
 Splits: train (support pool), validation.
 """
 

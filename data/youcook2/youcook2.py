@@ -1,10 +1,10 @@
 """YouCook2 (kind 'video_captions': one record per annotated recipe segment) from the official files.
 
 Manual directory:
-  youcookii_annotations_trainval.json   {"database": {video_id: {"subset": "training" | "validation",
+    youcookii_annotations_trainval.json   {"database": {video_id: {"subset": "training" | "validation",
                                         "annotations": [{"id", "segment": [start s, end s], "sentence"}]}}}
-  frames/<video_id>/*.jpg               the whole video's frames extracted at frames_fps
-  frames_fps.txt (optional)             the extraction rate (default 1)
+    frames/<video_id>/*.jpg               the whole video's frames extracted at frames_fps
+    frames_fps.txt (optional)             the extraction rate (default 1)
 Splits: train (support pool), validation (the test annotations are not public).
 """
 

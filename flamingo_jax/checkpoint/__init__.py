@@ -1,17 +1,17 @@
 """Checkpoints that never lose a step: Orbax step checkpoints of what trains, frozen params stored once.
 
 Layout of a workdir:
-  checkpoints/<step>/state/   the train state (flamingo_jax.train_step.init_state): trainable params, optimizer
-                              state, step, rng (as raw key data), non-finite counters; Orbax StandardSave
-  checkpoints/<step>/data/    the data iterator's state, one small JSON file per process
-                              (`process_<i>.json`, from `iterator.get_state()`)
-  checkpoints/<step>/meta/    JSON: the config, library versions, the mesh, the frozen fingerprint, the guard's
-                              state (flamingo_jax.guard) and a checksum of every array of state/ (checksums)
-  frozen/manifest.json        where every frozen subtree comes from and its sha256 (params_fingerprint):
-                              {"source": "pretrained", "path", "sha256" (the converted checkpoint's)} for
-                              subtrees loaded through config.pretrained, {"source": "workdir", "sha256"}
-                              for the others, which are written ONCE to frozen/params/ (Orbax)
-  checkpoints_damaged/        step checkpoints that failed to restore, moved aside (never deleted)
+    checkpoints/<step>/state/   the train state (flamingo_jax.train_step.init_state): trainable params, optimizer
+                                state, step, rng (as raw key data), non-finite counters; Orbax StandardSave
+    checkpoints/<step>/data/    the data iterator's state, one small JSON file per process
+                                (`process_<i>.json`, from `iterator.get_state()`)
+    checkpoints/<step>/meta/    JSON: the config, library versions, the mesh, the frozen fingerprint, the guard's
+                                state (flamingo_jax.guard) and a checksum of every array of state/ (checksums)
+    frozen/manifest.json        where every frozen subtree comes from and its sha256 (params_fingerprint):
+                                {"source": "pretrained", "path", "sha256" (the converted checkpoint's)} for
+                                subtrees loaded through config.pretrained, {"source": "workdir", "sha256"}
+                                for the others, which are written ONCE to frozen/params/ (Orbax)
+    checkpoints_damaged/        step checkpoints that failed to restore, moved aside (never deleted)
 
 Saves are asynchronous (the arrays are copied to host before `save` returns, so the next step may donate
 them); a step checkpoint only appears under its final name once every item is written, so a process killed
