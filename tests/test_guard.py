@@ -253,7 +253,13 @@ def _toy_checkpoints(path: Path) -> checkpoint.Checkpoints:
     return ck
 
 
-def test_an_injected_enospc_in_the_async_save_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("another_open", [False, True])
+def test_an_injected_enospc_in_the_async_save_is_one_line_and_keeps_the_last_checkpoint(
+        tmp_path, monkeypatch, another_open):
+    # another_open: a Checkpoints of another workdir, created earlier in the process and never closed, must not
+    # take the record of this one's failure (its log filter comes first in absl's chain)
+    earlier = _toy_checkpoints(tmp_path / "earlier") if another_open else None
+    tmp_path = tmp_path / "run"
     ck = _toy_checkpoints(tmp_path)
     ck.save(2, _toy_state(2.0), {"step": 2})
     ck.wait()
@@ -272,6 +278,8 @@ def test_an_injected_enospc_in_the_async_save_is_one_line_and_keeps_the_last_che
     assert "\n" not in message and "saving checkpoint 4 to" in message and "disk is full" in message
     assert "step 2 (untouched)" in message
     ck.close()  # already reported: no second error
+    if earlier is not None:
+        earlier.close()
     monkeypatch.undo()
     restored = _toy_checkpoints(tmp_path).restore(_toy_state(0.0))
     assert restored.step == 2

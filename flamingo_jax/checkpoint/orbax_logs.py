@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging as pylogging
 import os
+import weakref
 
 import orbax.checkpoint as ocp
 
@@ -59,22 +60,33 @@ def read_only_manager(directory: str, item_handlers: dict) -> ocp.CheckpointMana
 class _OrbaxFailures(pylogging.Filter):
     """Keeps the exception of the last failed background save that Orbax logged (logging.exception in its
     finalize thread), and keeps those tracebacks (one per failed array write) off the console: the trainer
-    reports the failure once, as one line (Checkpoints.check_errors)."""
+    reports the failure once, as one line (Checkpoints.check_errors).
+
+    Every Checkpoints of the process installs one on absl's logger, and the first in the logger's chain that
+    drops a record hides it from the others; so each captured failure is given to every live instance (a
+    Checkpoints left open earlier in the process, e.g. by a test, would otherwise take the record of a later
+    one's failure, which then reported only "the save ended without writing the step directory")."""
+
+    _live: "weakref.WeakSet[_OrbaxFailures]" = weakref.WeakSet()
 
     def __init__(self):
         super().__init__()
         self.last: BaseException | None = None
         self.logger = pylogging.getLogger("absl")
         self.logger.addFilter(self)
+        _OrbaxFailures._live.add(self)
 
     def filter(self, record: pylogging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None and "orbax" in (record.pathname or ""):
-            self.last = _root_cause(record.exc_info[1])
+            cause = _root_cause(record.exc_info[1])
+            for live in list(_OrbaxFailures._live):
+                live.last = cause
             return False
         return True
 
     def remove(self) -> None:
         self.logger.removeFilter(self)
+        _OrbaxFailures._live.discard(self)
 
 
 def _root_cause(e: BaseException) -> BaseException:
