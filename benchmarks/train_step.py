@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 from benchmarks.presets import PRESETS, preset_config  # noqa: E402
 from flamingo_jax import optim  # noqa: E402
@@ -124,7 +125,8 @@ def main() -> None:
     probe_after = matmul_probe()
 
     # FLOPs from the compiled step: a separate AOT compile of the same jitted function, after the timing.
-    compiled = trainer.step_fn.lower(trainer.state, trainer.frozen, to_global(batches[0], trainer.mesh)).compile()
+    compiled = trainer.step_fn.lower(trainer.state, trainer.frozen, to_global(batches[0], trainer.mesh),
+                                     np.float32(1.0)).compile()  # lr_scale, as Trainer.train_step passes it
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0))
