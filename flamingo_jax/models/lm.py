@@ -38,32 +38,11 @@ def lm_config(family: str = "chinchilla", **overrides) -> ml_collections.ConfigD
     """LM hyper-parameters with the family's conventions; any field can be overridden."""
     if family not in FAMILIES:
         raise ValueError(f"unknown LM family {family!r}: choose one of {FAMILIES}")
-    defaults = dict(
-        family=family,
-        vocab_size=32000,
-        d_model=2048,
-        num_layers=24,
-        num_heads=16,
-        num_kv_heads=0,
-        head_dim=0,
-        d_ff=0,
-        ffw_mult=4,
-        act="gelu",
-        gated_ffw=False,
-        norm="rmsnorm",
-        norm_eps=1e-6,
-        norm_bias=False,
-        use_bias=False,
-        positions="rope",
-        rope_theta=10000.0,
-        rotary_pct=1.0,
-        max_len=2048,
-        learned_pos_offset=0,
-        parallel_residual=False,
-        tie_embeddings=False,
-        scan_layers=False,
-        embed_init_std=0.02,
-    )
+    defaults = dict(family=family, vocab_size=32000, d_model=2048, num_layers=24, num_heads=16, num_kv_heads=0,
+                    head_dim=0, d_ff=0, ffw_mult=4, act="gelu", gated_ffw=False, norm="rmsnorm", norm_eps=1e-6,
+                    norm_bias=False, use_bias=False, positions="rope", rope_theta=10000.0, rotary_pct=1.0, max_len=2048,
+                    learned_pos_offset=0, parallel_residual=False, tie_embeddings=False, scan_layers=False,
+                    embed_init_std=0.02)
     family_defaults = {
         "chinchilla": {},
         "llama": dict(act="silu", gated_ffw=True, norm_eps=1e-5),

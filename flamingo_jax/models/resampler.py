@@ -31,21 +31,8 @@ def resampler_config(kind: str = "perceiver", **overrides) -> ml_collections.Con
     """Resampler hyper-parameters (paper: 6 layers, width 1536, 16 heads, 64 latents)."""
     if kind not in KINDS:
         raise ValueError(f"unknown resampler {kind!r}: choose one of {KINDS}")
-    defaults = dict(
-        kind=kind,
-        d_model=0,
-        depth=6,
-        num_heads=16,
-        head_dim=0,
-        ffw_mult=4,
-        num_latents=64,
-        max_frames=8,
-        final_norm=True,
-        act="sqrelu",
-        use_bias=False,
-        norm_eps=1e-5,
-        mlp_hidden_mult=6,
-    )
+    defaults = dict(kind=kind, d_model=0, depth=6, num_heads=16, head_dim=0, ffw_mult=4, num_latents=64, max_frames=8,
+                    final_norm=True, act="sqrelu", use_bias=False, norm_eps=1e-5, mlp_hidden_mult=6)
     return config_with("resampler", defaults, overrides)
 
 

@@ -33,22 +33,8 @@ def xattn_config(kind: str = "gated", **overrides) -> ml_collections.ConfigDict:
     offset every - 1), or `middle` (one layer at num_layers // 2), or an explicit `layers` list."""
     if kind not in KINDS:
         raise ValueError(f"unknown cross-attention kind {kind!r}: choose one of {KINDS}")
-    defaults = dict(
-        kind=kind,
-        placement="every",
-        every=1,
-        offset=0,
-        layers=(),
-        num_heads=0,
-        head_dim=0,
-        ffw_mult=4,
-        gating=True,
-        mask="previous",
-        act="sqrelu",
-        use_bias=False,
-        norm_eps=1e-5,
-        kv_norm=True,
-    )
+    defaults = dict(kind=kind, placement="every", every=1, offset=0, layers=(), num_heads=0, head_dim=0, ffw_mult=4,
+                    gating=True, mask="previous", act="sqrelu", use_bias=False, norm_eps=1e-5, kv_norm=True)
     return config_with("cross-attention", defaults, overrides)
 
 
