@@ -99,11 +99,12 @@ class StateLayout(NamedTuple):
     schedule: Any
 
 
-def state_layout(config: ml_collections.ConfigDict, model: nn.Module,
-                 mesh: jax.sharding.Mesh | None = None) -> StateLayout:
+def state_layout(config: ml_collections.ConfigDict, model: nn.Module, mesh: jax.sharding.Mesh | None = None, *,
+                 params: tuple[dict, dict | None] | None = None) -> StateLayout:
     """The train state and frozen params of `config` as shapes, with their shardings on `mesh` (module docstring):
-    what the trainer initialises into, the planner compiles against and checkpoint_bytes counts."""
-    params, param_sh = abstract_params(model, config.model, mesh)
+    what the trainer initialises into, the planner compiles against and checkpoint_bytes counts. params:
+    abstract_params' (shapes, shardings) when the caller already traced the model's init."""
+    params, param_sh = params or abstract_params(model, config.model, mesh)
     trainable, frozen = optim.partition(params, config.trainable)
     tx, schedule = optim.make_optimizer(config.optimizer, trainable, config.total_steps)
     state = jax.eval_shape(lambda t: init_state(t, tx, jax.random.key(0)), trainable)
@@ -125,15 +126,14 @@ def init_params(model: nn.Module, model_config: ml_collections.ConfigDict, mesh:
     init only returns the others, so XLA drops their initialisers. Returns (params, shardings, abstract
     params as ShapeDtypeStructs)."""
     inputs = dummy_inputs(model_config)
-    abstract = jax.eval_shape(lambda r: model.init(r, *inputs), rng)["params"]
-    shardings = sharding.tree_shardings(abstract, mesh)
+    abstract, shardings = abstract_params(model, model_config, mesh)
     keep = {k: v for k, v in shardings.items() if k not in skip}
 
     def init(r):
         params = nn.meta.unbox(model.init(r, *inputs))["params"]
         return {k: v for k, v in params.items() if k not in skip}
 
-    return jax.jit(init, out_shardings=keep)(rng), shardings, nn.meta.unbox(abstract)
+    return jax.jit(init, out_shardings=keep)(rng), shardings, abstract
 
 
 def load_pretrained(config: ml_collections.ConfigDict, shardings: dict, abstract: dict) -> dict:
@@ -174,10 +174,10 @@ def initial_state(config: ml_collections.ConfigDict, model: nn.Module, mesh: jax
     config.pretrained subtrees loaded instead, or taken from `pretrained` when given), split into trainable
     and frozen; the train state holds the trainable params, AdamW's state and the rng fold_in(key, 1), created
     in state_layout's shardings."""
-    layout = state_layout(config, model, mesh)
     rng = make_key(config.seed)
     pretrained_names = tuple(k for k, v in config.pretrained.items() if v)
     params, shardings, abstract = init_params(model, config.model, mesh, rng, skip=pretrained_names)
+    layout = state_layout(config, model, mesh, params=(abstract, shardings))  # the init traced once, above
     if pretrained is None:
         pretrained = load_pretrained(config, shardings, abstract)
     params.update(pretrained)
