@@ -22,7 +22,8 @@ Arg knobs: steps, lm_layers, warmup, lr, scale, batch, icl, m3w_len (M3W window,
 page_images (most images on a page), loss ('token' | 'sequence': config.loss.normalization), lp (the evaluation's
 beam length penalty: config.evaluation.length_penalty), vision ('vit' | 'nfnet': the frozen tower), clip_names and
 clip_pairs (the tower's contrastive pretraining pairs: data.world.clip_names / clip_pairs), styles (quiz and gallery
-pages answer in a style drawn per page: data.world.page_styles).
+pages answer in a style drawn per page: data.world.page_styles), episodes (each evaluation query answers in a style
+drawn for it, which only its shots show: data.world.episode_styles).
 Pretrained towers: `reproduce` and `ablate` fill config.pretrained with towers they pretrain on the world.
 """
 
@@ -45,7 +46,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     def parse(recipe: dict) -> ml_collections.ConfigDict:
         return configs.parse_arg(arg, steps=600, lm_layers=4, warmup=30, lr=1e-3, scale=0.5, batch=4, icl=False,
-                                 loss="sequence", lp=1.0, vision="vit", clip_names=0.0, clip_pairs=0, **recipe)
+                                 loss="sequence", lp=1.0, vision="vit", clip_names=0.0, clip_pairs=0, episodes=False,
+                                 **recipe)
 
     a = parse(SHORT)
     icl = bool(a.icl)
@@ -89,6 +91,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         world.quiz_pages, world.fact_pages = a.quiz_pages, a.fact_pages
         world.text_sections = a.text_sections
         world.page_styles = a.styles  # quiz and gallery pages answer in a style drawn per page
+        # Each evaluation query (an episode: the query and its shots) answers in a style drawn for it: 'red', 'It is
+        # red.' or 'The answer is red.'; a caption in the templates or as a long description. Its references are
+        # in that style, so the format is known only from the shots (README, "In-context learning on the world").
+        world.episode_styles = a.episodes
+        if a.episodes:
+            for task in ("vqa", "knowledge_vqa", "video_qa"):  # room for 'The answer is Varnoketh.' (12 tokens)
+                tiny.data.eval_sets[task].max_new_tokens = 16
         tiny.data.datasets.text.seq_len = a.lm_len
         tiny.data.datasets.text.batch_size = a.lm_batch
         # room for a 32-shot prompt left-padded to its power-of-two bucket (1024) plus the generated tokens

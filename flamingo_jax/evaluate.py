@@ -114,11 +114,13 @@ def cell_key(task: str, shots: int, seed: int, selection: str, checkpoint_id: st
     return f"{task}-{shots}shot-{selection}-seed{seed}-{checkpoint_id}-{settings}"
 
 
-def run_settings(num_beams: int, length_penalty: float, max_queries: int) -> str:
-    """What else decides a cell's score: the decoding and how many queries. Part of its key, so that a cached
-    cell is reused only by a run with the same settings (a rerun with another beam width, length penalty or
-    --max_queries evaluates afresh), and of its summary group."""
-    return f"beams{int(num_beams)}-lp{float(length_penalty):g}-" + (f"q{max_queries}" if max_queries else "all")
+def run_settings(num_beams: int, length_penalty: float, max_queries: int, data_fingerprint: str) -> str:
+    """What else decides a cell's score: the decoding, how many queries and the eval data (EvalData.fingerprint: the
+    entries and the world that generates them). Part of its key, so that a cached cell is reused only by a run with
+    the same settings (a rerun with another beam width, length penalty, --max_queries or world evaluates afresh),
+    and of its summary group."""
+    queries = f"q{max_queries}" if max_queries else "all"
+    return f"beams{int(num_beams)}-lp{float(length_penalty):g}-{queries}-d{data_fingerprint}"
 
 
 def cell_label(selection: str, ensemble: int, kind: str) -> str:
@@ -238,7 +240,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
     decoding = config.get("evaluation") or {}
     num_beams = int(decoding.get("num_beams", 3) if num_beams is None else num_beams)
     length_penalty = float(decoding.get("length_penalty", 0.0) if length_penalty is None else length_penalty)
-    settings = run_settings(num_beams, length_penalty, max_queries)
     collective = multihost.process_count(mesh) > 1
     if collective:
         if shard is not None and tuple(shard) != (jax.process_index(), jax.process_count()):
@@ -250,6 +251,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
         sharding.batch_size_divides(batch_size, mesh, "evaluation (--batch_size)")
     primary = shard[0] == 0
     data = harness.EvalData(config.data, vocab=vocab)
+    settings = run_settings(num_beams, length_penalty, max_queries, data.fingerprint())
     tasks = [data.resolve(t) for t in (tasks or list(config.data.eval_sets))]
     results = Results(workdir)
     evaluator = harness.Evaluator(models.build(config.model), params, data, batch_size=batch_size, num_beams=num_beams,

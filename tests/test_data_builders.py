@@ -55,6 +55,24 @@ def test_world_builder_array_record_matches_generator(tmp_path):
         assert got["question"] == expected["question"]
 
 
+def test_world_builder_keeps_episode_styles(tmp_path):
+    """A world with episode_styles prepares through TFDS with its records' style fields, read back as generated."""
+    import dataclasses
+
+    from flamingo_jax.data.schema import normalize
+
+    world_cfg = dataclasses.replace(_WORLD.builder_configs["tiny-vqa"].world, episode_styles=True)
+    cfg = builders.builder_module("flamingo_world").make_config("vqa", world_cfg)
+    src = builders.data_source("flamingo_world", cfg, "test", data_dir=str(tmp_path))
+    world = generate.World(world_cfg)
+    got = {r["id"]: r for r in (normalize(src[i]) for i in range(len(src)))}
+    for i in range(len(got)):
+        expected = world.record("vqa", "test", i)
+        assert {k: got[expected["id"]][k]
+                for k in ("style", "styled", "answers")} == {k: expected[k]
+                                                             for k in ("style", "styled", "answers")}
+
+
 # ---- real-file builders: dummy_data/ holds each dataset's official layout in miniature --------------
 
 

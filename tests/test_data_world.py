@@ -228,3 +228,33 @@ def test_page_styles_reach_the_lm_text_one_style_per_document():
         seen |= kinds
         assert not re.search(r"Answer: (It is|The answer is) ", plain.record("text", "train", i)["text"])
     assert seen == {"word", "sentence", "answer_is"}
+
+
+def test_episode_styles_bind_each_query_to_one_answer_style_and_leave_the_rest_alone():
+    """With episode_styles, an eval record draws a style; its references are in it and `styled` holds one reference
+    per style (what it shows as a shot of a query in that style). Its scene and question are the unstyled record's,
+    and no training subset changes."""
+    from flamingo_jax.data.world.facts import styled as style_of
+
+    plain = World(WorldConfig(scale=0.1, image_size=32, video_frames=8))
+    bound = World(WorldConfig(scale=0.1, image_size=32, video_frames=8, episode_styles=True))
+    seen: dict[str, set] = {}
+    for subset, field in (("vqa", "answers"), ("knowledge_vqa", "answers"), ("video_qa", "answers"),
+                          ("captions", "captions"), ("video_captions", "captions")):
+        for i in range(plain.config.num_records(subset, "test")):
+            a, b = plain.record(subset, "test", i, media=False), bound.record(subset, "test", i, media=False)
+            assert "style" not in a and "styled" not in a
+            assert {k: v
+                    for k, v in a.items()
+                    if k != field} == {k: v
+                                       for k, v in b.items() if k not in (field, "style", "styled")}
+            seen.setdefault(subset, set()).add(b["style"])
+            if field == "answers":  # the references are the answer in the drawn style; one per style to show
+                assert b["styled"] == [style_of(a["answers"][0], s) for s in range(3)]
+                assert set(b[field]) == {b["styled"][b["style"]]}
+            else:  # style 0: the unstyled references; style 1: long (LTIP-like) or short (VTP-like) descriptions
+                assert b["styled"][0] == a["captions"][0] and len(b["styled"]) == 2
+                assert b[field] == a[field] if b["style"] == 0 else b[field][0] == b["styled"][1]
+    assert seen["vqa"] == {0, 1, 2} and seen["captions"] == {0, 1}
+    for subset in ("interleaved", "alt_text", "text", "video_text"):
+        assert plain.record(subset, "train", 2, media=False) == bound.record(subset, "train", 2, media=False)

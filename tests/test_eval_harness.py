@@ -97,17 +97,24 @@ def test_evaluate_end_to_end_caches_cells_and_shards_agree(world_model, tmp_path
     # A rerun skips the finished cell entirely.
     monkeypatch.setattr(harness.Evaluator, "predict", lambda *a, **k: pytest.fail("cached cell recomputed"))
     assert evaluate.evaluate(config, str(tmp_path), ["vqa"], [2], **kw) == out
-    # ... but a run with other settings (more queries, another length penalty) evaluates afresh, in a
-    # summary group of its own.
-    for other_kw in (dict(kw, max_queries=4), dict(kw, length_penalty=1.0)):
+    # ... but a run with other settings (more queries, another length penalty, another world: its queries
+    # answer in a style drawn per episode) evaluates afresh, in a summary group of its own.
+    styled = ml_collections.ConfigDict(config.to_dict())
+    styled.data.world.episode_styles = True
+    for other_config, other_kw in ((config, dict(kw, max_queries=4)), (config, dict(kw,
+                                                                                    length_penalty=1.0)), (styled, kw)):
         calls = []
         monkeypatch.setattr(harness.Evaluator, "predict",
                             lambda self, *a, **k: calls.append(a) or [dict(id="x", index=0, prediction="no")])
         monkeypatch.setattr(harness.Evaluator, "score", lambda self, task, outs: 0.25)
-        assert evaluate.evaluate(config, str(tmp_path), ["vqa"], [2], **other_kw) == {"vqa": {2: 0.25}}
+        assert evaluate.evaluate(other_config, str(tmp_path), ["vqa"], [2], **other_kw) == {"vqa": {2: 0.25}}
         assert len(calls) == 1
     summary = json.loads((tmp_path / "eval" / "results.json").read_text())["summary"]
-    assert sorted(summary) == ["test/random/beams1-lp0-q3", "test/random/beams1-lp0-q4", "test/random/beams1-lp1-q3"]
+    plain_data, styled_data = (harness.EvalData(c.data, vocab=vocab).fingerprint() for c in (config, styled))
+    assert plain_data != styled_data
+    assert sorted(summary) == sorted(f"test/random/beams1-{s}"
+                                     for s in (f"lp0-q3-d{plain_data}", f"lp0-q4-d{plain_data}",
+                                               f"lp1-q3-d{plain_data}", f"lp0-q3-d{styled_data}"))
     monkeypatch.undo()
 
     # Two shards (as two processes would run them) give the same predictions and score.
@@ -259,3 +266,26 @@ def test_evaluate_aggregates_seeds_with_numpy_mean_and_std(world_model, tmp_path
     assert row["mean"] == pytest.approx(100 * vals.mean()) and row["std"] == pytest.approx(100 * vals.std(ddof=1))
     md = (tmp_path / "eval" / "results.md").read_text()
     assert f"| vqa | vqa_accuracy | {100 * vals.mean():.1f} ± {100 * vals.std(ddof=1):.1f} |" in md
+
+
+def test_a_styled_query_shows_its_shots_in_its_own_style():
+    """An episode's shots answer in the query's style (a world with episode_styles): the support record's reference
+    of that style, whatever the support record's own style; an unstyled query shows them as before, and a styled query
+    with unstyled support records is a one-line error."""
+    v = _Vocab()
+    sup = [
+        dict(question="Colour?", answers=["It is red."] * 3, style=1,
+             styled=["red", "It is red.", "The answer is red."])
+    ]
+    q = dict(question="Where?", answers=["The answer is left."], style=2)
+    p = prompts.build_prompt(v, "vqa", sup, [4], q, text_only=False, seed=0, query_index=0)
+    assert p.tokens[2:2 + len(v.encode("Question: Colour? Answer: The answer is red."))] == v.encode(
+        "Question: Colour? Answer: The answer is red.")
+    plain = prompts.build_prompt(v, "vqa", sup, [4], dict(question="Where?", answers=["left"]), text_only=False, seed=0,
+                                 query_index=0)
+    assert v.encode(
+        "Question: Colour? Answer: It is red.") == plain.tokens[2:2 +
+                                                                len(v.encode("Question: Colour? Answer: It is red."))]
+    with pytest.raises(ValueError, match="episode_styles"):
+        prompts.build_prompt(v, "vqa", [dict(question="Colour?", answers=["red"])], [4], q, text_only=False, seed=0,
+                             query_index=0)

@@ -53,8 +53,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self.builder_config
-        return tfds.core.DatasetInfo(builder=self, description=cfg.description,
-                                     features=schema.tfds_features(world_lib.SUBSET_KINDS[cfg.subset]), citation="")
+        return tfds.core.DatasetInfo(
+            builder=self, description=cfg.description,
+            features=schema.tfds_features(world_lib.SUBSET_KINDS[cfg.subset],
+                                          styled=cfg.world.episode_styles), citation="")
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         del dl_manager  # nothing to download: the world is generated

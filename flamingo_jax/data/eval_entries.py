@@ -26,10 +26,11 @@ DEV_QUERIES = 1024  # and its queries (COCO: 5000)
 def _entry(builder: str, builder_config: str, kind: str, support: str, query: str, frames: int = 1, fps: float = 1.0, *,
            metric: str = "", classes: Sequence[str] = (), paper_split: str = "",
            dev_queries: int = DEV_QUERIES) -> ml_collections.ConfigDict:
+    """max_new_tokens: how many tokens an open-ended task generates (0: its kind's, evaluation.harness.OPEN_ENDED)."""
     return ml_collections.ConfigDict(
         dict(builder=builder, builder_config=builder_config, kind=kind, support=support, query=query, frames=frames,
              fps=fps, manual_dir="", metric=metric, classes=list(classes), paper_split=paper_split,
-             dev_queries=dev_queries))
+             dev_queries=dev_queries, max_new_tokens=0))
 
 
 def _video(builder: str, builder_config: str, kind: str, support: str, query: str, **kw):

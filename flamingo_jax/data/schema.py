@@ -24,6 +24,10 @@ whole tf.data pipeline.
                      (STAR: multiple choice)
     video_retrieval: id, frames, fps, video_id: str, class_id: int, verb: str, noun: str, annotation: int
                      (RareAct: one annotated (clip, class) row; 1 positive, 2-4 hard negatives, 0 negative)
+
+A world with episode_styles adds to captions, vqa, video_qa and video_captions records: style: int (the style
+its references are in, drawn per query) and styled: list[str] (one reference per style: what it shows as a
+support example of a query in that style). tfds_features(kind, styled=True) holds them.
 """
 
 from __future__ import annotations
@@ -36,13 +40,15 @@ KINDS = ("interleaved", "pair", "video_text", "text", "captions", "vqa", "video_
          "image_classification", "video_classification", "dialog", "video_choice", "video_retrieval")
 
 _STR = ("id", "text", "question", "question_type", "caption", "video_id", "verb", "noun")
-_STR_LIST = ("texts", "captions", "answers", "history_questions", "history_answers", "options")
-_INT = ("label", "answer_index", "class_id", "annotation")
+_STR_LIST = ("texts", "captions", "answers", "history_questions", "history_answers", "options", "styled")
+_INT = ("label", "answer_index", "class_id", "annotation", "style")
+STYLED_KINDS = ("captions", "vqa", "video_qa", "video_captions")
 _BYTES_LIST = ("images", "frames")
 
 
-def tfds_features(kind: str):
-    """The tfds.features.FeaturesDict of a record kind (images as raw encoded bytes)."""
+def tfds_features(kind: str, styled: bool = False):
+    """The tfds.features.FeaturesDict of a record kind (images as raw encoded bytes); styled: with the episode-style
+    fields (a world with episode_styles)."""
     import tensorflow_datasets as tfds  # heavy import, only builders need it
 
     encoded = lambda: tfds.features.Tensor(shape=(), dtype=np.object_)  # noqa: E731
@@ -85,6 +91,8 @@ def tfds_features(kind: str):
                     verb=text(), noun=text(), annotation=np.int32)
     else:
         raise ValueError(f"unknown record kind {kind!r}; choose from {KINDS}")
+    if styled and kind in STYLED_KINDS:
+        spec.update(style=np.int32, styled=tfds.features.Sequence(text()))
     return tfds.features.FeaturesDict(spec)
 
 

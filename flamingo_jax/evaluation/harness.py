@@ -29,6 +29,8 @@ length. flamingo_jax.evaluate gathers the shards' outputs to process 0, which sc
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import sys
 from typing import Any, Mapping, Sequence
 
@@ -92,6 +94,10 @@ class EvalData:
         entry = (self.config.get("eval_sets") or {}).get(task) or self._eval_sets.world_extra_eval_sets().get(task)
         return metric_name(self.kind(task), entry.get("metric", "") if entry else "")
 
+    def max_new_tokens(self, task: str) -> int:
+        """How many tokens an open-ended task's answer may run to: its entry's max_new_tokens, else its kind's."""
+        return int(self._eval_sets.entry(self.config, task).get("max_new_tokens", 0)) or OPEN_ENDED[self.kind(task)][0]
+
     def frames(self, task: str) -> int:
         return int(self._eval_sets.entry(self.config, task).frames) if self.kind(task).startswith("video") else 1
 
@@ -118,6 +124,15 @@ class EvalData:
         world = self.config.world.to_dict() if e.builder == "flamingo_world" else {}
         return dict(task=task, entry=e.to_dict(), world=world, image_size=self.config.image_size,
                     source=self.config.source, size=len(self.source(task, "support")))
+
+    def fingerprint(self) -> str:
+        """A short hash of what defines the eval sets' records and prompts (their entries, the world that generates
+        them, the image size, the source): part of a run's settings, so that cells cached for one world (e.g.
+        without episode styles) are neither reused nor summarised with those of another."""
+        blob = json.dumps(
+            dict(world=self.config.world.to_dict(), eval_sets=self.config.eval_sets.to_dict(),
+                 image_size=self.config.image_size, source=self.config.source), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:8]
 
 
 @dataclasses.dataclass
@@ -232,7 +247,8 @@ class Evaluator:
             chosen = self._choose(task, shots, seed, selection, idx, recs, len(pool))
             batch = (task, kind, shots, seed, idx, recs, pool, support_media, classes)
             if kind not in CLOSE_ENDED:
-                outputs += self._run_batch(kind, *self._inputs(*batch, chosen), idx, recs)
+                outputs += self._run_batch(kind, self.data.max_new_tokens(task), *self._inputs(*batch, chosen), idx,
+                                           recs)
             else:  # prompt ensembling: the candidates' log-likelihoods averaged over orders of the shots
                 n_orders = self.ensemble if shots > 0 else 1
                 orders = [prompts.shot_orders(len(sup), n_orders, seed, q) for q, sup in zip(idx, chosen)]
@@ -316,9 +332,8 @@ class Evaluator:
             res.append(o)
         return res
 
-    def _run_batch(self, kind, toks, tmask, visual, image_mask, idx, recs) -> list[dict]:
+    def _run_batch(self, kind, max_new, toks, tmask, visual, image_mask, idx, recs) -> list[dict]:
         vocab = self.data.vocab
-        max_new = OPEN_ENDED[kind][0]
         gen = decoding.GenerationConfig(max_new_tokens=max_new, num_beams=self.num_beams,
                                         length_penalty=self.length_penalty, stop_ids=(vocab.eoc_id, vocab.eos_id),
                                         banned_ids=(vocab.image_id, ))

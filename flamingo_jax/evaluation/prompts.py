@@ -71,8 +71,15 @@ def class_name(kind: str, record: Mapping[str, Any], classes: Sequence[str] | No
     return classes[int(record["label"])]
 
 
-def support_answer(kind: str, record: Mapping[str, Any], rng: np.random.Generator,
-                   classes: Sequence[str] | None = None) -> str:
+def support_answer(kind: str, record: Mapping[str, Any], rng: np.random.Generator, classes: Sequence[str] | None = None,
+                   style: int | None = None) -> str:
+    """The answer a support record shows; style: the episode's (its query's `style`, a world with episode_styles),
+    shown from the record's one reference per style."""
+    if style is not None:
+        if "styled" not in record:
+            raise ValueError(f"a query with an answer style (style={style}) needs support records with 'styled' "
+                             "references: both come from a world with episode_styles")
+        return record["styled"][style]
     if kind in CAPTION_KINDS:
         caps = record["captions"]
         return caps[int(rng.integers(len(caps)))]
@@ -87,10 +94,10 @@ def support_answer(kind: str, record: Mapping[str, Any], rng: np.random.Generato
     raise ValueError(f"no prompt for eval-set kind {kind!r}")
 
 
-def example_text(kind: str, record: Mapping[str, Any], rng: np.random.Generator,
-                 classes: Sequence[str] | None = None) -> str:
-    """A support example's text after its `<image>` (without the trailing `<EOC>`)."""
-    return f"{query_text(kind, record)} {support_answer(kind, record, rng, classes)}"
+def example_text(kind: str, record: Mapping[str, Any], rng: np.random.Generator, classes: Sequence[str] | None = None,
+                 style: int | None = None) -> str:
+    """A support example's text after its `<image>` (without the trailing `<EOC>`), in the episode's style."""
+    return f"{query_text(kind, record)} {support_answer(kind, record, rng, classes, style)}"
 
 
 def text_only_shots(kind: str, shots: int) -> int:
@@ -133,7 +140,7 @@ def build_prompt(vocab, kind: str, support_records: Sequence[Mapping[str, Any]],
     for rec in support_records:
         if not text_only:
             ids.append(vocab.image_id)
-        ids += vocab.encode(example_text(kind, rec, rng, classes))
+        ids += vocab.encode(example_text(kind, rec, rng, classes, query.get("style")))
         ids.append(vocab.eoc_id)
     ids.append(vocab.image_id)
     ids += vocab.encode(query_text(kind, query))

@@ -77,6 +77,7 @@ class WorldConfig:
     clip_pairs: int = 0  # clip_pairs records (0: DEFAULT_SIZES x scale); the vision tower's pretraining
     # sees each pair once per len / batch steps, and a small set is memorised
     page_styles: bool = False  # quiz pages answer, and galleries caption, in a style drawn per page
+    episode_styles: bool = False  # an eval query answers in a style drawn per query; its shots show that style
 
     def num_records(self, subset: str, split: str) -> int:
         sizes = DEFAULT_SIZES[subset]
