@@ -92,7 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         world.text_sections = a.text_sections
         world.page_styles = a.styles  # quiz and gallery pages answer in a style drawn per page
         # Each evaluation query (an episode: the query and its shots) answers in a style drawn for it: 'red', 'It is
-        # red.' or 'The answer is red.'; a caption in the templates or as a long description. Its references are
+        # red.' or 'The answer is red.'; a caption in the templates or as a short alt-text. Its references are
         # in that style, so the format is known only from the shots (README, "In-context learning on the world").
         world.episode_styles = a.episodes
         if a.episodes:

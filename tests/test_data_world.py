@@ -252,7 +252,7 @@ def test_episode_styles_bind_each_query_to_one_answer_style_and_leave_the_rest_a
             if field == "answers":  # the references are the answer in the drawn style; one per style to show
                 assert b["styled"] == [style_of(a["answers"][0], s) for s in range(3)]
                 assert set(b[field]) == {b["styled"][b["style"]]}
-            else:  # style 0: the unstyled references; style 1: long (LTIP-like) or short (VTP-like) descriptions
+            else:  # style 0: the unstyled references; style 1: short alt-texts (ALIGN-like) or descriptions (VTP-like)
                 assert b["styled"][0] == a["captions"][0] and len(b["styled"]) == 2
                 assert b[field] == a[field] if b["style"] == 0 else b[field][0] == b["styled"][1]
     assert seen["vqa"] == {0, 1, 2} and seen["captions"] == {0, 1}

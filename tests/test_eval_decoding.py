@@ -164,3 +164,22 @@ def test_length_penalty_ranks_by_sum_over_length_to_the_alpha(setup):
         np.testing.assert_allclose(out["scores"][i], norm[order], rtol=1e-5, atol=1e-5)
         assert len(seqs[int(np.argmax(scores))]) < STEPS == len(seqs[int(np.argmax(norm))]), i
         assert out["lengths"][i, 0] == STEPS
+
+
+def test_rank_per_row_equals_ranking_each_row_on_its_own(setup):
+    """Each prompt its own candidates (different counts and lengths, the shorter list padded with a repeat): the
+    log-likelihoods equal rank() of that row's list alone, i.e. the harness's former row-at-a-time ranking (one
+    candidate list per call), within 1e-5. The per-row lists share no candidate at the same slot, so scoring a
+    row against the other row's candidates would fail."""
+    s = setup
+    own = [[[2], [3, 0], [0, 2, BASE + 1]], [[3, 3, 2], [BASE + 1]]]
+    ctoks, cmask = decoding.pad_candidate_rows(own, 3, 3, PAD)
+    assert ctoks.shape == (2, 3, 3) and ctoks[1, 2].tolist() == [BASE + 1, PAD, PAD]  # the repeat
+    got = np.asarray(s["dec"].rank_per_row(s["params"], s["toks"], s["tmask"], s["visual"], s["mask"], ctoks, cmask))
+    for i, cands in enumerate(own):
+        alone = decoding.right_pad(cands + [cands[-1]] * (3 - len(cands)), 3, PAD)  # rank()'s shape: one compile
+        want = np.asarray(s["dec"].rank(s["params"], s["toks"], s["tmask"], s["visual"], s["mask"], *alone))[i]
+        np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got[1][:2], got[0][:2], atol=1e-3)
+    with pytest.raises(ValueError, match="pads them to 3"):
+        decoding.pad_candidate_rows([[[1]] * 4], 3, 3, PAD)

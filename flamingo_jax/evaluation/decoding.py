@@ -16,7 +16,9 @@ rows (contiguous per prompt) attend to the shared prefix plus a small cache of t
 prompts that share their shots: prefill the shots once (`prefill`, P = 1) and `extend` it with each query's
 own tokens and images; generate_from / rank_from then run on the result. Ranking scores the candidates in
 chunks (lax.map) against the cached prefix, each candidate's last token never run (its output predicts
-nothing).
+nothing). `rank` gives every prompt the same candidate list (yes/no, a class list); `rank_per_row` gives each
+prompt its own (a VisDial round's or a STAR question's options); both are the same ranking of per-row
+candidates [B, C, Lc] after one prefill.
 """
 
 from __future__ import annotations
@@ -62,6 +64,20 @@ def right_pad(rows: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarr
     return tokens, mask
 
 
+def pad_candidate_rows(rows: list[list[list[int]]], count: int, length: int,
+                       pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each prompt row's own candidates (token lists) -> (int32[B, count, length] right-padded, bool[B, count,
+    length] candidate_mask) for Decoder.rank_per_row. A row with fewer than `count` candidates repeats its last
+    one (a real candidate, so every slot scores finitely; the caller drops the repeats' scores)."""
+    tokens = np.full((len(rows), count, length), pad_id, np.int32)
+    mask = np.zeros((len(rows), count, length), bool)
+    for i, cands in enumerate(rows):
+        if not cands or len(cands) > count:
+            raise ValueError(f"row {i} has {len(cands)} candidates; rank_per_row pads them to {count}")
+        tokens[i], mask[i] = right_pad(cands + [cands[-1]] * (count - len(cands)), length, pad_id)
+    return tokens, mask
+
+
 def _batch_axes(model: nn.Module, params: Any, max_len: int) -> Any:
     """For every cache leaf, its batch axis (None for leaves without one), found by comparing shapes."""
 
@@ -89,13 +105,13 @@ class Decoder:
     On a mesh (`mesh` and the params' `param_shardings`, e.g. flamingo_jax.sharding.tree_shardings): every
     function is jitted with explicit in and out shardings, params as given, the batch (prompts, images,
     visual tokens, results) split over the (data, fsdp) axes, the KV cache constrained to the same batch split,
-    candidates replicated. Host inputs move by explicit jax.device_put into those shardings and results come
+    rank's shared candidates replicated and rank_per_row's per-row candidates split like the prompts. Host inputs move by explicit jax.device_put into those shardings and results come
     back by the caller's jax.device_get, so decoding runs under JAX_TRANSFER_GUARD=disallow. Batch sizes must
     divide data * fsdp. Without a mesh: one device, the arrays' default placement. (prefill / extend /
     generate_from / rank_from are jitted without explicit shardings: their prefix arrays stay where the
     previous call put them.)
 
-    rank_chunk: candidates scored per batch in rank / rank_from (rows = prompts x rank_chunk)."""
+    rank_chunk: candidates scored per batch in rank / rank_from / rank_per_row (rows = prompts x rank_chunk)."""
 
     def __init__(self, model: nn.Module, pad_id: int = 0, mesh: Any = None, param_shardings: Any = None,
                  rank_chunk: int = 128):
@@ -109,11 +125,12 @@ class Decoder:
         self._prefill_j = jax.jit(self._prefill)
         self._extend_j = jax.jit(self._extend)
         self._generate_from_j = jax.jit(self._generate_from, static_argnums=2)
-        self._rank_from_j = jax.jit(self._rank_from)
+        self._rank_from_j = jax.jit(self._rank_shared)
         if mesh is None:
             self._encode = jax.jit(encode)
             self._generate = jax.jit(self._generate_positional, static_argnums=5)
             self._rank = jax.jit(self._rank_impl)
+            self._rank_per_row = jax.jit(self._rank_per_row_impl)
             self._vision = jax.jit(pooled)
             return
         if param_shardings is None:
@@ -128,6 +145,8 @@ class Decoder:
                                  out_shardings=dict(tokens=b(3), scores=b(2), lengths=b(2)))
         self._rank = jax.jit(self._rank_impl, in_shardings=(ps, b(2), b(2), b(4), b(2), rep, rep, rep, rep),
                              out_shardings=b(2))
+        self._rank_per_row = jax.jit(self._rank_per_row_impl, in_shardings=(ps, b(2), b(2), b(4), b(2), b(3), b(3)),
+                                     out_shardings=b(2))
         self._vision = jax.jit(pooled, in_shardings=(ps, b(4)), out_shardings=b(2))
 
     def _put(self, x, ndim: int | None = None):
@@ -184,6 +203,14 @@ class Decoder:
         return self._rank(params, self._put(tokens, 2), self._put(token_mask, 2), self._put(visual, 4),
                           self._put(image_mask, 2), self._put(candidates), self._put(candidate_mask), self._put(firsts),
                           self._put(inverse))
+
+    def rank_per_row(self, params, tokens, token_mask, visual, image_mask, candidates, candidate_mask) -> jax.Array:
+        """rank() with each prompt its own candidates: int32[B, C, Lc] (right-padded, candidate_mask bool[B, C,
+        Lc]; pad_candidate_rows pads rows with fewer to C) after left-padded prompts int32[B, L] -> log-likelihoods
+        float32[B, C]. On a mesh the candidates are split over the batch like the prompts, so a mesh spanning
+        processes ranks every process's own rows (and their own options) in one collective call."""
+        return self._rank_per_row(params, self._put(tokens, 2), self._put(token_mask, 2), self._put(visual, 4),
+                                  self._put(image_mask, 2), self._put(candidates, 3), self._put(candidate_mask, 3))
 
     def prefill(self, params, tokens, token_mask, visual, image_mask) -> dict:
         """Runs left-padded prompts int32[P, L] (visual [P, T, K, D]) once -> their prefix (a dict pytree, see
@@ -343,38 +370,55 @@ class Decoder:
 
     def _rank_impl(self, params, tokens, token_mask, visual, image_mask, cands, cand_mask, firsts, inverse):
         prefix = self._prefill(params, tokens, token_mask, visual, image_mask)
-        return self._rank_from(params, prefix, cands, cand_mask, firsts, inverse)
+        return self._rank_shared(params, prefix, cands, cand_mask, firsts, inverse)
 
-    def _rank_from(self, params, prefix, cands, cand_mask, firsts, inverse):
-        """Log-likelihoods [P, C]: token 0 from the prefix's next-token log-probs; token 1 from one forward of
-        the DISTINCT first tokens (firsts [U], inverse [C]); tokens 2.. from the candidates in chunks, their
-        own cache seeded with their first token's keys/values. A candidate's last token never runs."""
-        c, lc = cands.shape
-        b = prefix["logp"].shape[0]
+    def _rank_shared(self, params, prefix, cands, cand_mask, firsts, inverse):
+        """One candidate list int32[C, Lc] (firsts [U], inverse [C]) for every prompt of the prefix -> [P, C]."""
+        p = prefix["logp"].shape[0]
+        rows = lambda x: jnp.broadcast_to(x, (p, *x.shape))  # noqa: E731
+        return self._rank_candidates(params, prefix, rows(cands), rows(cand_mask), rows(firsts), rows(inverse))
+
+    def _rank_per_row_impl(self, params, tokens, token_mask, visual, image_mask, cands, cand_mask):
+        """Each row's candidates int32[B, C, Lc] -> [B, C]. Every candidate's first token gets a row of its own
+        (U = C): sharing equal first tokens within a row would make U depend on the options, and every process of
+        a collective call must know the shapes beforehand; the first token is one of the Lc - 1 run per candidate."""
+        prefix = self._prefill(params, tokens, token_mask, visual, image_mask)
+        inverse = jnp.broadcast_to(jnp.arange(cands.shape[1], dtype=jnp.int32), cands.shape[:2])
+        return self._rank_candidates(params, prefix, cands, cand_mask, cands[:, :, 0], inverse)
+
+    def _rank_candidates(self, params, prefix, cands, cand_mask, firsts, inverse):
+        """Log-likelihoods [P, C] of each prompt's own candidates cands int32[P, C, Lc] (cand_mask bool[P, C, Lc]):
+        token 0 from the prefix's next-token log-probs; token 1 from one forward of each prompt's first tokens
+        (firsts int32[P, U]; inverse int32[P, C]: each candidate's index among them, so candidates sharing a first
+        token share its forward pass); tokens 2.. from the candidates in chunks, their own cache seeded with their
+        first token's keys/values. A candidate's last token never runs."""
+        b, c, lc = cands.shape
         logp0 = prefix["logp"].astype(jnp.float32)
-        total = jnp.take(logp0, cands[:, 0], axis=1)  # [P, C]
+        total = jnp.take_along_axis(logp0, cands[:, :, 0], axis=1)  # [P, C]
         if lc == 1:
             return total
-        u = firsts.shape[0]
+        u = firsts.shape[1]
         first_cache = self._own_cache(params, prefix, b * u, 1)
-        logp1, first_cache = self._step(params, prefix, jnp.tile(firsts, b), first_cache, jnp.zeros((1, ), bool))
-        parent = jnp.arange(b)[:, None] * u + inverse[None]  # [P, C]: each candidate's first-token row
-        second = logp1[parent.reshape(-1), jnp.tile(cands[:, 1], b)].reshape(b, c)
-        total = total + jnp.where(cand_mask[None, :, 1], second, 0.0)
+        logp1, first_cache = self._step(params, prefix, firsts.reshape(-1), first_cache, jnp.zeros((1, ), bool))
+        parent = jnp.arange(b)[:, None] * u + inverse  # [P, C]: each candidate's first-token row
+        second = logp1[parent.reshape(-1), cands[:, :, 1].reshape(-1)].reshape(b, c)
+        total = total + jnp.where(cand_mask[:, :, 1], second, 0.0)
         if lc == 2:
             return total
         chunk = min(self.rank_chunk, c)
         pad = -c % chunk
         n_chunks = (c + pad) // chunk
-        cands_p = jnp.pad(cands, ((0, pad), (0, 0)), constant_values=self.pad_id).reshape(n_chunks, chunk, lc)
-        mask_p = jnp.pad(cand_mask, ((0, pad), (0, 0))).reshape(n_chunks, chunk, lc)
-        parent_p = jnp.pad(parent, ((0, 0), (0, pad))).reshape(b, n_chunks, chunk).transpose(1, 0, 2)
+
+        def chunks(x, value=0):  # [P, C, ...] -> [chunks, P, chunk, ...]
+            x = jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0), ) * (x.ndim - 2), constant_values=value)
+            return x.reshape(b, n_chunks, chunk, *x.shape[2:]).swapaxes(0, 1)
+
         axes = _batch_axes(self.model, params, 1)
 
         def one(chunk_in):
-            toks, mask, par = chunk_in  # [chunk, Lc], [chunk, Lc], [P, chunk]
-            rows = jnp.tile(toks, (b, 1))  # row i*chunk + j = candidate j of prompt i
-            rows_mask = jnp.tile(mask, (b, 1))
+            toks, mask, par = chunk_in  # [P, chunk, Lc], [P, chunk, Lc], [P, chunk]
+            rows = toks.reshape(b * chunk, lc)  # row i*chunk + j = candidate j of prompt i
+            rows_mask = mask.reshape(b * chunk, lc)
             seeded = _map_batch(first_cache, axes, lambda x, a: jnp.take(x, par.reshape(-1), axis=a))
             cache = _seed(self._own_cache(params, prefix, b * chunk, lc - 1), seeded)
             visual, image_mask, vkv = self._no_images(prefix, b * chunk)
@@ -384,7 +428,7 @@ class Decoder:
             rest = jnp.take_along_axis(logp, rows[:, 2:, None], axis=2)[..., 0]
             return jnp.sum(jnp.where(rows_mask[:, 2:], rest, 0.0), axis=1).reshape(b, chunk)
 
-        scores = jax.lax.map(one, (cands_p, mask_p, parent_p))  # [chunks, P, chunk]
+        scores = jax.lax.map(one, (chunks(cands, self.pad_id), chunks(cand_mask), chunks(parent)))  # [chunks, P, chunk]
         return total + scores.transpose(1, 0, 2).reshape(b, -1)[:, :c]
 
 

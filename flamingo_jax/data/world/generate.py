@@ -137,9 +137,10 @@ class World:
         scene = scenes.sample_scene(rng, self.config.n_entities)
         refs = scenes.caption_refs(scene, self.entities, rng)
         rec = {"image": self.image(scene, mrng), "captions": refs}
-        # caption styles: the COCO-like templates, or the LTIP-like long description
+        # caption styles: the COCO-like templates, or short alt-texts (the galleries' second style; not the long
+        # descriptions, whose 32-shot prompts would run to 1200-1460 tokens)
         return self._episode_style(rec, rng, "captions",
-                                   [refs, [scenes.long_text(scene, self.entities, rng) for _ in range(len(refs))]])
+                                   [refs, [scenes.alt_text(scene, self.entities, rng, noisy=False) for _ in refs]])
 
     def _vqa(self, rng, mrng):
         scene = scenes.sample_scene(rng, self.config.n_entities)

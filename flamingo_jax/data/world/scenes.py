@@ -120,15 +120,15 @@ def caption_refs(scene: Scene, entities, rng: np.random.Generator, n: int = 5) -
     return [templates[i] for i in order]
 
 
-def alt_text(scene: Scene, entities, rng: np.random.Generator) -> str:
-    """Short, noisy ALIGN-like alt-text; 10% carry no information at all (as on the web)."""
+def alt_text(scene: Scene, entities, rng: np.random.Generator, noisy: bool = True) -> str:
+    """Short ALIGN-like alt-text; when noisy, 10% carry no information at all (as on the web)."""
     o = scene.objs[int(rng.integers(len(scene.objs)))]
     name = entities[o.entity].name
     options = [
         f"{o.colour} {name}", f"{name} on {scene.bg}", f"photo of a {name}", f"my {name}",
         f"{o.colour} {name} {scene.bg} picture", f"{name} {o.size}"
     ]
-    if rng.random() < 0.1:
+    if noisy and rng.random() < 0.1:
         return f"IMG_{int(rng.integers(10000)):04d}"
     return str(rng.choice(options))
 
