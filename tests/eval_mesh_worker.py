@@ -65,6 +65,19 @@ def main():
         ll = ev.decoder.rank(params, toks, tmask, visual, np.ones((8, 1), bool), ctoks, cmask)
         run["rank_sharding"] = str(ll.sharding.spec)
         run["rank"] = jax.device_get(ll).tolist()
+        # per-row candidates (dialog / video_choice options): each prompt its own 1 to 4 options of different
+        # lengths, and each row alone through rank() (the harness's former row-at-a-time ranking)
+        words = ["red", "blue cube", "a small green ball", "two", "left of the tree", "no", "yes", "three birds"]
+        own = [prompts.candidate_tokens(vocab, "video_choice", (words * 2)[r:r + 1 + r % 4]) for r in range(8)]
+        width = max(len(c) for cands in own for c in cands)
+        ctoks, cmask = decoding.pad_candidate_rows(own, 4, width, vocab.pad_id)
+        per_row = ev.decoder.rank_per_row(params, toks, tmask, visual, np.ones((8, 1), bool), ctoks, cmask)
+        run["rank_per_row_sharding"] = str(per_row.sharding.spec)
+        run["rank_per_row"] = jax.device_get(per_row).tolist()
+        run["rank_row_at_a_time"] = [
+            jax.device_get(ev.decoder.rank(params, toks, tmask, visual, np.ones((8, 1), bool), ctoks[r],
+                                           cmask[r]))[r].tolist() for r in range(8)
+        ]
         # generation without stop tokens (the untrained model would stop at once): every step of the beam
         # search and the greedy loop with the cache split over the batch
         for beams in (1, 3):

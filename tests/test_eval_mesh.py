@@ -1,8 +1,8 @@
 """Evaluation on a mesh: 8 simulated CPU devices (fsdp=4, model=2), params placed straight into their
 shardings, decoding jitted with explicit shardings, under JAX_TRANSFER_GUARD=disallow, gives the scores and
-predictions of one device on every world task at 0 and 4 shots (and RICES selection, ranking, and greedy and
-beam generation without stop tokens: the untrained model's answers are empty, so the token-level check is the
-one with teeth)."""
+predictions of one device on every world task at 0 and 4 shots (and RICES selection, ranking of one candidate
+list and of each prompt's own candidates, and greedy and beam generation without stop tokens: the untrained
+model's answers are empty, so the token-level check is the one with teeth)."""
 
 import json
 import os
@@ -34,6 +34,11 @@ def test_mesh_evaluation_equals_one_device_under_the_transfer_guard():
         assert mesh[cell]["score"] == pytest.approx(one[cell]["score"], abs=1e-9), cell
     assert "data" in mesh["rank_sharding"] and "fsdp" in mesh["rank_sharding"]  # results stay batch-split
     np.testing.assert_allclose(mesh["rank"], one["rank"], rtol=1e-4, atol=1e-4)
+    # each prompt its own candidates in one call (Decoder.rank_per_row) equals ranking each row's list on its own
+    for run in (one, mesh):
+        np.testing.assert_allclose(run["rank_per_row"], run["rank_row_at_a_time"], rtol=1e-5, atol=1e-5)
+    assert "data" in mesh["rank_per_row_sharding"] and "fsdp" in mesh["rank_per_row_sharding"]
+    np.testing.assert_allclose(mesh["rank_per_row"], one["rank_per_row"], rtol=1e-4, atol=1e-4)
     for beams in (1, 3):
         got, want = mesh[f"generate{beams}"], one[f"generate{beams}"]
         assert got["tokens"] == want["tokens"] and got["lengths"] == want["lengths"], beams

@@ -105,11 +105,11 @@ class Decoder:
     On a mesh (`mesh` and the params' `param_shardings`, e.g. flamingo_jax.sharding.tree_shardings): every
     function is jitted with explicit in and out shardings, params as given, the batch (prompts, images,
     visual tokens, results) split over the (data, fsdp) axes, the KV cache constrained to the same batch split,
-    rank's shared candidates replicated and rank_per_row's per-row candidates split like the prompts. Host inputs move by explicit jax.device_put into those shardings and results come
-    back by the caller's jax.device_get, so decoding runs under JAX_TRANSFER_GUARD=disallow. Batch sizes must
-    divide data * fsdp. Without a mesh: one device, the arrays' default placement. (prefill / extend /
-    generate_from / rank_from are jitted without explicit shardings: their prefix arrays stay where the
-    previous call put them.)
+    rank's shared candidates replicated and rank_per_row's per-row candidates split like the prompts. Host
+    inputs move by explicit jax.device_put into those shardings and results come back by the caller's
+    jax.device_get, so decoding runs under JAX_TRANSFER_GUARD=disallow. Batch sizes must divide data * fsdp.
+    Without a mesh: one device, the arrays' default placement. (prefill / extend / generate_from / rank_from are
+    jitted without explicit shardings: their prefix arrays stay where the previous call put them.)
 
     rank_chunk: candidates scored per batch in rank / rank_from / rank_per_row (rows = prompts x rank_chunk)."""
 
