@@ -7,7 +7,11 @@ what it measured as one JSON line, 'EVAL {...}'.
   --mode process: one of several jax.distributed processes (--coordinator_address, --num_processes,
       --process_id) evaluating on the mesh fsdp=4, model=2 over all of their devices; process 0 prints.
 
-Each run's scores and every cell's outputs (predictions and beam log-likelihoods) are printed.
+Besides the world's tasks every run evaluates one cell whose queries rank their own options (VisDial, kind
+'dialog', on its builder's dummy files: two rounds of 100 options each, different per round), prepared once
+by prepare_options before the workers start.
+
+Each run's scores and every cell's outputs (predictions and beam or option log-likelihoods) are printed.
 """
 
 import argparse
@@ -20,15 +24,37 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 RANDOM_SHOTS = (0, 4)
 RICES = ("vqa", 4)  # one RICES cell: support features of the whole pool, query features per batch
+OPTIONS = ("visdial", 0)  # one cell ranking each query's own options (zero-shot: the world's 0-shot compiles)
 
 
-def config_for(data_dir: str, mesh: tuple[int, int, int]):
-    """experiments/tiny.py (the model the checkpoint was trained with) on the tests' world data dir."""
+def options_entry():
+    """VisDial's eval-set entry reading its builder's dummy files."""
+    from flamingo_jax.data import builders, eval_sets
+
+    entry = eval_sets.real_eval_sets()[OPTIONS[0]]
+    entry.manual_dir = os.path.join(builders.builder_module(entry.builder).__path__[0], "dummy_data")
+    return entry
+
+
+def prepare_options(data_dir: str) -> None:
+    """Prepares the options cell's TFDS builder in data_dir, once (processes would race on its files)."""
+    from flamingo_jax.data import builders
+
+    entry = options_entry()
+    builders.prepare(entry.builder, entry.builder_config or None, data_dir, entry.manual_dir)
+
+
+def config_for(data_dir: str, mesh: tuple[int, int, int], options: bool = True):
+    """experiments/tiny.py (the model the checkpoint was trained with) on the tests' world data dir, with the
+    options cell's eval set unless options=False."""
     from flamingo_jax.config_files import load_config
 
     config = load_config(os.path.join(os.path.dirname(__file__), "..", "experiments", "tiny.py"))
     config.data.data_dir = data_dir
     config.mesh.data, config.mesh.fsdp, config.mesh.model = mesh
+    if options:
+        with config.unlocked():
+            config.data.eval_sets[OPTIONS[0]] = options_entry()
     return config
 
 
@@ -42,6 +68,7 @@ def run_cells(config, workdir: str, tasks, **kw) -> dict:
         "random": evaluate.evaluate(config, workdir, tasks, RANDOM_SHOTS, **kw),
         "rices": evaluate.evaluate(config, workdir, [RICES[0]], [RICES[1]], selection="rices", **kw)
     }
+    scores["random"].update(evaluate.evaluate(config, workdir, [OPTIONS[0]], [OPTIONS[1]], **kw))
     if jax.process_index():
         return {}
     out = {}
@@ -77,7 +104,7 @@ def main():
     from flamingo_jax.train_state import param_targets
 
     config = config_for(args.data_dir, (1, 4, 2))
-    tasks = args.tasks.split(",") if args.tasks else list(config.data.eval_sets)
+    tasks = args.tasks.split(",") if args.tasks else [t for t in config.data.eval_sets if t != OPTIONS[0]]
     kw = dict(batch_size=4, num_beams=2, max_queries=args.max_queries, progress=False)
     if args.mode == "process":
         out = run_cells(config, os.path.join(args.out, "processes"), tasks, checkpoint=args.train_dir, **kw)
@@ -108,7 +135,8 @@ def main():
         report[name] = dict(restored=restored, cells=cells)
     # flamingo_jax.ablate evaluates a row's run through the same path: its workdir's checkpoint, on the
     # config's mesh (fsdp=4, model=2), under the guard
-    report["ablate"] = ablate.evaluate_row(config, args.train_dir, shots=0, **kw)
+    report["ablate"] = ablate.evaluate_row(config_for(args.data_dir, (1, 4, 2), options=False), args.train_dir, shots=0,
+                                           **kw)
     print("EVAL " + json.dumps(report), flush=True)
 
 

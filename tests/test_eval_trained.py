@@ -4,10 +4,12 @@ into its shardings, under JAX_TRANSFER_GUARD=disallow (tests/eval_trained_worker
 - 8 simulated CPU devices, mesh fsdp=4, model=2, give one device's outputs and scores on every world task at 0
   and 4 shots and a RICES cell, and ablate's evaluation of the run goes through the same path;
 - two jax.distributed processes (4 devices each, the same mesh over both) give one process's outputs and scores
-  (captions and video QA at 0 and 4 shots, and the RICES cell).
+  (captions and video QA at 0 and 4 shots, the RICES cell, and a VisDial cell whose queries rank their own 100
+  options: each process passes its own rows' options to one collective Decoder.rank_per_row call).
 
-The trained model's answers are still empty strings (3 steps on synthetic batches), so every score is 0 and the
-check with teeth is on each query's beam log-likelihood (rel 1e-4), which also pins every output to its query.
+The trained model's answers are still empty strings (3 steps on synthetic batches), so every open-ended score is 0
+and the check with teeth is on each query's beam log-likelihood (rel 1e-4), which also pins every output to its
+query; VisDial's outputs carry every option's log-likelihood (rel 1e-4) and its NDCG is not 0.
 """
 
 import json
@@ -17,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import tiny
@@ -25,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "eval_trained_worker.py"
 WORLD_TASKS = {"captions", "knowledge_vqa", "video_captions", "video_qa", "vqa"}
 PROCESS_TASKS = ("captions", "video_qa")  # images and videos, 20- and 5-token answers (compiles kept few)
+OPTIONS_CELL = "visdial/0/random"  # eval_trained_worker.OPTIONS
 DEV = {"captions": "coco", "vqa": "vqav2", "knowledge_vqa": "okvqa", "video_qa": "msvdqa", "video_captions": "vatex"}
 
 
@@ -50,10 +54,13 @@ def trained(tmp_path_factory):
     from flamingo_jax import train
     from flamingo_jax.data import mixture, testing
 
+    import eval_trained_worker
+
     workdir = tmp_path_factory.mktemp("trained") / "run"
     train.train(tiny.tiny_train_config(total_steps=3), str(workdir))
     data = testing.tiny_config()
     mixture.make_vocab(data)
+    eval_trained_worker.prepare_options(data.data_dir)
     return workdir, data.data_dir
 
 
@@ -75,7 +82,11 @@ def _assert_same_cells(got: dict, want: dict) -> None:
         assert [(o["index"], o["prediction"]) for o in got[name]["outputs"]] == \
             [(o["index"], o["prediction"]) for o in cell["outputs"]], name
         for a, b in zip(got[name]["outputs"], cell["outputs"]):
-            assert a["logprob"] == pytest.approx(b["logprob"], rel=1e-4, abs=1e-4), name
+            if "scores" in b:  # ranked options: every option's log-likelihood
+                assert len(a["scores"]) == len(b["scores"]), name
+                np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-4, atol=1e-4, err_msg=name)
+            else:
+                assert a["logprob"] == pytest.approx(b["logprob"], rel=1e-4, abs=1e-4), name
         assert got[name]["score"] == pytest.approx(cell["score"], abs=1e-9), name
         assert got[name]["returned"] == pytest.approx(got[name]["score"], abs=1e-12), name
 
@@ -90,11 +101,13 @@ def test_trained_checkpoint_on_8_devices_equals_one_device_under_the_transfer_gu
         assert restored["max_abs_diff_to_host"] == 0.0, name  # the sharded restore reads the checkpoint's values
     assert r["one"]["restored"]["sharded_leaves"] == 0 and r["mesh"]["restored"]["sharded_leaves"] > 0
     one, mesh = r["one"]["cells"], r["mesh"]["cells"]
-    assert set(one) == {f"{t}/{s}/random" for t in WORLD_TASKS for s in (0, 4)} | {"vqa/4/rices"}
+    assert set(one) == {f"{t}/{s}/random" for t in WORLD_TASKS for s in (0, 4)} | {"vqa/4/rices", OPTIONS_CELL}
     assert set(mesh) == set(one)
     for c in one.values():  # max_queries=4 (the video sets of the tiny world hold 2)
         assert [o["index"] for o in c["outputs"]] == list(range(len(c["outputs"]))) and 2 <= len(c["outputs"]) <= 4
     _assert_same_cells(mesh, one)
+    options = [o["scores"] for o in one[OPTIONS_CELL]["outputs"]]  # VisDial: two rounds, 100 options each
+    assert len(options) == 2 and {len(s) for s in options} == {100} and one[OPTIONS_CELL]["score"] > 0
     # ablate's evaluation of the run (its workdir, the config's mesh, under the guard): the same 0-shot scores
     assert r["ablate"] == pytest.approx({DEV[t]: 100 * mesh[f"{t}/0/random"]["score"] for t in WORLD_TASKS}, abs=1e-9)
 
@@ -132,8 +145,9 @@ def test_two_processes_give_one_process_scores(trained, devices_run, tmp_path):
     r = _report((tmp_path / "process0.out").read_text())
     assert r["processes"] == 2 and r["devices"] == 8
     want = {k: v for k, v in devices_run["mesh"]["cells"].items() if k.split("/")[0] in PROCESS_TASKS}
-    want["vqa/4/rices"] = devices_run["mesh"]["cells"]["vqa/4/rices"]
-    assert set(r["cells"]) == set(want) and len(want) == 5
+    for name in ("vqa/4/rices", OPTIONS_CELL):
+        want[name] = devices_run["mesh"]["cells"][name]
+    assert set(r["cells"]) == set(want) and len(want) == 6
     _assert_same_cells(r["cells"], want)
     # results written once, by process 0: one results.json, each cell's outputs in one file
     assert len(list((tmp_path / "processes" / "eval" / "cells").glob("*/*.json"))) == len(r["cells"])
