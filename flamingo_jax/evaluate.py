@@ -1,10 +1,12 @@
 """Few-shot evaluation: python -m flamingo_jax.evaluate --config experiments/X.py[:arg] --workdir DIR
     [--checkpoint PATH] [--tasks captions,vqa,...|coco,vqav2,...] [--shots 0,4,8,16,32]
     [--selection random|rices] [--seeds 3] [--batch_size 8] [--max_queries N] [--num_shards N --shard_index I]
-    [--ensemble K] [--protocol official|dev]
+    [--ensemble K] [--protocol official|dev] [--text_only_shots]
 
 --ensemble K: close-ended cells average each candidate's log-likelihood over K orders of the shots (the
 paper's prompt ensembling, Appendix A.2; it used 6); they are stored as their own rows ('<selection>-ensembleK').
+--text_only_shots: the shots without their images (text only, like the zero-shot prompt's examples), rows of their
+own ('<selection>-textonly'): what the shots' images add to their text.
 --protocol dev: support and queries carved from each eval set's training split (eval_sets.dev_protocol: 2048
 support, 1024 queries, COCO 5000), the paper's DEV protocol; 'official' uses the entries' splits.
 
@@ -210,16 +212,19 @@ def markdown(summary: Mapping[str, Mapping[int, Mapping[str, Any]]], title: str)
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[str] | None = None,
-             shots: Sequence[int] = (0, 4, 8, 16, 32), *, seeds: int = 1, selection: str = "random",
-             checkpoint: str | None = None, params: Any = None, checkpoint_id: str | None = None, batch_size: int = 8,
-             num_beams: int | None = None, length_penalty: float | None = None, max_queries: int = 0,
-             shard: tuple[int, int] | None = None, progress: bool = True, vocab=None, ensemble: int = 1,
-             wait_timeout_s: float = 3600.0, mesh: jax.sharding.Mesh | None = None) -> dict:
+             shots: Sequence[int] = (0, 4, 8, 16,
+                                     32), *, seeds: int = 1, selection: str = "random", checkpoint: str | None = None,
+             params: Any = None, checkpoint_id: str | None = None, batch_size: int = 8, num_beams: int | None = None,
+             length_penalty: float | None = None, max_queries: int = 0, shard: tuple[int, int] | None = None,
+             progress: bool = True, vocab=None, ensemble: int = 1, wait_timeout_s: float = 3600.0,
+             mesh: jax.sharding.Mesh | None = None, text_only_shots: bool = False) -> dict:
     """Runs every (task, shots, seed) cell not yet in DIR/eval/results.json; returns
     {task: {shots: mean score over seeds as a fraction}} (flamingo_jax.ablate's evaluator convention).
 
     num_beams / length_penalty: open-ended decoding; None takes config.evaluation's (the paper's beam 3 and no
     length penalty by default; experiments/world.py normalises by length).
+    text_only_shots: the shots are shown without their media (their text only, as the zero-shot prompt's
+    examples); the cells are rows of their own ('<selection>-textonly').
     mesh: where loaded params go (default eval_mesh(config)); given params run on the mesh they are sharded
     over (host or single-device params: on one device, as before). A mesh spanning several processes makes
     every cell a collective of all of them (see the module docstring); `shard` is then theirs."""
@@ -256,11 +261,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
     results = Results(workdir)
     evaluator = harness.Evaluator(models.build(config.model), params, data, batch_size=batch_size, num_beams=num_beams,
                                   length_penalty=length_penalty, ensemble=ensemble,
-                                  cache_dir=os.path.join(workdir, "eval", "rices_cache"), progress=progress, mesh=mesh)
+                                  cache_dir=os.path.join(workdir, "eval", "rices_cache"), progress=progress, mesh=mesh,
+                                  text_only_shots=text_only_shots)
+    shown = f"{selection}-textonly" if text_only_shots else selection  # the cells' selection label
     for task in tasks:
         for n_shots in shots:
             for seed in range(seeds):
-                label = cell_label(selection, ensemble, data.kind(task))
+                label = cell_label(shown, ensemble, data.kind(task))
                 key = cell_key(task, n_shots, seed, label, checkpoint_id, settings)
                 cached = key in results.load()["cells"] if primary or not collective else False
                 if multihost.from_process_0(cached) if collective else cached:  # every process skips, or none
@@ -301,7 +308,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
                 logging.info("%s: %s = %.4f", key, data.metric(task), score)
     rows = []
     if primary or not collective:
-        summary = summarize_run(results.load()["cells"], checkpoint_id, selection, ensemble, settings)
+        summary = summarize_run(results.load()["cells"], checkpoint_id, shown, ensemble, settings)
         rows = [(t, s, v["mean"] / TABLE_SCALE) for t, by in summary.items() if t in tasks for s, v in by.items()]
     if collective:  # process 0 read the results; the others get the same answer
         rows = multihost.from_process_0(rows)
@@ -338,6 +345,7 @@ def _define_flags():
     flags.DEFINE_list("shots", ["0", "4", "8", "16", "32"], "numbers of shots")
     flags.DEFINE_enum("selection", "random", ["random", "rices"], "how support examples are chosen")
     flags.DEFINE_integer("seeds", 1, "seeds per cell (support draws)")
+    flags.DEFINE_bool("text_only_shots", False, "show the shots without their images (their text only)")
     flags.DEFINE_integer("batch_size", 8, "queries per batch")
     flags.DEFINE_integer("num_beams", None, "beam width (1 = greedy); default: config.evaluation.num_beams")
     flags.DEFINE_float(
@@ -373,7 +381,8 @@ def main(argv):
         f.config.data.eval_sets = eval_sets.dev_protocol(f.config.data.eval_sets)
     out = evaluate(f.config, f.workdir, f.tasks, [int(s) for s in f.shots], seeds=f.seeds, selection=f.selection,
                    checkpoint=f.checkpoint, batch_size=f.batch_size, num_beams=f.num_beams,
-                   length_penalty=f.length_penalty, max_queries=f.max_queries, shard=shard, ensemble=f.ensemble)
+                   length_penalty=f.length_penalty, max_queries=f.max_queries, shard=shard, ensemble=f.ensemble,
+                   text_only_shots=f.text_only_shots)
     if jax.process_index() == 0 and (shard is None or shard[0] == 0):
         print(open(os.path.join(f.workdir, "eval", "results.md")).read() if out else "no cells evaluated")
         print(json.dumps({"results": out}))

@@ -289,3 +289,24 @@ def test_a_styled_query_shows_its_shots_in_its_own_style():
     with pytest.raises(ValueError, match="episode_styles"):
         prompts.build_prompt(v, "vqa", [dict(question="Colour?", answers=["red"])], [4], q, text_only=False, seed=0,
                              query_index=0)
+
+
+def test_text_only_shots_show_the_shots_text_and_only_the_querys_image(world_model, tmp_path, monkeypatch):
+    """--text_only_shots: every prompt holds the shots' text and one <image> (the query's), and the cells are rows of
+    their own beside the usual ones."""
+    config, params, vocab = world_model
+    built = []
+    real_build = prompts.build_prompt
+    monkeypatch.setattr(harness.prompts, "build_prompt", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
+    kw = dict(params=params, checkpoint_id="test", batch_size=2, num_beams=1, max_queries=2, progress=False,
+              vocab=vocab)
+    evaluate.evaluate(config, str(tmp_path), ["vqa"], [2], text_only_shots=True, **kw)
+    assert len(built) == 2 and all(
+        p.tokens.count(vocab.image_id) == 1 and p.support == [] and len(p.text_only) == 2 for p in built)
+    shots_text = [[t for t in p.tokens if t != vocab.image_id] for p in built]
+    built.clear()
+    evaluate.evaluate(config, str(tmp_path), ["vqa"], [2], **kw)  # not served from the text-only cells
+    assert [p.tokens.count(vocab.image_id) for p in built] == [3, 3]
+    assert [[t for t in p.tokens if t != vocab.image_id] for p in built] == shots_text  # the same shots, same text
+    cells = json.loads((tmp_path / "eval" / "results.json").read_text())["cells"].values()
+    assert sorted(c["selection"] for c in cells) == ["random", "random-textonly"]

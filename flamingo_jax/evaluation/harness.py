@@ -154,6 +154,9 @@ class Evaluator:
     mesh: Any = None
     ensemble: int = 1  # close-ended: average over this many orders of the shots
     rank_chunk: int = 64  # class-list candidates scored per Decoder.rank call
+    # shots shown without their media (as the zero-shot prompt's text-only examples): a diagnostic that tells what the
+    # shots' images add to their text (README, "In-context learning on the world")
+    text_only_shots: bool = False
 
     def __post_init__(self):
         v = self.data.vocab
@@ -266,8 +269,9 @@ class Evaluator:
         mask [B, shots + 1] of one batch of queries with the given support indices (in prompt order)."""
         vocab = self.data.vocab
         built = [
-            prompts.build_prompt(vocab, kind, [pool[j] for j in sup], sup, rec, text_only=shots == 0, seed=seed,
-                                 query_index=q, classes=classes) for q, rec, sup in zip(idx, recs, chosen)
+            prompts.build_prompt(vocab, kind, [pool[j] for j in sup], sup, rec, text_only=shots == 0 or
+                                 self.text_only_shots, seed=seed, query_index=q, classes=classes)
+            for q, rec, sup in zip(idx, recs, chosen)
         ]
         rows = [p.tokens for p in built] + [built[-1].tokens] * (self.rows - len(built))
         length = decoding.bucket(max(len(r) for r in rows), 32)
