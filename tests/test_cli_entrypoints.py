@@ -128,10 +128,11 @@ def test_evaluate_help_and_flags_reach_evaluate(tmp_path):
         sys.executable, "-c", _EVALUATE_MAIN, f"--config={ROOT}/experiments/tiny.py", f"--workdir={tmp_path}",
         "--tasks=vqa,coco", "--shots=0,4", "--seeds=2", "--selection=rices", "--checkpoint=/ck", "--batch_size=4",
         "--num_beams=1", "--length_penalty=1.5", "--max_queries=7", "--num_shards=2", "--shard_index=1", "--ensemble=3",
-        "--config.total_steps=11"
+        "--text_only_shots", "--config.total_steps=11"
     ], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     (line, ) = [x for x in out.stdout.splitlines() if x.startswith("CALL ")]
     assert json.loads(line[5:]) == dict(steps=11, workdir=str(tmp_path), tasks=["vqa", "coco"], shots=[0, 4], seeds=2,
                                         selection="rices", checkpoint="/ck", batch_size=4, num_beams=1,
-                                        length_penalty=1.5, max_queries=7, shard=[1, 2], ensemble=3)
+                                        length_penalty=1.5, max_queries=7, shard=[1,
+                                                                                  2], ensemble=3, text_only_shots=True)
