@@ -12,7 +12,7 @@ numbers out), knowledge answers are made-up words, so the answer format is learn
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -116,17 +116,20 @@ class World:
 
         return self._scene_pair(rng, mrng, text)
 
-    def _episode_style(self, rec: dict[str, Any], rng, field: str, refs_by_style: list[list[str]]) -> dict[str, Any]:
+    def _episode_style(self, rec: dict[str, Any], rng, field: str,
+                       refs_by_style: Callable[[], list[list[str]]]) -> dict[str, Any]:
         """With config.episode_styles, an evaluation record is one episode's query: it draws a style, its references
         (rec[field]) are that style's, and rec['styled'] holds one reference per style, which is what the record
         shows when it is a support example in another query's episode (evaluation.prompts.support_answer). The
         answer's format is then known only from the episode's shots, the paper's point about few-shot prompts
         carrying a benchmark's format (Section 3, Appendix A.2): a model that reads the shots' format gains from
-        them, one that does not scores as if at 0 shots. Without it the record is unchanged."""
+        them, one that does not scores as if at 0 shots. Without it the record is unchanged (refs_by_style, which
+        draws the other styles' references, is not called)."""
         if not self.config.episode_styles:
             return rec
-        style = int(rng.integers(len(refs_by_style)))  # drawn after everything else: the scene is the same draw
-        rec.update({field: refs_by_style[style], "style": style, "styled": [refs[0] for refs in refs_by_style]})
+        refs = refs_by_style()
+        style = int(rng.integers(len(refs)))  # drawn after everything else: the scene is the same draw
+        rec.update({field: refs[style], "style": style, "styled": [r[0] for r in refs]})
         return rec
 
     def _qa_styles(self, answer: str, n: int) -> list[list[str]]:
@@ -139,14 +142,15 @@ class World:
         rec = {"image": self.image(scene, mrng), "captions": refs}
         # caption styles: the COCO-like templates, or short alt-texts (the galleries' second style; not the long
         # descriptions, whose 32-shot prompts would run to 1200-1460 tokens)
-        return self._episode_style(rec, rng, "captions",
-                                   [refs, [scenes.alt_text(scene, self.entities, rng, noisy=False) for _ in refs]])
+        return self._episode_style(
+            rec, rng, "captions",
+            lambda: [refs, [scenes.alt_text(scene, self.entities, rng, noisy=False) for _ in refs]])
 
     def _vqa(self, rng, mrng):
         scene = scenes.sample_scene(rng, self.config.n_entities)
         q, a, qtype = self._visual_question(scene, rng)
         rec = {"image": self.image(scene, mrng), "question": q, "answers": [a] * 10, "question_type": qtype}
-        return self._episode_style(rec, rng, "answers", self._qa_styles(a, 10))
+        return self._episode_style(rec, rng, "answers", lambda: self._qa_styles(a, 10))
 
     def _visual_question(self, scene, rng) -> tuple[str, str, str]:
         """(question, answer, type) about what a scene shows (VQAv2-like: colour, count, presence, place...)."""
@@ -186,7 +190,7 @@ class World:
         }[qtype]
         a = {"home": e.home, "food": e.food, "sound": e.sound}[qtype]
         rec = {"image": self.image(scene, mrng), "question": q, "answers": [a] * 10, "question_type": qtype}
-        return self._episode_style(rec, rng, "answers", self._qa_styles(a, 10))
+        return self._episode_style(rec, rng, "answers", lambda: self._qa_styles(a, 10))
 
     def _clip(self, rng, mrng, evaluation: bool = True):
         clip = scenes.sample_clip(rng, self.config.n_entities)
@@ -205,7 +209,7 @@ class World:
         rec["captions"] = refs = scenes.clip_caption_refs(clip, self.entities, rng)
         # caption styles: the VATEX-like templates, or the VTP-like short description
         return self._episode_style(rec, rng, "captions",
-                                   [refs, [scenes.clip_text(clip, self.entities, rng) for _ in range(len(refs))]])
+                                   lambda: [refs, [scenes.clip_text(clip, self.entities, rng) for _ in refs]])
 
     def _video_qa(self, rng, mrng):
         clip, rec = self._clip(rng, mrng)
@@ -223,7 +227,7 @@ class World:
         else:
             q, a = "How many objects are there?", str(len(clip.scene.objs))
         rec.update(question=q, answers=[a], question_type=qtype)
-        return self._episode_style(rec, rng, "answers", self._qa_styles(a, 1))
+        return self._episode_style(rec, rng, "answers", lambda: self._qa_styles(a, 1))
 
     def _creature_kind(self, rng, mrng):
         """One creature in a scene; label = its kind (an index into the world's entities, whose names are the
