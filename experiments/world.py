@@ -11,18 +11,23 @@ queries) and `batch` examples per dataset, trained for `steps` accumulated updat
 Two recipes. The default is the one the world-scale Table 3 in docs/table3 was measured with: 128-token M3W
 windows, an LM pretrained on short (128-token) documents. Its scores fall past 8 shots: a 16-shot prompt is
 past every context the LM was pretrained on (rotary positions do not extrapolate).
-`icl=true` is the in-context recipe under construction: the LM is pretrained on long documents (1024 tokens,
-as long as a 32-shot prompt: fact paragraphs and fact quizzes that ask about creatures described earlier in
-the same document), Flamingo trains on the paper's M3W windows (256 tokens, up to 5 images; Section 3.3 /
-Appendix A.3.3) from pages of at most 5 images (an image past the 5th of a window is dropped and its text
-would be read against the 5th image), a fifth of them fact pages (facts stated, then asked about pictured
-creatures). Measured so far it does not yet learn in context: see the README.
+`icl=true` is the in-context recipe (run K in the README, "In-context learning on the world"): the LM is
+pretrained on long documents (1024 tokens, longer than a 32-shot prompt of every eval task: fact paragraphs and
+fact quizzes that ask about creatures described earlier in the same document); Flamingo trains on 640-token M3W
+windows of up to 33 images (as many as a 32-shot prompt holds; the paper's 5 images per window did not carry to
+32 shots here, runs C and E), from pages three fifths of which are quizzes or captioned galleries answering in a
+style drawn per page and a tenth fact pages; text attends to the image before it (p_next 0); ALIGN and LTIP at
+weight 1 (not the paper's 0.2); the per-dataset token mean (with per-sequence sums a 640-token window outweighs a
+12-token alt-text about 50 to 1); 1500 updates at lr 2e-3; the ViT tower contrastively pretrained with half
+of its pairs naming only the creatures; each evaluation query answers in a format only its shots show
+(episodes). Towers: `reproduce --pretrain_steps 600`.
 Arg knobs: steps, lm_layers, warmup, lr, scale, batch, icl, m3w_len (M3W window, tokens), m3w_images, lm_len
 (LM pretraining context, tokens), lm_batch, text_sections (sections per LM document), fact_pages, quiz_pages,
 page_images (most images on a page), loss ('token' | 'sequence': config.loss.normalization), lp (the evaluation's
 beam length penalty: config.evaluation.length_penalty), vision ('vit' | 'nfnet': the frozen tower), clip_names and
 clip_pairs (the tower's contrastive pretraining pairs: data.world.clip_names / clip_pairs), styles (quiz and gallery
-pages answer in a style drawn per page: data.world.page_styles), episodes (each evaluation query answers in a style
+pages answer in a style drawn per page: data.world.page_styles), pair_weight (lambda of ALIGN and LTIP), p_next
+(M3W: the share of pages whose text attends to the next image, the phi rule), episodes (each evaluation query answers in a style
 drawn for it, which only its shots show: data.world.episode_styles).
 Pretrained towers: `reproduce` and `ablate` fill config.pretrained with towers they pretrain on the world.
 """
@@ -33,21 +38,24 @@ import ml_collections
 
 from flamingo_jax import configs
 from flamingo_jax.config_files import load_config
+from flamingo_jax.data.config import PAPER_WEIGHTS
 from flamingo_jax.models import vision_config
 
 # The recipe Table 3 (docs/table3) was measured with, and the in-context recipe (module docstring).
+COMMON = dict(steps=600, lm_layers=4, warmup=30, lr=1e-3, scale=0.5, batch=4, icl=False, loss="sequence", lp=1.0,
+              vision="vit", clip_names=0.0, clip_pairs=0, episodes=False, pair_weight=PAPER_WEIGHTS["align"],
+              p_next=0.5)
 SHORT = dict(m3w_len=128, m3w_images=5, lm_len=128, lm_batch=16, text_sections=1, fact_pages=0.0, quiz_pages=0.25,
              page_images=7, styles=False)
-ICL = dict(m3w_len=256, m3w_images=5, lm_len=1024, lm_batch=4, text_sections=12, fact_pages=0.2, quiz_pages=0.3,
-           page_images=5, styles=True)
+ICL = dict(m3w_len=640, m3w_images=33, lm_len=1024, lm_batch=4, text_sections=12, fact_pages=0.1, quiz_pages=0.6,
+           page_images=33, styles=True, loss="token", steps=1500, lr=2e-3, clip_names=0.5, clip_pairs=20000,
+           pair_weight=1.0, p_next=0.0, episodes=True)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     def parse(recipe: dict) -> ml_collections.ConfigDict:
-        return configs.parse_arg(arg, steps=600, lm_layers=4, warmup=30, lr=1e-3, scale=0.5, batch=4, icl=False,
-                                 loss="sequence", lp=1.0, vision="vit", clip_names=0.0, clip_pairs=0, episodes=False,
-                                 **recipe)
+        return configs.parse_arg(arg, **{**COMMON, **recipe})
 
     a = parse(SHORT)
     icl = bool(a.icl)
@@ -83,6 +91,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         tiny.data.world.scale = a.scale
         for name in tiny.data.datasets:
             tiny.data.datasets[name].batch_size = a.batch
+        tiny.data.datasets.align.weight = tiny.data.datasets.ltip.weight = a.pair_weight
+        tiny.data.datasets.m3w.p_next = a.p_next
         tiny.data.datasets.m3w.seq_len = a.m3w_len
         tiny.data.datasets.m3w.max_images = a.m3w_images
         world = tiny.data.world

@@ -90,6 +90,23 @@ def test_every_experiment_trains_the_papers_per_sequence_objective_by_default():
         config.loss.normalisation = "token"
 
 
+def test_world_in_context_recipe_reaches_the_config_and_the_default_keeps_the_papers_mixture():
+    from flamingo_jax.data.config import PAPER_WEIGHTS
+
+    default, icl = load_experiment("world"), load_experiment("world", "icl=true")
+    assert default.data.datasets.align.weight == default.data.datasets.ltip.weight == PAPER_WEIGHTS["align"]
+    assert default.data.datasets.m3w.p_next == 0.5 and not default.data.world.episode_styles
+    # the recipe of the README's run K: long LM documents, 640-token windows of up to 33 images, pairs at weight 1,
+    # text attending to the image before it, episode styles in the evaluation
+    assert icl.data.datasets.text.seq_len == 1024 and icl.data.datasets.m3w.seq_len == 640
+    assert icl.data.datasets.m3w.max_images == icl.data.world.max_quiz_images == 33
+    assert icl.data.datasets.align.weight == icl.data.datasets.ltip.weight == 1.0
+    assert icl.data.datasets.m3w.p_next == 0.0 and icl.data.world.episode_styles
+    assert (icl.total_steps, icl.loss.normalization, icl.data.world.quiz_pages) == (1500, "token", 0.6)
+    # the recipe's knobs stay overridable one by one
+    assert load_experiment("world", "icl=true,pair_weight=0.2,p_next=0.5").data.datasets.ltip.weight == 0.2
+
+
 @pytest.mark.parametrize("spec", ["tiny", "world", "world:vision=nfnet", "flamingo_3b", "flamingo_9b:vision=vit:L/14"])
 def test_data_image_size_follows_the_vision_encoder(spec):
     from flamingo_jax.configs import seeded
