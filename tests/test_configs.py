@@ -104,7 +104,8 @@ def test_world_in_context_recipe_reaches_the_config_and_the_default_keeps_the_pa
     assert icl.data.datasets.m3w.p_next == 0.0 and icl.data.world.episode_styles
     assert (icl.total_steps, icl.loss.normalization, icl.data.world.quiz_pages) == (1500, "token", 0.6)
     # the recipe's knobs stay overridable one by one
-    assert load_experiment("world", "icl=true,pair_weight=0.2,p_next=0.5").data.datasets.ltip.weight == 0.2
+    knobs = load_experiment("world", "icl=true,align_weight=0.2,ltip_weight=0.3,p_next=0.5").data.datasets
+    assert (knobs.align.weight, knobs.ltip.weight, knobs.m3w.p_next) == (0.2, 0.3, 0.5)
 
 
 @pytest.mark.parametrize("spec", ["tiny", "world", "world:vision=nfnet", "flamingo_3b", "flamingo_9b:vision=vit:L/14"])
