@@ -125,6 +125,26 @@ def run_settings(num_beams: int, length_penalty: float, max_queries: int, data_f
     return f"beams{int(num_beams)}-lp{float(length_penalty):g}-{queries}-d{data_fingerprint}"
 
 
+def decoding_settings(config: ml_collections.ConfigDict, num_beams: int | None = None,
+                      length_penalty: float | None = None) -> tuple[int, float]:
+    """(beams, length penalty) of open-ended decoding: the arguments, else config.evaluation's, else the paper's
+    beam 3 without a length penalty."""
+    decoding = config.get("evaluation") or {}
+    return (int(decoding.get("num_beams", 3) if num_beams is None else num_beams),
+            float(decoding.get("length_penalty", 0.0) if length_penalty is None else length_penalty))
+
+
+def run_cells(workdir: str, checkpoint_id: str, selection: str, settings: str,
+              seed: int = 0) -> dict[str, dict[int, dict]]:
+    """{task: {shots: cell record}} of one run in DIR/eval/results.json (one support seed)."""
+    out: dict = {}
+    for c in Results(workdir).load()["cells"].values():
+        if (c["checkpoint"], c["selection"], c.get("settings",
+                                                   ""), c["seed"]) == (checkpoint_id, selection, settings, seed):
+            out.setdefault(c["task"], {})[int(c["shots"])] = c
+    return out
+
+
 def cell_label(selection: str, ensemble: int, kind: str) -> str:
     """A cell's selection label: close-ended cells ensembled over K orders of the shots are rows of their own."""
     return f"{selection}-ensemble{ensemble}" if ensemble > 1 and kind in harness.CLOSE_ENDED else selection
@@ -184,6 +204,8 @@ def summarize(cells: Mapping[str, Mapping[str, Any]], checkpoint_id: str, select
             vals = np.array([TABLE_SCALE * c["score"] for c in cs])
             std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0  # sample std, as flamingo_jax.ablations_table
             out[task][shots] = dict(mean=float(vals.mean()), std=std, seeds=len(vals), metric=cs[0]["metric"])
+            if len(cs) == 1 and cs[0].get("ci95"):  # one support seed: the interval over its queries
+                out[task][shots]["ci95"] = [TABLE_SCALE * v for v in cs[0]["ci95"]]
     return out
 
 
@@ -200,11 +222,17 @@ def markdown(summary: Mapping[str, Mapping[int, Mapping[str, Any]]], title: str)
         for s in shots:
             if s in row:
                 r = row[s]
-                cells.append(f"{r['mean']:.1f}" + (f" ± {r['std']:.1f}" if r["seeds"] > 1 else ""))
+                spread = f" ± {r['std']:.1f}" if r["seeds"] > 1 else ""
+                if "ci95" in r:
+                    spread = f" [{r['ci95'][0]:.1f}, {r['ci95'][1]:.1f}]"
+                cells.append(f"{r['mean']:.1f}" + spread)
             else:
                 cells.append("")
         lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
-    lines += ["", "CIDEr x100; VQA accuracy, top-1 and ROC-AUC in %; mean ± sample std (ddof 1) over seeds."]
+    lines += [
+        "", "CIDEr x100; VQA accuracy, top-1 and ROC-AUC in %; mean ± sample std (ddof 1) over seeds; with one seed, "
+        "[the 95% bootstrap interval over the queries]."
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -242,9 +270,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
     else:
         mesh = params_mesh(params)
     checkpoint_id = checkpoint_id or "params"
-    decoding = config.get("evaluation") or {}
-    num_beams = int(decoding.get("num_beams", 3) if num_beams is None else num_beams)
-    length_penalty = float(decoding.get("length_penalty", 0.0) if length_penalty is None else length_penalty)
+    num_beams, length_penalty = decoding_settings(config, num_beams, length_penalty)
     collective = multihost.process_count(mesh) > 1
     if collective:
         if shard is not None and tuple(shard) != (jax.process_index(), jax.process_count()):
@@ -290,10 +316,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
                         continue
                     outputs = _gather(results, key, shard[1], wait_timeout_s)
                 score = evaluator.score(task, outputs)
+                # per-query scores (their mean is the score) and the score's 95% bootstrap interval over the
+                # queries: what evaluation.bootstrap pairs across shot counts (reproduce's intervals)
+                per_query = evaluator.per_query(task, outputs)
+                ci95 = evaluator.interval(task, outputs, per_query)
                 data_ = results.load()
-                data_["cells"][key] = dict(task=task, shots=n_shots, seed=seed, selection=label,
-                                           checkpoint=checkpoint_id, settings=settings, metric=data.metric(task),
-                                           score=score, queries=len(outputs), seconds=round(time.time() - t0, 1))
+                data_["cells"][key] = dict(
+                    task=task, shots=n_shots, seed=seed, selection=label, checkpoint=checkpoint_id, settings=settings,
+                    metric=data.metric(task), score=score, queries=len(outputs), seconds=round(time.time() - t0, 1),
+                    ci95=[round(v, 6) for v in ci95], query_index=[o["index"] for o in outputs],
+                    per_query=None if per_query is None else [round(float(v), 6) for v in per_query])
                 groups = sorted({(c["checkpoint"], c["selection"], c.get("settings", ""))
                                  for c in data_["cells"].values()})
                 data_["summary"] = {

@@ -17,7 +17,9 @@ rerun skips finished stages and an interrupted one resumes from its own checkpoi
                   per dataset) and DIR/score_vs_shots.png; DIR/report.json: the same numbers, machine-readable:
                   {"scores": {task: {shots: score}}, "overall": {shots: value}, "seconds": {stage: s, ...,
                   "total": s}, "config": the --config spec, "checkpoint_step": the evaluated step}, shots as
-                  strings, scores in the tables' units (CIDEr x100, accuracy %), unrounded, null where missing
+                  strings, scores in the tables' units (CIDEr x100, accuracy %), unrounded, null where missing;
+                  "intervals": 95% bootstrap intervals over the queries of every score, of the overall score
+                  and of its change from one shot count to the next (evaluation.bootstrap)
 
 Everything is generated or trained here: nothing is downloaded. The config (experiments/world.py by default) is
 the same world-scale baseline the ablation tables start from (experiments/ablations.py).
@@ -33,12 +35,14 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
+import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
 from flamingo_jax import config_files
 from flamingo_jax.ablate import enable_compilation_cache
 from flamingo_jax.ablations_table import overall
+from flamingo_jax.evaluation import bootstrap
 from flamingo_jax.evaluation.paper_tables import DEV, SOTA, WORLD_TO_DEV
 from flamingo_jax.files import read_metrics, write_json
 
@@ -102,7 +106,8 @@ def stage_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def stage_evaluate(config: ml_collections.ConfigDict, workdir: str, shots: Sequence[int], max_queries: int,
                    batch_size: int) -> dict:
-    from flamingo_jax.evaluate import evaluate, load_checkpoint
+    from flamingo_jax.evaluate import decoding_settings, evaluate, load_checkpoint, run_cells, run_settings
+    from flamingo_jax.evaluation.harness import data_fingerprint
 
     tasks = list(config.data.eval_sets)
     train_dir = os.path.join(workdir, "train")
@@ -116,11 +121,54 @@ def stage_evaluate(config: ml_collections.ConfigDict, workdir: str, shots: Seque
                      max_queries=max_queries, batch_size=batch_size, progress=True, selection="rices")
     # {task: {shots: fraction}} -> {task: {shots: table units}}, the requested shots only (DIR/train/eval may
     # also hold cells of an earlier, interrupted invocation with other shots)
+    beams, length_penalty = decoding_settings(config)
+    settings = run_settings(beams, length_penalty, max_queries, data_fingerprint(config.data))
+    cells = {
+        t: {s: c
+            for s, c in by.items() if s in shots}
+        for t, by in run_cells(train_dir, checkpoint_id, "random", settings).items() if t in tasks
+    }
     return dict(scores={t: {str(s): 100.0 * v
                             for s, v in by.items() if s in shots}
                         for t, by in scores.items()},
-                rices={"shots": rices_shots, "scores": {t: 100.0 * by[rices_shots]
-                                                        for t, by in rices.items()}}, checkpoint_step=step)
+                rices={"shots": rices_shots,
+                       "scores": {t: 100.0 * by[rices_shots]
+                                  for t, by in rices.items()}}, checkpoint_step=step, intervals=score_intervals(cells))
+
+
+def score_intervals(cells: Mapping[str, Mapping[int, Mapping[str, Any]]], n_draws: int = bootstrap.DRAWS) -> dict:
+    """95% bootstrap intervals over the queries (evaluation.bootstrap), in the tables' units:
+    {"scores": {task: {shots: [lo, hi]}}, "overall": {shots: [lo, hi]}, "overall_change": {"a->b": [lo, hi]},
+    "draws": n, "level": 0.95}. Each task's cells are drawn on the same queries at every shot count, so a
+    change from one shot count to the next is a paired difference; the overall score of a draw combines draw b
+    of every task (their queries are independent samples). Tasks whose metric has no per-query scores are left
+    out, and then so is the overall."""
+    draws = {
+        task: bootstrap.paired_draws({s: c["per_query"]
+                                      for s, c in by.items()}, {s: c["query_index"]
+                                                                for s, c in by.items()}, n_draws, seed=i)
+        for i, (task, by) in enumerate(sorted(cells.items()))
+        if by and all(c.get("per_query") is not None for c in by.values())
+    }
+    out: dict = {
+        "scores": {
+            t: {str(s): [100.0 * v for v in bootstrap.interval(d)]
+                for s, d in sorted(by.items())}
+            for t, by in draws.items()
+        }, "draws": n_draws, "level": bootstrap.LEVEL
+    }
+    shots = sorted(set.intersection(*(set(by) for by in draws.values()))) if draws else []
+    overall_draws = {
+        s: np.array([
+            overall({WORLD_TO_DEV[t]: 100.0 * draws[t][s][b]
+                     for t in draws if t in WORLD_TO_DEV}) for b in range(n_draws)
+        ])
+        for s in shots
+    }
+    if overall_draws and all(np.isfinite(d).all() for d in overall_draws.values()):
+        out["overall"] = {str(s): list(bootstrap.interval(d)) for s, d in overall_draws.items()}
+        out["overall_change"] = {k: list(bootstrap.interval(d)) for k, d in bootstrap.changes(overall_draws).items()}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -184,6 +232,10 @@ def stage_seconds(stages: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     return seconds
 
 
+def _span(interval: Sequence[float] | None) -> str:
+    return "" if not interval else f"[{interval[0]:.1f}, {interval[1]:.1f}]"
+
+
 def _json_number(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
@@ -211,6 +263,17 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, stages: Mappin
         lines.append(f"| {task} ({WORLD_TO_DEV.get(task, task)}) | {metric} | " +
                      " | ".join(f"{scores[task].get(s, math.nan):.1f}" for s in shots) + " |")
     lines.append("| **overall** | % of the paper's SotA | " + " | ".join(f"{overall_s[s]:.1f}" for s in shots) + " |")
+    intervals = stages["evaluate"].get("intervals") or {}
+    if intervals.get("overall"):
+        lines.append("| overall, 95% interval | over the queries | " +
+                     " | ".join(_span(intervals["overall"].get(s)) for s in shots) + " |")
+        lines += [
+            "", "Change of the overall score from one shot count to the next, with its paired 95% interval (the same "
+            "queries drawn at both shot counts): " +
+            "; ".join(f"{k.replace('->', ' -> ')}: {overall_s[k.split('->')[1]] - overall_s[k.split('->')[0]]:+.1f} "
+                      f"{_span(v)}" for k, v in intervals["overall_change"].items()) + ". An interval that holds 0 is "
+            "a change within the sampling noise of the eval sets' queries."
+        ]
     rices = stages["evaluate"].get("rices")
     rices_overall = None
     if rices:
@@ -264,6 +327,8 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, stages: Mappin
         "config": config_spec,
         "checkpoint_step": stages["evaluate"].get("checkpoint_step"),
     }
+    if intervals:
+        report["intervals"] = intervals
     if rices:
         report["rices"] = {
             "shots": str(rices["shots"]), "scores": {t: _json_number(v)

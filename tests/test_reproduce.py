@@ -152,7 +152,14 @@ def test_report_json_matches_report_md(run):
     workdir, config, stages, _, _ = run
     with open(os.path.join(workdir, "report.json")) as f:
         rep = json.load(f)
-    assert set(rep) == {"scores", "overall", "seconds", "config", "checkpoint_step", "rices"}
+    assert set(rep) == {"scores", "overall", "seconds", "config", "checkpoint_step", "rices", "intervals"}
+    # every score has its 95% interval over the queries, around it (two of the five tasks here: no overall)
+    assert rep["intervals"]["level"] == 0.95 and "overall" not in rep["intervals"]
+    assert set(rep["intervals"]["scores"]) == set(rep["scores"])
+    for task, by in rep["scores"].items():
+        for s, v in by.items():
+            lo, hi = rep["intervals"]["scores"][task][s]
+            assert lo - 1e-6 <= v <= hi + 1e-6, (task, s)
     assert rep["config"] == TINY
     assert rep["checkpoint_step"] == config.total_steps  # the newest checkpoint: the last step's
     shots = [str(s) for s in SHOTS]

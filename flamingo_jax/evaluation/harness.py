@@ -38,7 +38,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from flamingo_jax.evaluation import decoding, heldout_metrics, metrics, paper_tables, prompts, rices
+from flamingo_jax.evaluation import bootstrap, decoding, heldout_metrics, metrics, paper_tables, prompts, rices
 from flamingo_jax.evaluation import multihost
 from flamingo_jax.progress import Progress
 
@@ -126,13 +126,17 @@ class EvalData:
                     source=self.config.source, size=len(self.source(task, "support")))
 
     def fingerprint(self) -> str:
-        """A short hash of what defines the eval sets' records and prompts (their entries, the world that generates
-        them, the image size, the source): part of a run's settings, so that cells cached for one world (e.g.
-        without episode styles) are neither reused nor summarised with those of another."""
-        blob = json.dumps(
-            dict(world=self.config.world.to_dict(), eval_sets=self.config.eval_sets.to_dict(),
-                 image_size=self.config.image_size, source=self.config.source), sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:8]
+        return data_fingerprint(self.config)
+
+
+def data_fingerprint(data_config: ml_collections.ConfigDict) -> str:
+    """A short hash of what defines the eval sets' records and prompts (their entries, the world that generates
+    them, the image size, the source): part of a run's settings, so that cells cached for one world (e.g.
+    without episode styles) are neither reused nor summarised with those of another."""
+    blob = json.dumps(
+        dict(world=data_config.world.to_dict(), eval_sets=data_config.eval_sets.to_dict(),
+             image_size=data_config.image_size, source=data_config.source), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:8]
 
 
 @dataclasses.dataclass
@@ -361,6 +365,23 @@ class Evaluator:
     def score(self, task: str, outputs: Sequence[Mapping[str, Any]]) -> float:
         """The cell's metric as a fraction, from all shards' outputs."""
         return score_outputs(self.data.kind(task), outputs, self.data.source(task, "query"), self.data.metric(task))
+
+    def per_query(self, task: str, outputs: Sequence[Mapping[str, Any]]) -> np.ndarray | None:
+        """[len(outputs)] per-query scores whose mean is score(), or None for a set-level metric
+        (evaluation.bootstrap)."""
+        return bootstrap.per_query_scores(self.data.metric(task), outputs, self.data.source(task, "query"))
+
+    def interval(self, task: str, outputs: Sequence[Mapping[str, Any]],
+                 per_query: np.ndarray | None = None) -> tuple[float, float]:
+        """The 95% percentile-bootstrap interval of score() over the cell's queries (evaluation.bootstrap)."""
+        outputs = sorted(outputs, key=lambda o: o["index"])
+        per_query = self.per_query(task, outputs) if per_query is None else per_query
+        positions = bootstrap.draws(len(outputs))
+        if per_query is not None:
+            return bootstrap.interval(np.asarray(per_query)[positions].mean(axis=1))
+        kind, queries, metric = self.data.kind(task), self.data.source(task, "query"), self.data.metric(task)
+        return bootstrap.interval(
+            bootstrap.set_level_draws(lambda o, q: score_outputs(kind, o, q, metric), outputs, queries, positions))
 
 
 def score_outputs(kind: str, outputs: Sequence[Mapping[str, Any]], queries: Sequence[Mapping[str, Any]],
