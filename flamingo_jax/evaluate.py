@@ -324,7 +324,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
                 data_["cells"][key] = dict(
                     task=task, shots=n_shots, seed=seed, selection=label, checkpoint=checkpoint_id, settings=settings,
                     metric=data.metric(task), score=score, queries=len(outputs), seconds=round(time.time() - t0, 1),
-                    ci95=[round(v, 6) for v in ci95], query_index=[o["index"] for o in outputs],
+                    ci95=None if ci95 is None else [round(v, 6)
+                                                    for v in ci95], query_index=[o["index"] for o in outputs],
                     per_query=None if per_query is None else [round(float(v), 6) for v in per_query])
                 groups = sorted({(c["checkpoint"], c["selection"], c.get("settings", ""))
                                  for c in data_["cells"].values()})

@@ -55,6 +55,12 @@ def test_set_level_metric_counts_a_query_drawn_twice_twice():
     got = bootstrap.set_level_draws(lambda o, q: score_outputs("classification", o, q, "roc_auc"), outputs, queries,
                                     row)
     assert got[0] == pytest.approx(metrics.roc_auc([0.1, 0.1, 0.9, 0.4], [0, 0, 1, 1]))
+    # a draw of one class has no ROC-AUC: it is left out, and with no draw left there is no interval
+    rows = np.array([[0, 2, 0, 2], [1, 2, 3, 0]])
+    got = bootstrap.set_level_draws(lambda o, q: score_outputs("classification", o, q, "roc_auc"), outputs, queries,
+                                    rows)
+    assert got.tolist() == [pytest.approx(metrics.roc_auc([0.9, 0.6, 0.4, 0.1], [1, 0, 1, 0]))]
+    assert bootstrap.interval(got[:0]) is None
 
 
 def test_reproduce_intervals_hold_the_overall_and_separate_a_real_gain():

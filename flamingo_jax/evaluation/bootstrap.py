@@ -51,13 +51,17 @@ def draws(n_queries: int, n_draws: int = DRAWS, seed: int = 0) -> np.ndarray:
 
 def set_level_draws(score_fn: Callable[[list, list], float], outputs: Sequence[Mapping[str, Any]],
                     queries: Sequence[Mapping[str, Any]], positions: np.ndarray) -> np.ndarray:
-    """[n_draws] score_fn (harness.score_outputs of a set-level metric) on each drawn cell, rebuilt with distinct
-    indices and ids so that a query drawn twice counts twice."""
+    """[<= n_draws] score_fn (harness.score_outputs of a set-level metric) on each drawn cell, rebuilt with
+    distinct indices and ids so that a query drawn twice counts twice. A draw on which the metric is undefined
+    (ROC-AUC of one class, NDCG without an annotated round: score_fn raises ValueError) is left out."""
     out = []
     for row in positions:
         drawn_queries = [dict(queries[outputs[p]["index"]], id=f"draw{j}") for j, p in enumerate(row)]
         drawn = [dict(outputs[p], index=j, id=f"draw{j}") for j, p in enumerate(row)]
-        out.append(score_fn(drawn, drawn_queries))
+        try:
+            out.append(score_fn(drawn, drawn_queries))
+        except ValueError:
+            continue
     return np.array(out)
 
 
@@ -79,8 +83,10 @@ def paired_draws(per_query: Mapping[int, Sequence[float]], query_index: Mapping[
     return {s: np.asarray(per_query[s], dtype=np.float64)[order[s]][positions].mean(axis=1) for s in shots}
 
 
-def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
-    """The percentile interval of the draws."""
+def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float] | None:
+    """The percentile interval of the draws; None when there are none (no draw where the metric is defined)."""
+    if len(samples) == 0:
+        return None
     tail = 100.0 * (1.0 - level) / 2.0
     lo, hi = np.percentile(np.asarray(samples, dtype=np.float64), [tail, 100.0 - tail])
     return float(lo), float(hi)

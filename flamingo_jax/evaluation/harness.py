@@ -372,8 +372,9 @@ class Evaluator:
         return bootstrap.per_query_scores(self.data.metric(task), outputs, self.data.source(task, "query"))
 
     def interval(self, task: str, outputs: Sequence[Mapping[str, Any]],
-                 per_query: np.ndarray | None = None) -> tuple[float, float]:
-        """The 95% percentile-bootstrap interval of score() over the cell's queries (evaluation.bootstrap)."""
+                 per_query: np.ndarray | None = None) -> tuple[float, float] | None:
+        """The 95% percentile-bootstrap interval of score() over the cell's queries (evaluation.bootstrap); None
+        when the metric is defined on no draw."""
         outputs = sorted(outputs, key=lambda o: o["index"])
         per_query = self.per_query(task, outputs) if per_query is None else per_query
         positions = bootstrap.draws(len(outputs))
