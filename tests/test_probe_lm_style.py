@@ -17,17 +17,23 @@ def _vocab():
 def test_shares_separate_a_copying_lm_from_a_one_style_lm():
     vocab = _vocab()
     bare_first = vocab.encode(" Varno")[0]
-    first = {1: vocab.encode(" It is")[0], 2: vocab.encode(" The answer")[0]}
+    prefix = probe_lm_style.style_prefixes(vocab)
+    assert vocab.decode(prefix[2], markers=False).strip() == "The answer is"
 
     def one_style(ids):  # always a bare answer
         return bare_first
 
-    def copier(ids):  # answers in the style of the prompt's first answered example (bare when there is none)
+    def copier(ids, whole=True):
+        """Answers in the style of the prompt's first answered example (bare when there is none); whole=False
+        writes only the prefix's first word and then a name, as a model that starts 'The' and names a creature."""
         text = vocab.decode(ids, markers=False)
         m = re.search(r"Answer: (It is|The answer is)?", text)
         if m is None or not text.count("Answer:") > 1:
             return bare_first
-        return first[1] if m.group(1) == "It is" else first[2] if m.group(1) else bare_first
+        want = prefix[1] if m.group(1) == "It is" else prefix[2] if m.group(1) else []
+        after = text[text.rindex("Answer:") + len("Answer:"):]  # what the LM has answered so far
+        done = len(vocab.encode(after)) if after.strip() else 0
+        return want[done] if done < (len(want) if whole else min(1, len(want))) else bare_first
 
     plain = probe_lm_style.style_shares(one_style, vocab, prompts=6, examples=(0, 4))
     assert plain == {
@@ -37,6 +43,8 @@ def test_shares_separate_a_copying_lm_from_a_one_style_lm():
     copying = probe_lm_style.style_shares(copier, vocab, prompts=6, examples=(0, 4))
     assert copying["k=4/style=0"] == copying["k=4/style=1"] == copying["k=4/style=2"] == 1.0, copying
     assert copying["k=0/style=1"] == 0.0  # no example: nothing to copy
+    first_word = probe_lm_style.style_shares(lambda ids: copier(ids, whole=False), vocab, prompts=6, examples=(4, ))
+    assert first_word["k=4/style=2"] == 0.0, first_word  # 'The vit.' is not 'The answer is vit.'
 
 
 def test_prompts_answer_every_example_in_the_style_and_end_with_a_question():

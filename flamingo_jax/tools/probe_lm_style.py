@@ -6,8 +6,8 @@ Flamingo's in-context abilities are its frozen LM's: the trained layers read ima
 earlier text is the LM's job. For each converted LM (flamingo_jax.convert's layout, e.g. what `reproduce`
 pretrains into DIR/pretrained/lm), builds `--prompts` text prompts per answer style and example count k: k of
 the world's fact questions answered in one style (world.styled: 0 the bare word, 1 'It is X.', 2 'The answer is
-X.'), then one more question, and reads the LM's most likely next token. A style is followed when that token
-starts the style (' It' / ' The' / anything else for the bare word). Prints JSON {lm: {"k=K/style=S": share}}.
+X.'), then one more question, and decodes the LM's answer greedily. A style is followed when the answer starts
+with the style's whole prefix (' It is' / ' The answer is'), the bare word when its first token starts neither. Prints JSON {lm: {"k=K/style=S": share}}.
 An LM that follows the examples' style from k=1 on can carry an answer format from the shots to the query; one
 that answers in one style whatever the examples show cannot (README, "In-context learning on the world").
 """
@@ -39,20 +39,41 @@ def prompt_text(world: World, rng: np.random.Generator, k: int, style: int) -> s
     return " ".join(lines + [f"Question: {question()[0]} Answer:"])
 
 
-def followed(next_id: int, style: int, starts: dict[int, int]) -> bool:
-    """starts: style -> the first token of an answer in that style (styles 1 and 2 start with fixed words)."""
-    got = next((s for s in (1, 2) if starts[s] == next_id), 0)
-    return got == style
+def style_prefixes(vocab) -> dict[int, list[int]]:
+    """style -> the tokens every answer in that style starts with (' It is', ' The answer is')."""
+    out = {}
+    for s in (1, 2):
+        a, b = vocab.encode(" " + styled("Varno", s)), vocab.encode(" " + styled("red", s))
+        n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        out[s] = a[:n]
+    return out
+
+
+def followed(tokens: Sequence[int], style: int, prefixes: dict[int, list[int]]) -> bool:
+    """Whether an answer's first tokens follow `style`: styles 1 and 2 their whole fixed prefix (an answer that
+    starts 'The' and then names a creature does not follow 'The answer is X.'), the bare word a first token that
+    starts neither prefix."""
+    if style == 0:
+        return all(tokens[0] != p[0] for p in prefixes.values())
+    return list(tokens[:len(prefixes[style])]) == prefixes[style]
 
 
 def style_shares(next_token, vocab, prompts: int, examples: Sequence[int], seed: int = 0) -> dict:
-    """{"k=K/style=S": share of prompts whose next token (next_token(ids) -> id) starts style S}."""
-    starts = {s: vocab.encode(" " + styled("Varno", s))[0] for s in (1, 2)}
+    """{"k=K/style=S": share of prompts whose greedy answer (next_token(ids) -> id, repeated) starts in style S}."""
+    prefixes = style_prefixes(vocab)
     world, rng, res = World(WorldConfig(seed=seed)), np.random.default_rng(seed), {}
+
+    def greedy(ids: list[int], n: int) -> list[int]:
+        out: list[int] = []
+        for _ in range(n):
+            out.append(next_token(ids + out))
+        return out
+
     for k in examples:
         for style in (0, 1, 2):
+            n = len(prefixes[style]) if style else 1
             hits = sum(
-                followed(next_token([vocab.bos_id] + vocab.encode(prompt_text(world, rng, k, style))), style, starts)
+                followed(greedy([vocab.bos_id] + vocab.encode(prompt_text(world, rng, k, style)), n), style, prefixes)
                 for _ in range(prompts))
             res[f"k={k}/style={style}"] = round(hits / prompts, 3)
     return res
