@@ -321,12 +321,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
                 per_query = evaluator.per_query(task, outputs)
                 ci95 = evaluator.interval(task, outputs, per_query)
                 data_ = results.load()
-                data_["cells"][key] = dict(
-                    task=task, shots=n_shots, seed=seed, selection=label, checkpoint=checkpoint_id, settings=settings,
-                    metric=data.metric(task), score=score, queries=len(outputs), seconds=round(time.time() - t0, 1),
-                    ci95=None if ci95 is None else [round(v, 6)
-                                                    for v in ci95], query_index=[o["index"] for o in outputs],
-                    per_query=None if per_query is None else [round(float(v), 6) for v in per_query])
+                data_["cells"][key] = dict(task=task, shots=n_shots, seed=seed, selection=label,
+                                           checkpoint=checkpoint_id, settings=settings, metric=data.metric(task),
+                                           score=score, queries=len(outputs), seconds=round(time.time() - t0, 1),
+                                           query_index=[o["index"] for o in outputs], per_query=_rounded(per_query),
+                                           ci95=_rounded(ci95))
                 groups = sorted({(c["checkpoint"], c["selection"], c.get("settings", ""))
                                  for c in data_["cells"].values()})
                 data_["summary"] = {
@@ -349,6 +348,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, tasks: Sequence[st
     for t, s, v in rows:
         out.setdefault(t, {})[int(s)] = v
     return out
+
+
+def _rounded(values) -> list[float] | None:
+    return None if values is None else [round(float(v), 6) for v in values]
 
 
 def _gather(results: Results, key: str, num_shards: int, timeout_s: float) -> list[dict]:
